@@ -1,0 +1,1 @@
+//! Tailscale policy engine.
