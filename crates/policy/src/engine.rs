@@ -1,0 +1,1055 @@
+//! A validated policy indexed against an inventory: per-device packet filters and SSH rules in
+//! Tailscale's wire format, and fast access checks.
+//!
+//! Rules are expanded once, at build time, into `Expansion`s (one per grant × `ip` entry, or
+//! per ACL × destination), each with an interned, de-duplicated source set. An inverted index
+//! maps each device to the destination entries that name it, so a device's filter or an access
+//! check only looks at the rules that can concern it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use serde_json::Value as Json;
+
+use crate::PolicyError;
+use crate::inventory::Inventory;
+use crate::ip::{self, Net};
+use crate::model::Policy;
+use crate::syntax::{Alias, AutoGroup, PortRange, parse_ports, parse_proto, split_host_ports};
+use crate::validate::{parse_ip_spec, validate};
+use crate::wire::{self, CapGrant, FilterRule, NetPortRange};
+
+/// Where a rule came from, for answers that cite it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Origin {
+    pub section: Section,
+    /// Index of the rule in its section.
+    pub index: usize,
+    /// 1-based line of the rule in the policy text (0 when unknown).
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Section {
+    Acls,
+    Grants,
+    Ssh,
+    /// The implicit allow-all of a policy with neither `acls` nor `grants`.
+    Default,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let section = match self.section {
+            Section::Acls => "acls",
+            Section::Grants => "grants",
+            Section::Ssh => "ssh",
+            Section::Default => return write!(f, "default allow-all (no acls or grants)"),
+        };
+        if self.line > 0 {
+            write!(f, "{section}[{}] (line {})", self.index, self.line)
+        } else {
+            write!(f, "{section}[{}]", self.index)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct NodeInfo {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    /// Interned strings of `ips`.
+    pub ip_ids: Vec<u32>,
+    pub user: Option<u32>,
+    pub tags: Vec<String>,
+    /// Approved subnet routes, exit routes excluded.
+    pub routes: Vec<Net>,
+    pub exit: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct UserInfo {
+    pub login: String,
+    pub role: String,
+    /// Untagged devices of the user.
+    pub nodes: Vec<u32>,
+}
+
+/// A resolved source: interned address strings (sorted) plus the networks among them, for
+/// containment checks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SrcSet {
+    pub ids: Vec<u32>,
+    pub nets: Vec<Net>,
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The `*` destination.
+    Star,
+    /// One address of a device: (device, index into its `ips`).
+    NodeIp(u32, u8),
+    Net(Net),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum ExpKind {
+    Ports {
+        dsts: Vec<(Target, PortRange)>,
+        via: Vec<String>,
+    },
+    /// `autogroup:self` destinations: the ports; the addresses depend on the device.
+    SelfPorts(Vec<PortRange>),
+    Cap {
+        dsts: Vec<Target>,
+        cap_map: serde_json::Map<String, Json>,
+        via: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Expansion {
+    pub origin: Origin,
+    pub src: u32,
+    pub proto: Vec<u8>,
+    pub kind: ExpKind,
+    /// Position of the first expansion this one merges with on the wire (itself if none).
+    pub merge_first: u32,
+}
+
+/// An SSH rule with resolved sources.
+#[derive(Debug, Clone)]
+pub(crate) struct SshCompiled {
+    pub origin: Origin,
+    pub check: bool,
+    /// Source devices, in principal order (a device can repeat, once per matching alias).
+    pub src_nodes: Vec<u32>,
+    pub dst: Vec<Alias>,
+    pub users: Vec<String>,
+    pub accept_env: Vec<String>,
+}
+
+/// A policy compiled for one inventory.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub policy: Policy,
+    pub(crate) domains: Vec<String>,
+    pub(crate) nodes: Vec<NodeInfo>,
+    pub(crate) users: Vec<UserInfo>,
+    pub(crate) user_index: HashMap<String, u32>,
+    pub(crate) node_index: HashMap<String, u32>,
+    pub(crate) ip_index: HashMap<IpAddr, u32>,
+    /// The device of each interned device address (device addresses are interned first).
+    pub(crate) id_node: Vec<u32>,
+    pub(crate) strings: Vec<String>,
+    string_ids: HashMap<String, u32>,
+    pub(crate) src_sets: Vec<SrcSet>,
+    src_set_ids: HashMap<SrcSet, u32>,
+    pub(crate) expansions: Vec<Expansion>,
+    /// Per device: (expansion, destination entry) pairs that name one of its addresses.
+    pub(crate) node_hits: Vec<Vec<(u32, u32)>>,
+    /// Entries whose destination is `*`.
+    pub(crate) star_hits: Vec<(u32, u32)>,
+    /// Entries whose destination is a network (hosts, CIDRs, autogroup:internet), and all
+    /// entries of `via` grants.
+    pub(crate) net_hits: Vec<(u32, u32)>,
+    /// Expansions with `autogroup:self` destinations.
+    pub(crate) self_exps: Vec<u32>,
+    pub(crate) ssh: Vec<SshCompiled>,
+    hosts: HashMap<String, Net>,
+}
+
+impl Engine {
+    /// Validates `policy` and compiles it for `inventory`.
+    pub fn build(policy: Policy, inventory: &Inventory) -> Result<Engine, PolicyError> {
+        let domains = inventory.domains();
+        validate(&policy, &domains)?;
+        let mut engine = Engine {
+            domains,
+            nodes: Vec::new(),
+            users: Vec::new(),
+            user_index: HashMap::new(),
+            node_index: HashMap::new(),
+            ip_index: HashMap::new(),
+            id_node: Vec::new(),
+            strings: Vec::new(),
+            string_ids: HashMap::new(),
+            src_sets: Vec::new(),
+            src_set_ids: HashMap::new(),
+            expansions: Vec::new(),
+            node_hits: Vec::new(),
+            star_hits: Vec::new(),
+            net_hits: Vec::new(),
+            self_exps: Vec::new(),
+            ssh: Vec::new(),
+            hosts: HashMap::new(),
+            policy,
+        };
+        engine.load_inventory(inventory)?;
+        engine.id_node = vec![u32::MAX; engine.strings.len()];
+        for (n, node) in engine.nodes.iter().enumerate() {
+            for &id in &node.ip_ids {
+                engine.id_node[id as usize] = n as u32;
+            }
+        }
+        for (name, address) in &engine.policy.file.hosts {
+            if let Some(net) = Net::parse(address) {
+                engine.hosts.insert(name.clone(), net);
+            }
+        }
+        engine.expand_rules()?;
+        engine.index();
+        engine.compile_ssh()?;
+        Ok(engine)
+    }
+
+    fn intern(&mut self, text: String) -> u32 {
+        if let Some(&id) = self.string_ids.get(&text) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(text.clone());
+        self.string_ids.insert(text, id);
+        id
+    }
+
+    fn load_inventory(&mut self, inventory: &Inventory) -> Result<(), PolicyError> {
+        for user in &inventory.users {
+            let id = self.users.len() as u32;
+            self.user_index.insert(user.login_name.clone(), id);
+            self.users.push(UserInfo {
+                login: user.login_name.clone(),
+                role: user.role.clone(),
+                nodes: Vec::new(),
+            });
+        }
+        for device in &inventory.devices {
+            let id = self.nodes.len() as u32;
+            let mut ips = Vec::new();
+            for address in &device.addresses {
+                let ip: IpAddr = address.parse().map_err(|_| {
+                    PolicyError::Inventory(format!(
+                        "device {:?}: address {address:?} is not an IP address",
+                        device.name
+                    ))
+                })?;
+                ips.push(ip);
+            }
+            let ip_ids = ips.iter().map(|ip| self.intern(ip.to_string())).collect();
+            for ip in &ips {
+                self.ip_index.insert(*ip, id);
+            }
+            let mut routes = Vec::new();
+            let mut exit = false;
+            for route in &device.enabled_routes {
+                let net = Net::parse(route).ok_or_else(|| {
+                    PolicyError::Inventory(format!(
+                        "device {:?}: route {route:?} is not a CIDR prefix",
+                        device.name
+                    ))
+                })?;
+                if net.is_all() {
+                    exit = true;
+                } else {
+                    routes.push(net);
+                }
+            }
+            let user = if device.tags.is_empty() && !device.user.is_empty() {
+                let user = match self.user_index.get(&device.user) {
+                    Some(&u) => u,
+                    None => {
+                        // A device of a user missing from the user list still belongs to them.
+                        let u = self.users.len() as u32;
+                        self.user_index.insert(device.user.clone(), u);
+                        self.users.push(UserInfo {
+                            login: device.user.clone(),
+                            role: String::new(),
+                            nodes: Vec::new(),
+                        });
+                        u
+                    }
+                };
+                self.users[user as usize].nodes.push(id);
+                Some(user)
+            } else {
+                None
+            };
+            for name in [&device.name, &device.hostname, &device.id, &device.node_id] {
+                if !name.is_empty() {
+                    self.node_index.entry(name.clone()).or_insert(id);
+                }
+            }
+            if let Some((short, _)) = device.name.split_once('.') {
+                self.node_index.entry(short.to_owned()).or_insert(id);
+            }
+            self.nodes.push(NodeInfo {
+                name: device.name.clone(),
+                ips,
+                ip_ids,
+                user,
+                tags: device.tags.clone(),
+                routes,
+                exit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Users an alias names (for user-like aliases).
+    pub(crate) fn alias_users(&self, alias: &Alias) -> Vec<u32> {
+        let file = &self.policy.file;
+        match alias {
+            Alias::User(login) => self.user_index.get(login).copied().into_iter().collect(),
+            Alias::UserDomain(domain) => (0..self.users.len() as u32)
+                .filter(|&u| {
+                    self.users[u as usize]
+                        .login
+                        .rsplit_once('@')
+                        .is_some_and(|(_, d)| d == domain)
+                })
+                .collect(),
+            Alias::Group(group) => {
+                let mut out: Vec<u32> = Vec::new();
+                for member in file.groups.get(group).into_iter().flatten() {
+                    if let Ok(a) = Alias::parse(member) {
+                        for u in self.alias_users(&a) {
+                            if !out.contains(&u) {
+                                out.push(u);
+                            }
+                        }
+                    }
+                }
+                out
+            }
+            Alias::AutoGroup(AutoGroup::Member) => (0..self.users.len() as u32).collect(),
+            Alias::AutoGroup(AutoGroup::Role(role)) => (0..self.users.len() as u32)
+                .filter(|&u| {
+                    let r = self.users[u as usize].role.as_str();
+                    r == *role || (*role == "admin" && r == "owner")
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Devices an alias names by identity (users' untagged devices, tagged devices), in
+    /// inventory order per user.
+    pub(crate) fn alias_nodes(&self, alias: &Alias) -> Vec<u32> {
+        match alias {
+            Alias::Tag(tag) => (0..self.nodes.len() as u32)
+                .filter(|&n| self.nodes[n as usize].tags.iter().any(|t| t == tag))
+                .collect(),
+            Alias::AutoGroup(AutoGroup::Tagged) => (0..self.nodes.len() as u32)
+                .filter(|&n| !self.nodes[n as usize].tags.is_empty())
+                .collect(),
+            Alias::AutoGroup(AutoGroup::Member) => (0..self.nodes.len() as u32)
+                .filter(|&n| self.nodes[n as usize].user.is_some())
+                .collect(),
+            _ => self
+                .alias_users(alias)
+                .into_iter()
+                .flat_map(|u| self.users[u as usize].nodes.clone())
+                .collect(),
+        }
+    }
+
+    /// Networks an alias names literally (hosts, CIDRs, ipsets, autogroup:internet).
+    pub(crate) fn alias_nets(&self, alias: &Alias) -> Vec<Net> {
+        match alias {
+            Alias::Net(net) => vec![*net],
+            Alias::Host(host) => self.hosts.get(host).copied().into_iter().collect(),
+            Alias::AutoGroup(AutoGroup::Internet) => ip::internet(),
+            Alias::IpSet(name) => self.ipset(name, 0),
+            _ => Vec::new(),
+        }
+    }
+
+    fn ipset(&self, name: &str, depth: usize) -> Vec<Net> {
+        let mut nets: Vec<Net> = Vec::new();
+        if depth > 16 {
+            return nets;
+        }
+        for op in self.policy.file.ipsets.get(name).into_iter().flatten() {
+            let (remove, target) = match op.strip_prefix("remove ") {
+                Some(t) => (true, t),
+                None => (false, op.strip_prefix("add ").unwrap_or(op)),
+            };
+            let targets = match Alias::parse(target) {
+                Ok(Alias::IpSet(inner)) => self.ipset(&inner, depth + 1),
+                Ok(a) => self.alias_nets(&a),
+                Err(_) => Vec::new(),
+            };
+            if remove {
+                for t in targets {
+                    nets = nets.into_iter().flat_map(|n| subtract(n, t)).collect();
+                }
+            } else {
+                nets.extend(targets);
+            }
+        }
+        nets
+    }
+
+    /// Resolves a rule's sources into an interned source set.
+    fn src_set(&mut self, srcs: &[String]) -> u32 {
+        let mut ids: Vec<u32> = Vec::new();
+        let mut nets: Vec<Net> = Vec::new();
+        let mut all = false;
+        for text in srcs {
+            let Ok(alias) = Alias::parse(text) else {
+                continue;
+            };
+            match &alias {
+                Alias::Wildcard => {
+                    let mut space: Vec<Net> = ip::tailnet_space().to_vec();
+                    for node in &self.nodes {
+                        space.extend(node.routes.iter().copied());
+                    }
+                    nets.extend(space);
+                }
+                Alias::AutoGroup(AutoGroup::DangerAll) => {
+                    all = true;
+                    let id = self.intern("*".to_owned());
+                    ids.push(id);
+                }
+                _ => {
+                    for n in self.alias_nodes(&alias) {
+                        ids.extend(self.nodes[n as usize].ip_ids.iter().copied());
+                    }
+                    nets.extend(self.alias_nets(&alias));
+                }
+            }
+        }
+        for net in &nets {
+            let id = self.intern(net.to_string());
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        nets.sort();
+        nets.dedup();
+        let set = SrcSet { ids, nets, all };
+        if let Some(&id) = self.src_set_ids.get(&set) {
+            return id;
+        }
+        let id = self.src_sets.len() as u32;
+        self.src_sets.push(set.clone());
+        self.src_set_ids.insert(set, id);
+        id
+    }
+
+    fn dst_targets(&self, alias: &Alias) -> Vec<Target> {
+        if *alias == Alias::Wildcard {
+            return vec![Target::Star];
+        }
+        let mut out = Vec::new();
+        for n in self.alias_nodes(alias) {
+            for i in 0..self.nodes[n as usize].ips.len() {
+                out.push(Target::NodeIp(n, i as u8));
+            }
+        }
+        out.extend(self.alias_nets(alias).into_iter().map(Target::Net));
+        out
+    }
+
+    fn push_expansion(&mut self, origin: Origin, src: u32, proto: Vec<u8>, kind: ExpKind) {
+        let position = self.expansions.len() as u32;
+        self.expansions.push(Expansion {
+            origin,
+            src,
+            proto,
+            kind,
+            merge_first: position,
+        });
+    }
+
+    fn expand_rules(&mut self) -> Result<(), PolicyError> {
+        let file = self.policy.file.clone();
+        // Grants first, then ACLs, each in policy order.
+        for (index, grant) in file.grants.iter().flatten().enumerate() {
+            let origin = Origin {
+                section: Section::Grants,
+                index,
+                line: self.policy.grant_lines.get(index).copied().unwrap_or(0),
+            };
+            let src = self.src_set(&grant.src);
+            let dst_aliases: Vec<Alias> =
+                grant.dst.iter().filter_map(|d| Alias::parse(d).ok()).collect();
+            for spec in &grant.ip {
+                let (proto, ranges) = parse_ip_spec(spec).map_err(PolicyError::Invalid)?;
+                let mut dsts = Vec::new();
+                let mut self_ports = false;
+                for alias in &dst_aliases {
+                    if *alias == Alias::AutoGroup(AutoGroup::SelfDevices) {
+                        self_ports = true;
+                        continue;
+                    }
+                    for target in self.dst_targets(alias) {
+                        for &range in &ranges {
+                            dsts.push((target, range));
+                        }
+                    }
+                }
+                let via = grant.via.clone();
+                self.push_expansion(origin, src, proto.clone(), ExpKind::Ports { dsts, via });
+                if self_ports {
+                    self.push_expansion(origin, src, proto, ExpKind::SelfPorts(ranges.clone()));
+                }
+            }
+            if let Some(app) = &grant.app
+                && !app.is_empty()
+            {
+                let dsts = dst_aliases
+                    .iter()
+                    .flat_map(|a| self.dst_targets(a))
+                    .collect();
+                let kind = ExpKind::Cap {
+                    dsts,
+                    cap_map: app.clone(),
+                    via: grant.via.clone(),
+                };
+                self.push_expansion(origin, src, Vec::new(), kind);
+            }
+        }
+        let default_acl;
+        let acls: Vec<(Section, &crate::model::Acl)> = match (&file.acls, &file.grants) {
+            (None, None) => {
+                default_acl = crate::model::Acl {
+                    action: "accept".to_owned(),
+                    src: vec!["*".to_owned()],
+                    dst: vec!["*:*".to_owned()],
+                    ..Default::default()
+                };
+                vec![(Section::Default, &default_acl)]
+            }
+            (acls, _) => acls
+                .iter()
+                .flatten()
+                .map(|a| (Section::Acls, a))
+                .collect(),
+        };
+        for (index, (section, acl)) in acls.into_iter().enumerate() {
+            let origin = Origin {
+                section,
+                index,
+                line: self.policy.acl_lines.get(index).copied().unwrap_or(0),
+            };
+            let srcs = if acl.src.is_empty() { &acl.users } else { &acl.src };
+            let src = self.src_set(srcs);
+            let proto = match &acl.proto {
+                Some(p) if !p.is_empty() => parse_proto(p).map_err(PolicyError::Invalid)?,
+                _ => Vec::new(),
+            };
+            let dsts = if acl.dst.is_empty() { &acl.ports } else { &acl.dst };
+            let mut self_dsts = Vec::new();
+            for dst in dsts {
+                let Some((host, ports)) = split_host_ports(dst) else {
+                    continue;
+                };
+                let ranges = parse_ports(ports).map_err(PolicyError::Invalid)?;
+                let Ok(alias) = Alias::parse(&host) else {
+                    continue;
+                };
+                if alias == Alias::AutoGroup(AutoGroup::SelfDevices) {
+                    self_dsts.push(ranges);
+                    continue;
+                }
+                let mut entries = Vec::new();
+                for target in self.dst_targets(&alias) {
+                    for &range in &ranges {
+                        entries.push((target, range));
+                    }
+                }
+                let kind = ExpKind::Ports {
+                    dsts: entries,
+                    via: Vec::new(),
+                };
+                self.push_expansion(origin, src, proto.clone(), kind);
+            }
+            for ranges in self_dsts {
+                self.push_expansion(origin, src, proto.clone(), ExpKind::SelfPorts(ranges));
+            }
+        }
+        // Rules with the same sources and protocols merge on the wire at the first one's place.
+        let mut first: HashMap<(u32, Vec<u8>), u32> = HashMap::new();
+        for (position, exp) in self.expansions.iter_mut().enumerate() {
+            if matches!(exp.kind, ExpKind::Ports { .. }) {
+                exp.merge_first = *first
+                    .entry((exp.src, exp.proto.clone()))
+                    .or_insert(position as u32);
+            }
+        }
+        Ok(())
+    }
+
+    fn index(&mut self) {
+        self.node_hits = vec![Vec::new(); self.nodes.len()];
+        for (e, exp) in self.expansions.iter().enumerate() {
+            let (targets, via): (Vec<Target>, bool) = match &exp.kind {
+                ExpKind::Ports { dsts, via } => {
+                    (dsts.iter().map(|(t, _)| *t).collect(), !via.is_empty())
+                }
+                ExpKind::Cap { dsts, via, .. } => (dsts.clone(), !via.is_empty()),
+                ExpKind::SelfPorts(_) => {
+                    self.self_exps.push(e as u32);
+                    continue;
+                }
+            };
+            for (k, target) in targets.into_iter().enumerate() {
+                let hit = (e as u32, k as u32);
+                match target {
+                    _ if via => self.net_hits.push(hit),
+                    Target::Star => self.star_hits.push(hit),
+                    Target::NodeIp(n, _) => self.node_hits[n as usize].push(hit),
+                    Target::Net(_) => self.net_hits.push(hit),
+                }
+            }
+        }
+    }
+
+    /// Does a destination target concern device `n` (and which of its addresses or routes)?
+    pub(crate) fn target_hits(&self, n: u32, target: &Target, via: &[String]) -> bool {
+        let node = &self.nodes[n as usize];
+        if !via.is_empty() {
+            if !node.tags.iter().any(|t| via.contains(t)) {
+                return false;
+            }
+            return match target {
+                Target::Net(net) => {
+                    node.routes.iter().any(|r| r.overlaps(net))
+                        || (node.exit && ip::internet().iter().any(|i| i.covers(net)))
+                }
+                _ => false,
+            };
+        }
+        match target {
+            Target::Star => true,
+            Target::NodeIp(m, _) => *m == n,
+            Target::Net(net) => {
+                node.ips.iter().any(|ip| net.contains_ip(*ip))
+                    || node.routes.iter().any(|r| r.overlaps(net))
+                    || (node.exit && ip::internet().iter().any(|i| i.covers(net)))
+            }
+        }
+    }
+
+    pub(crate) fn src_contains(&self, set: u32, ip: IpAddr) -> bool {
+        let set = &self.src_sets[set as usize];
+        if set.all {
+            return true;
+        }
+        if let Some(&n) = self.ip_index.get(&ip) {
+            let node = &self.nodes[n as usize];
+            if let Some(pos) = node.ips.iter().position(|a| *a == ip)
+                && set.ids.binary_search(&node.ip_ids[pos]).is_ok()
+            {
+                return true;
+            }
+        }
+        set.nets.iter().any(|net| net.contains_ip(ip))
+    }
+
+    /// The strings of a source set, in the control plane's order.
+    fn src_strings(&self, ids: &[u32]) -> Vec<String> {
+        let mut out: Vec<String> = ids.iter().map(|&i| self.strings[i as usize].clone()).collect();
+        out.sort();
+        out
+    }
+
+    /// `autogroup:self` sources for device `n`: the source set narrowed to the addresses of
+    /// the device owner's untagged devices.
+    fn self_src_ids(&self, set: u32, n: u32) -> Vec<u32> {
+        let Some(user) = self.nodes[n as usize].user else {
+            return Vec::new();
+        };
+        let mut ids = Vec::new();
+        for &m in &self.users[user as usize].nodes {
+            let node = &self.nodes[m as usize];
+            for (i, ip) in node.ips.iter().enumerate() {
+                if self.src_contains(set, *ip) {
+                    ids.push(node.ip_ids[i]);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Every (expansion, entry) that concerns device `n`, sorted.
+    pub(crate) fn hits_for(&self, n: u32) -> Vec<(u32, u32)> {
+        let mut hits = self.node_hits[n as usize].clone();
+        hits.extend_from_slice(&self.star_hits);
+        for &(e, k) in &self.net_hits {
+            let exp = &self.expansions[e as usize];
+            let (target, via) = match &exp.kind {
+                ExpKind::Ports { dsts, via } => (dsts[k as usize].0, via.as_slice()),
+                ExpKind::Cap { dsts, via, .. } => (dsts[k as usize], via.as_slice()),
+                ExpKind::SelfPorts(_) => continue,
+            };
+            if self.target_hits(n, &target, via) {
+                hits.push((e, k));
+            }
+        }
+        hits.sort_unstable();
+        hits
+    }
+
+    fn target_string(&self, target: &Target) -> String {
+        match target {
+            Target::Star => "*".to_owned(),
+            Target::NodeIp(n, i) => self.strings[self.nodes[*n as usize].ip_ids[*i as usize] as usize].clone(),
+            Target::Net(net) => net.to_string(),
+        }
+    }
+
+    /// The packet filter device `n` receives.
+    pub(crate) fn filter_for(&self, n: u32) -> Vec<FilterRule> {
+        // (order key, rule) where rules with the same key merge.
+        let mut groups: BTreeMap<(u32, u32), FilterRule> = BTreeMap::new();
+        let hits = self.hits_for(n);
+        let node = &self.nodes[n as usize];
+        for (e, k) in hits {
+            let exp = &self.expansions[e as usize];
+            match &exp.kind {
+                ExpKind::Ports { dsts, .. } => {
+                    let (target, (first, last)) = &dsts[k as usize];
+                    let rule = groups.entry((exp.merge_first, 0)).or_insert_with(|| FilterRule {
+                        src_ips: self.src_strings(&self.src_sets[exp.src as usize].ids),
+                        dst_ports: Vec::new(),
+                        ip_proto: exp.proto.clone(),
+                        cap_grant: Vec::new(),
+                    });
+                    rule.dst_ports.push(NetPortRange {
+                        ip: self.target_string(target),
+                        ports: wire::PortRange {
+                            first: *first,
+                            last: *last,
+                        },
+                    });
+                }
+                ExpKind::Cap { dsts, cap_map, .. } => {
+                    let dst = match &dsts[k as usize] {
+                        Target::Net(net) if !node.ips.iter().any(|ip| net.contains_ip(*ip)) => {
+                            vec![net.cidr_string()]
+                        }
+                        Target::NodeIp(m, i) => {
+                            vec![Net::addr(self.nodes[*m as usize].ips[*i as usize]).cidr_string()]
+                        }
+                        _ => node.ips.iter().map(|ip| Net::addr(*ip).cidr_string()).collect(),
+                    };
+                    let rule = groups.entry((e, 1)).or_insert_with(|| FilterRule {
+                        src_ips: self.src_strings(&self.src_sets[exp.src as usize].ids),
+                        dst_ports: Vec::new(),
+                        ip_proto: Vec::new(),
+                        cap_grant: vec![CapGrant {
+                            dsts: Vec::new(),
+                            cap_map: cap_map.clone(),
+                        }],
+                    });
+                    if let Some(grant) = rule.cap_grant.first_mut() {
+                        for d in dst {
+                            if !grant.dsts.contains(&d) {
+                                grant.dsts.push(d);
+                            }
+                        }
+                    }
+                }
+                ExpKind::SelfPorts(_) => {}
+            }
+        }
+        for &e in &self.self_exps {
+            let exp = &self.expansions[e as usize];
+            let ExpKind::SelfPorts(ranges) = &exp.kind else {
+                continue;
+            };
+            let ids = self.self_src_ids(exp.src, n);
+            if ids.is_empty() {
+                continue;
+            }
+            let src_ips = self.src_strings(&ids);
+            let key = groups
+                .iter()
+                .find(|(_, r)| r.src_ips == src_ips && r.ip_proto == exp.proto && r.cap_grant.is_empty())
+                .map(|(k, _)| *k)
+                .filter(|k| k.0 < e)
+                .unwrap_or((e, 0));
+            let rule = groups.entry(key).or_insert_with(|| FilterRule {
+                src_ips,
+                dst_ports: Vec::new(),
+                ip_proto: exp.proto.clone(),
+                cap_grant: Vec::new(),
+            });
+            for &id in &node.ip_ids {
+                for &(first, last) in ranges {
+                    rule.dst_ports.push(NetPortRange {
+                        ip: self.strings[id as usize].clone(),
+                        ports: wire::PortRange { first, last },
+                    });
+                }
+            }
+        }
+        groups
+            .into_values()
+            .filter(|r| !r.src_ips.is_empty())
+            .collect()
+    }
+
+    fn compile_ssh(&mut self) -> Result<(), PolicyError> {
+        let rules = self.policy.file.ssh.clone();
+        let mut compiled = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let origin = Origin {
+                section: Section::Ssh,
+                index,
+                line: self.policy.ssh_lines.get(index).copied().unwrap_or(0),
+            };
+            let mut src_nodes = Vec::new();
+            for src in &rule.src {
+                if let Ok(alias) = Alias::parse(src) {
+                    src_nodes.extend(self.alias_nodes(&alias));
+                }
+            }
+            compiled.push(SshCompiled {
+                origin,
+                check: rule.action.as_deref().map(str::trim) == Some("check"),
+                src_nodes,
+                dst: rule.dst.iter().filter_map(|d| Alias::parse(d).ok()).collect(),
+                users: rule
+                    .users
+                    .iter()
+                    .flatten()
+                    .map(|u| u.trim().to_owned())
+                    .collect(),
+                accept_env: rule.accept_env.clone().unwrap_or_default(),
+            });
+        }
+        // Check rules come before accept rules.
+        compiled.sort_by_key(|r| !r.check);
+        self.ssh = compiled;
+        Ok(())
+    }
+
+    /// Does SSH rule `rule`'s destination include device `n`? Returns the allowed source
+    /// devices, narrowed for `autogroup:self`.
+    pub(crate) fn ssh_sources_for(&self, rule: &SshCompiled, n: u32) -> Option<Vec<u32>> {
+        let node = &self.nodes[n as usize];
+        let mut direct = false;
+        let mut via_self = false;
+        for alias in &rule.dst {
+            match alias {
+                Alias::AutoGroup(AutoGroup::SelfDevices) => via_self |= node.user.is_some(),
+                Alias::AutoGroup(AutoGroup::Tagged) => direct |= !node.tags.is_empty(),
+                Alias::Tag(tag) => direct |= node.tags.contains(tag),
+                other => {
+                    if let Some(user) = node.user {
+                        direct |= self.alias_users(other).contains(&user);
+                    }
+                }
+            }
+        }
+        if direct {
+            return Some(rule.src_nodes.clone());
+        }
+        if via_self {
+            let user = node.user;
+            let srcs: Vec<u32> = rule
+                .src_nodes
+                .iter()
+                .copied()
+                .filter(|&m| self.nodes[m as usize].user == user)
+                .collect();
+            return Some(srcs);
+        }
+        None
+    }
+
+    /// The SSH rules device `n` receives.
+    pub(crate) fn ssh_for(&self, n: u32) -> Vec<wire::SshRule> {
+        let mut out = Vec::new();
+        for rule in &self.ssh {
+            let Some(srcs) = self.ssh_sources_for(rule, n) else {
+                continue;
+            };
+            if srcs.is_empty() {
+                continue;
+            }
+            let mut common: BTreeMap<String, String> = BTreeMap::new();
+            common.insert("root".to_owned(), String::new());
+            let mut localpart_domains = Vec::new();
+            for user in &rule.users {
+                match user.as_str() {
+                    "root" => {
+                        common.insert("root".to_owned(), "root".to_owned());
+                    }
+                    "autogroup:nonroot" => {
+                        common.insert("*".to_owned(), "=".to_owned());
+                    }
+                    u => match u.strip_prefix("localpart:*@") {
+                        Some(domain) => localpart_domains.push(domain.to_owned()),
+                        None => {
+                            common.insert(u.to_owned(), u.to_owned());
+                        }
+                    },
+                }
+            }
+            let action = if rule.check {
+                wire::SshAction::check()
+            } else {
+                wire::SshAction::accept()
+            };
+            let principals = |nodes: &[u32]| -> Vec<wire::SshPrincipal> {
+                nodes
+                    .iter()
+                    .flat_map(|&m| self.nodes[m as usize].ips.iter())
+                    .map(|ip| wire::SshPrincipal {
+                        node_ip: ip.to_string(),
+                    })
+                    .collect()
+            };
+            let make = |principals, users| wire::SshRule {
+                principals,
+                ssh_users: users,
+                action: action.clone(),
+                accept_env: rule.accept_env.clone(),
+            };
+            if localpart_domains.is_empty() {
+                out.push(make(principals(&srcs), common));
+                continue;
+            }
+            // With localpart mappings: per source user (in user order) a common rule and a
+            // rule mapping the login's local part; tagged sources last.
+            let mut by_user: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+            let mut tagged = Vec::new();
+            for &m in &srcs {
+                match self.nodes[m as usize].user {
+                    Some(u) => by_user.entry(u).or_default().push(m),
+                    None => tagged.push(m),
+                }
+            }
+            for (u, nodes) in by_user {
+                out.push(make(principals(&nodes), common.clone()));
+                let login = &self.users[u as usize].login;
+                if let Some((local, domain)) = login.rsplit_once('@')
+                    && localpart_domains.iter().any(|d| d == domain)
+                {
+                    let mut users = BTreeMap::new();
+                    users.insert(local.to_owned(), local.to_owned());
+                    out.push(make(principals(&nodes), users));
+                }
+            }
+            if !tagged.is_empty() {
+                out.push(make(principals(&tagged), common));
+            }
+        }
+        out
+    }
+
+    /// Device index by name, hostname, MagicDNS short name, ID or address.
+    pub fn find_device(&self, name: &str) -> Option<u32> {
+        self.node_index.get(name).copied().or_else(|| {
+            name.parse::<IpAddr>()
+                .ok()
+                .and_then(|ip| self.ip_index.get(&ip).copied())
+        })
+    }
+
+    pub fn device_names(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(|n| n.name.as_str())
+    }
+
+    /// What device `name` receives from the control plane.
+    pub fn device_wire(&self, name: &str) -> Option<wire::DeviceWire> {
+        let n = self.find_device(name)?;
+        Some(wire::DeviceWire {
+            packet_filter: self.filter_for(n),
+            ssh_rules: self.ssh_for(n),
+        })
+    }
+
+    /// Every device's packet filter and SSH rules, keyed by device name.
+    pub fn compile_all(&self) -> BTreeMap<String, wire::DeviceWire> {
+        (0..self.nodes.len() as u32)
+            .map(|n| {
+                (
+                    self.nodes[n as usize].name.clone(),
+                    wire::DeviceWire {
+                        packet_filter: self.filter_for(n),
+                        ssh_rules: self.ssh_for(n),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Does `alias` (a `nodeAttrs` target) select device `n`?
+    fn target_selects(&self, alias: &Alias, n: u32) -> bool {
+        let node = &self.nodes[n as usize];
+        match alias {
+            Alias::Wildcard => true,
+            Alias::Net(_) | Alias::Host(_) | Alias::IpSet(_) => self
+                .alias_nets(alias)
+                .iter()
+                .any(|net| node.ips.iter().any(|ip| net.contains_ip(*ip))),
+            _ => self.alias_nodes(alias).contains(&n),
+        }
+    }
+
+    /// The node capabilities (`nodeAttrs` and tailnet-wide switches) device `n` receives.
+    pub fn node_attrs(&self, name: &str) -> Option<Vec<String>> {
+        let n = self.find_device(name)?;
+        let file = &self.policy.file;
+        let mut attrs: Vec<String> = Vec::new();
+        for rule in &file.node_attrs {
+            let selected = rule
+                .target
+                .iter()
+                .filter_map(|t| Alias::parse(t).ok())
+                .any(|a| self.target_selects(&a, n));
+            if selected {
+                attrs.extend(rule.attr.iter().cloned());
+            }
+        }
+        if file.randomize_client_port {
+            attrs.push("randomize-client-port".to_owned());
+        }
+        if file.disable_ipv4 {
+            attrs.push("disable-ipv4".to_owned());
+        }
+        attrs.sort();
+        attrs.dedup();
+        Some(attrs)
+    }
+
+    pub(crate) fn node(&self, n: u32) -> &NodeInfo {
+        &self.nodes[n as usize]
+    }
+}
+
+/// `a` without `b`, as ranges (prefixes are kept when untouched).
+fn subtract(a: Net, b: Net) -> Vec<Net> {
+    if !a.overlaps(&b) {
+        return vec![a];
+    }
+    let mut out = Vec::new();
+    if a.first < b.first {
+        out.push(Net {
+            v6: a.v6,
+            first: a.first,
+            last: b.first - 1,
+            bits: None,
+        });
+    }
+    if b.last < a.last {
+        out.push(Net {
+            v6: a.v6,
+            first: b.last + 1,
+            last: a.last,
+            bits: None,
+        });
+    }
+    out
+}
