@@ -103,6 +103,8 @@ pub(crate) enum ExpKind {
     },
     /// `autogroup:self` destinations: the ports; the addresses depend on the device.
     SelfPorts(Vec<PortRange>),
+    /// App capabilities granted to `autogroup:self`.
+    SelfCap(serde_json::Map<String, Json>),
     Cap {
         dsts: Vec<Target>,
         cap_map: serde_json::Map<String, Json>,
@@ -116,7 +118,8 @@ pub(crate) struct Expansion {
     pub src: u32,
     pub proto: Vec<u8>,
     pub kind: ExpKind,
-    /// Position of the first expansion this one merges with on the wire (itself if none).
+    /// Port rules with the same sources, protocols and `via` merge on the wire at the place
+    /// of the first one: its position (this one's own if it is first).
     pub merge_first: u32,
 }
 
@@ -456,14 +459,80 @@ impl Engine {
     }
 
     fn push_expansion(&mut self, origin: Origin, src: u32, proto: Vec<u8>, kind: ExpKind) {
-        let position = self.expansions.len() as u32;
         self.expansions.push(Expansion {
             origin,
             src,
             proto,
             kind,
-            merge_first: position,
+            merge_first: self.expansions.len() as u32,
         });
+    }
+
+    /// An app grant: the capability rule, then for `drive` and `relay` the reversed companion
+    /// rule the peers need (`drive-sharer`, `relay-target`).
+    fn expand_app(
+        &mut self,
+        origin: Origin,
+        src: u32,
+        grant: &crate::model::Grant,
+        dst_aliases: &[Alias],
+        app: &serde_json::Map<String, Json>,
+    ) {
+        let self_dst = Alias::AutoGroup(AutoGroup::SelfDevices);
+        let dsts: Vec<Target> = dst_aliases
+            .iter()
+            .filter(|a| **a != self_dst)
+            .flat_map(|a| self.dst_targets(a))
+            .collect();
+        let has_self = dst_aliases.contains(&self_dst);
+        let has_other = dst_aliases.iter().any(|a| *a != self_dst);
+        let via = grant.via.clone();
+        if has_other {
+            let kind = ExpKind::Cap {
+                dsts,
+                cap_map: app.clone(),
+                via: via.clone(),
+            };
+            self.push_expansion(origin, src, Vec::new(), kind);
+        }
+        if has_self {
+            self.push_expansion(origin, src, Vec::new(), ExpKind::SelfCap(app.clone()));
+        }
+        const COMPANIONS: [(&str, &str); 2] = [
+            ("tailscale.com/cap/drive", "tailscale.com/cap/drive-sharer"),
+            ("tailscale.com/cap/relay", "tailscale.com/cap/relay-target"),
+        ];
+        for (cap, companion) in COMPANIONS {
+            if !app.contains_key(cap) {
+                continue;
+            }
+            let mut cap_map = serde_json::Map::new();
+            cap_map.insert(companion.to_owned(), Json::Null);
+            if has_other {
+                let other_dsts: Vec<String> = grant
+                    .dst
+                    .iter()
+                    .filter(|d| Alias::parse(d).ok().as_ref() != Some(&self_dst))
+                    .cloned()
+                    .collect();
+                let reversed_src = self.src_set(&other_dsts);
+                let reversed_dsts = grant
+                    .src
+                    .iter()
+                    .filter_map(|s| Alias::parse(s).ok())
+                    .flat_map(|a| self.dst_targets(&a))
+                    .collect();
+                let kind = ExpKind::Cap {
+                    dsts: reversed_dsts,
+                    cap_map: cap_map.clone(),
+                    via: via.clone(),
+                };
+                self.push_expansion(origin, reversed_src, Vec::new(), kind);
+            }
+            if has_self {
+                self.push_expansion(origin, src, Vec::new(), ExpKind::SelfCap(cap_map));
+            }
+        }
     }
 
     fn expand_rules(&mut self) -> Result<(), PolicyError> {
@@ -502,16 +571,7 @@ impl Engine {
             if let Some(app) = &grant.app
                 && !app.is_empty()
             {
-                let dsts = dst_aliases
-                    .iter()
-                    .flat_map(|a| self.dst_targets(a))
-                    .collect();
-                let kind = ExpKind::Cap {
-                    dsts,
-                    cap_map: app.clone(),
-                    via: grant.via.clone(),
-                };
-                self.push_expansion(origin, src, Vec::new(), kind);
+                self.expand_app(origin, src, grant, &dst_aliases, app);
             }
         }
         let default_acl;
@@ -544,6 +604,13 @@ impl Engine {
                 _ => Vec::new(),
             };
             let dsts = if acl.dst.is_empty() { &acl.ports } else { &acl.dst };
+            // Self destinations go last when the ACL also names something that is not an
+            // autogroup; otherwise every destination keeps its place.
+            let defer_self = dsts.iter().any(|d| {
+                split_host_ports(d)
+                    .and_then(|(host, _)| Alias::parse(&host).ok())
+                    .is_some_and(|a| !matches!(a, Alias::AutoGroup(_)))
+            });
             let mut self_dsts = Vec::new();
             for dst in dsts {
                 let Some((host, ports)) = split_host_ports(dst) else {
@@ -554,7 +621,11 @@ impl Engine {
                     continue;
                 };
                 if alias == Alias::AutoGroup(AutoGroup::SelfDevices) {
-                    self_dsts.push(ranges);
+                    if defer_self {
+                        self_dsts.push(ranges);
+                    } else {
+                        self.push_expansion(origin, src, proto.clone(), ExpKind::SelfPorts(ranges));
+                    }
                     continue;
                 }
                 let mut entries = Vec::new();
@@ -573,12 +644,11 @@ impl Engine {
                 self.push_expansion(origin, src, proto.clone(), ExpKind::SelfPorts(ranges));
             }
         }
-        // Rules with the same sources and protocols merge on the wire at the first one's place.
-        let mut first: HashMap<(u32, Vec<u8>), u32> = HashMap::new();
+        let mut first: HashMap<(u32, Vec<u8>, Vec<String>), u32> = HashMap::new();
         for (position, exp) in self.expansions.iter_mut().enumerate() {
-            if matches!(exp.kind, ExpKind::Ports { .. }) {
+            if let ExpKind::Ports { via, .. } = &exp.kind {
                 exp.merge_first = *first
-                    .entry((exp.src, exp.proto.clone()))
+                    .entry((exp.src, exp.proto.clone(), via.clone()))
                     .or_insert(position as u32);
             }
         }
@@ -593,7 +663,7 @@ impl Engine {
                     (dsts.iter().map(|(t, _)| *t).collect(), !via.is_empty())
                 }
                 ExpKind::Cap { dsts, via, .. } => (dsts.clone(), !via.is_empty()),
-                ExpKind::SelfPorts(_) => {
+                ExpKind::SelfPorts(_) | ExpKind::SelfCap(_) => {
                     self.self_exps.push(e as u32);
                     continue;
                 }
@@ -688,7 +758,7 @@ impl Engine {
             let (target, via) = match &exp.kind {
                 ExpKind::Ports { dsts, via } => (dsts[k as usize].0, via.as_slice()),
                 ExpKind::Cap { dsts, via, .. } => (dsts[k as usize], via.as_slice()),
-                ExpKind::SelfPorts(_) => continue,
+                ExpKind::SelfPorts(_) | ExpKind::SelfCap(_) => continue,
             };
             if self.target_hits(n, &target, via) {
                 hits.push((e, k));
@@ -706,30 +776,64 @@ impl Engine {
         }
     }
 
-    /// The packet filter device `n` receives.
+    /// The packet filter device `n` receives. Rules are emitted in expansion order; port
+    /// rules with the same sources and protocols merge into the first one on this device.
     pub(crate) fn filter_for(&self, n: u32) -> Vec<FilterRule> {
-        // (order key, rule) where rules with the same key merge.
-        let mut groups: BTreeMap<(u32, u32), FilterRule> = BTreeMap::new();
-        let hits = self.hits_for(n);
         let node = &self.nodes[n as usize];
+        let mut hits = self.hits_for(n);
+        if node.user.is_some() {
+            hits.extend(self.self_exps.iter().map(|&e| (e, u32::MAX)));
+            hits.sort_unstable();
+        }
+        // Rules by position; port rules of one merge group share the first one's position.
+        let mut rules: BTreeMap<u32, (Vec<u32>, FilterRule)> = BTreeMap::new();
+        let port = |first: u16, last: u16| wire::PortRange { first, last };
+        let own_dsts = || -> Vec<String> {
+            node.ips.iter().map(|ip| Net::addr(*ip).cidr_string()).collect()
+        };
+        let new_rule = |ids: &[u32], proto: &[u8], cap: Option<CapGrant>| FilterRule {
+            src_ips: self.src_strings(ids),
+            dst_ports: Vec::new(),
+            ip_proto: proto.to_vec(),
+            cap_grant: cap.into_iter().collect(),
+        };
         for (e, k) in hits {
             let exp = &self.expansions[e as usize];
+            let ids = &self.src_sets[exp.src as usize].ids;
             match &exp.kind {
                 ExpKind::Ports { dsts, .. } => {
                     let (target, (first, last)) = &dsts[k as usize];
-                    let rule = groups.entry((exp.merge_first, 0)).or_insert_with(|| FilterRule {
-                        src_ips: self.src_strings(&self.src_sets[exp.src as usize].ids),
-                        dst_ports: Vec::new(),
-                        ip_proto: exp.proto.clone(),
-                        cap_grant: Vec::new(),
-                    });
+                    let (_, rule) = rules
+                        .entry(exp.merge_first)
+                        .or_insert_with(|| (ids.clone(), new_rule(ids, &exp.proto, None)));
                     rule.dst_ports.push(NetPortRange {
                         ip: self.target_string(target),
-                        ports: wire::PortRange {
-                            first: *first,
-                            last: *last,
-                        },
+                        ports: port(*first, *last),
                     });
+                }
+                ExpKind::SelfPorts(ranges) => {
+                    let ids = self.self_src_ids(exp.src, n);
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let mut entries = Vec::new();
+                    for &id in &node.ip_ids {
+                        for &(first, last) in ranges {
+                            entries.push(NetPortRange {
+                                ip: self.strings[id as usize].clone(),
+                                ports: port(first, last),
+                            });
+                        }
+                    }
+                    // Merges with a rule of this device that has the very same sources.
+                    let same = rules.iter().find(|(_, (other, r))| {
+                        *other == ids && r.ip_proto == exp.proto && r.cap_grant.is_empty()
+                    });
+                    let key = same.map_or(e, |(key, _)| *key);
+                    let (_, rule) = rules
+                        .entry(key)
+                        .or_insert_with(|| (ids.clone(), new_rule(&ids, &exp.proto, None)));
+                    rule.dst_ports.extend(entries);
                 }
                 ExpKind::Cap { dsts, cap_map, .. } => {
                     let dst = match &dsts[k as usize] {
@@ -739,16 +843,14 @@ impl Engine {
                         Target::NodeIp(m, i) => {
                             vec![Net::addr(self.nodes[*m as usize].ips[*i as usize]).cidr_string()]
                         }
-                        _ => node.ips.iter().map(|ip| Net::addr(*ip).cidr_string()).collect(),
+                        _ => own_dsts(),
                     };
-                    let rule = groups.entry((e, 1)).or_insert_with(|| FilterRule {
-                        src_ips: self.src_strings(&self.src_sets[exp.src as usize].ids),
-                        dst_ports: Vec::new(),
-                        ip_proto: Vec::new(),
-                        cap_grant: vec![CapGrant {
+                    let (_, rule) = rules.entry(e).or_insert_with(|| {
+                        let cap = CapGrant {
                             dsts: Vec::new(),
                             cap_map: cap_map.clone(),
-                        }],
+                        };
+                        (ids.clone(), new_rule(ids, &[], Some(cap)))
                     });
                     if let Some(grant) = rule.cap_grant.first_mut() {
                         for d in dst {
@@ -758,44 +860,22 @@ impl Engine {
                         }
                     }
                 }
-                ExpKind::SelfPorts(_) => {}
-            }
-        }
-        for &e in &self.self_exps {
-            let exp = &self.expansions[e as usize];
-            let ExpKind::SelfPorts(ranges) = &exp.kind else {
-                continue;
-            };
-            let ids = self.self_src_ids(exp.src, n);
-            if ids.is_empty() {
-                continue;
-            }
-            let src_ips = self.src_strings(&ids);
-            let key = groups
-                .iter()
-                .find(|(_, r)| r.src_ips == src_ips && r.ip_proto == exp.proto && r.cap_grant.is_empty())
-                .map(|(k, _)| *k)
-                .filter(|k| k.0 < e)
-                .unwrap_or((e, 0));
-            let rule = groups.entry(key).or_insert_with(|| FilterRule {
-                src_ips,
-                dst_ports: Vec::new(),
-                ip_proto: exp.proto.clone(),
-                cap_grant: Vec::new(),
-            });
-            for &id in &node.ip_ids {
-                for &(first, last) in ranges {
-                    rule.dst_ports.push(NetPortRange {
-                        ip: self.strings[id as usize].clone(),
-                        ports: wire::PortRange { first, last },
-                    });
+                ExpKind::SelfCap(cap_map) => {
+                    let ids = self.self_src_ids(exp.src, n);
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let cap = CapGrant {
+                        dsts: own_dsts(),
+                        cap_map: cap_map.clone(),
+                    };
+                    rules.insert(e, (Vec::new(), new_rule(&ids, &[], Some(cap))));
                 }
             }
         }
-        groups
-            .into_values()
-            .filter(|r| !r.src_ips.is_empty())
-            .collect()
+        let mut rules: Vec<FilterRule> = rules.into_values().map(|(_, r)| r).collect();
+        rules.retain(|r| !r.src_ips.is_empty());
+        rules
     }
 
     fn compile_ssh(&mut self) -> Result<(), PolicyError> {
@@ -809,8 +889,16 @@ impl Engine {
             };
             let mut src_nodes = Vec::new();
             for src in &rule.src {
-                if let Ok(alias) = Alias::parse(src) {
-                    src_nodes.extend(self.alias_nodes(&alias));
+                match Alias::parse(src) {
+                    // Each tag of a tagged device makes it a principal once more.
+                    Ok(Alias::AutoGroup(AutoGroup::Tagged)) => {
+                        for n in self.alias_nodes(&Alias::AutoGroup(AutoGroup::Tagged)) {
+                            let count = self.nodes[n as usize].tags.len();
+                            src_nodes.extend(std::iter::repeat_n(n, count));
+                        }
+                    }
+                    Ok(alias) => src_nodes.extend(self.alias_nodes(&alias)),
+                    Err(_) => {}
                 }
             }
             compiled.push(SshCompiled {
@@ -854,7 +942,10 @@ impl Engine {
         if direct {
             return Some(rule.src_nodes.clone());
         }
-        if via_self {
+        // `autogroup:self`, and (as the control plane does) any rule mapping `localpart:`
+        // users, reach the source users' own devices.
+        let localpart = rule.users.iter().any(|u| u.starts_with("localpart:*@"));
+        if via_self || (localpart && node.user.is_some()) {
             let user = node.user;
             let srcs: Vec<u32> = rule
                 .src_nodes
@@ -862,7 +953,7 @@ impl Engine {
                 .copied()
                 .filter(|&m| self.nodes[m as usize].user == user)
                 .collect();
-            return Some(srcs);
+            return (via_self || !srcs.is_empty()).then_some(srcs);
         }
         None
     }

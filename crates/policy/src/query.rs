@@ -342,7 +342,7 @@ impl Engine {
                         }
                     }
                 }
-                ExpKind::Cap { .. } => {}
+                ExpKind::Cap { .. } | ExpKind::SelfCap(_) => {}
             }
         }
         Ok(out

@@ -403,7 +403,12 @@ impl Checker<'_> {
             for pool in &attr.ip_pool {
                 let net = Net::parse(pool)
                     .ok_or_else(|| invalid(format!("IPPool({pool}): invalid prefix")))?;
-                if crate::ip::is_tailnet_ip(net.first_ip()) {
+                // Quad-100 and the 100.115.92.0/23 block are Tailscale's own.
+                let reserved = ["100.100.100.0/24", "100.115.92.0/23"]
+                    .iter()
+                    .filter_map(|r| Net::parse(r))
+                    .any(|r| r.overlaps(&net));
+                if reserved {
                     return Err(invalid(format!(
                         "IPPool({}): network within reserved range",
                         net.cidr_string()
