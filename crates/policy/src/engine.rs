@@ -139,7 +139,6 @@ pub(crate) struct SshCompiled {
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub policy: Policy,
-    pub(crate) domains: Vec<String>,
     pub(crate) nodes: Vec<NodeInfo>,
     pub(crate) users: Vec<UserInfo>,
     pub(crate) user_index: HashMap<String, u32>,
@@ -171,7 +170,6 @@ impl Engine {
         let domains = inventory.domains();
         validate(&policy, &domains)?;
         let mut engine = Engine {
-            domains,
             nodes: Vec::new(),
             users: Vec::new(),
             user_index: HashMap::new(),

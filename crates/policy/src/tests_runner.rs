@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Origin};
 use crate::syntax::{Alias, AutoGroup, parse_proto, split_host_ports};
 
 /// One failed test, and why.
@@ -186,7 +186,7 @@ impl Engine {
                         let got = self.ssh_allows(s, d, user);
                         let ok = match want {
                             "accept" => got.is_some(),
-                            "check" => got == Some(true),
+                            "check" => got.is_some_and(|(_, check)| check),
                             _ => got.is_none(),
                         };
                         if !ok {
@@ -202,31 +202,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Can device `src` SSH to device `dst` as `user`? `Some(true)` through a check rule,
-    /// `Some(false)` through an accept rule, `None` if not at all.
-    pub fn ssh_allows(&self, src: u32, dst: u32, user: &str) -> Option<bool> {
-        let src_ips: Vec<String> = self.node(src).ips.iter().map(|ip| ip.to_string()).collect();
-        let mut result = None;
-        for rule in self.ssh_for(dst) {
-            let has_src = src_ips
-                .iter()
-                .all(|ip| rule.principals.iter().any(|p| &p.node_ip == ip));
-            if !has_src {
+    /// Can device `src` SSH to device `dst` as local `user`? The first rule that allows it
+    /// (check rules are consulted first, as devices do) and whether it is a `check` rule.
+    pub fn ssh_allows(&self, src: u32, dst: u32, user: &str) -> Option<(Origin, bool)> {
+        let src_login = self
+            .node(src)
+            .user
+            .map(|u| self.users[u as usize].login.as_str());
+        for rule in &self.ssh {
+            let Some(sources) = self.ssh_sources_for(rule, dst) else {
+                continue;
+            };
+            if !sources.contains(&src) {
                 continue;
             }
-            let mapped = match rule.ssh_users.get(user) {
-                Some(local) => !local.is_empty(),
-                None => user != "root" && rule.ssh_users.get("*").is_some_and(|v| v == "="),
-            };
+            let mapped = rule.users.iter().any(|u| match u.as_str() {
+                "autogroup:nonroot" => user != "root",
+                u => match u.strip_prefix("localpart:*@") {
+                    Some(domain) => src_login
+                        .and_then(|l| l.rsplit_once('@'))
+                        .is_some_and(|(local, d)| d == domain && local == user),
+                    None => u == user,
+                },
+            });
             if mapped {
-                let check = !rule.action.accept;
-                result = Some(result.unwrap_or(false) || check);
-                if check {
-                    return result;
-                }
+                return Some((rule.origin, rule.check));
             }
         }
-        result
+        None
     }
 
     /// Runs the policy's `tests` and `sshTests`; the failures, none if all pass.
