@@ -67,6 +67,8 @@ pub(crate) struct NodeInfo {
     /// Approved subnet routes, exit routes excluded.
     pub routes: Vec<Net>,
     pub exit: bool,
+    /// Posture attributes, `node:os` and `node:tsVersion` included.
+    pub attrs: BTreeMap<String, Json>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +164,7 @@ pub struct Engine {
     pub(crate) self_exps: Vec<u32>,
     pub(crate) ssh: Vec<SshCompiled>,
     hosts: HashMap<String, Net>,
+    postures: HashMap<String, Vec<crate::posture::Condition>>,
 }
 
 impl Engine {
@@ -187,6 +190,7 @@ impl Engine {
             self_exps: Vec::new(),
             ssh: Vec::new(),
             hosts: HashMap::new(),
+            postures: HashMap::new(),
             policy,
         };
         engine.load_inventory(inventory)?;
@@ -200,6 +204,13 @@ impl Engine {
             if let Some(net) = Net::parse(address) {
                 engine.hosts.insert(name.clone(), net);
             }
+        }
+        for (name, conditions) in &engine.policy.file.postures {
+            let parsed = conditions
+                .iter()
+                .filter_map(|c| crate::posture::Condition::parse(c).ok())
+                .collect();
+            engine.postures.insert(name.clone(), parsed);
         }
         engine.expand_rules()?;
         engine.index();
@@ -286,6 +297,18 @@ impl Engine {
             if let Some((short, _)) = device.name.split_once('.') {
                 self.node_index.entry(short.to_owned()).or_insert(id);
             }
+            let mut attrs = device.posture_attributes.clone();
+            if !device.os.is_empty() {
+                attrs
+                    .entry("node:os".to_owned())
+                    .or_insert_with(|| Json::from(device.os.to_lowercase()));
+            }
+            if !device.client_version.is_empty() {
+                let version = device.client_version.split('-').next().unwrap_or_default();
+                attrs
+                    .entry("node:tsVersion".to_owned())
+                    .or_insert_with(|| Json::from(version));
+            }
             self.nodes.push(NodeInfo {
                 name: device.name.clone(),
                 ips,
@@ -294,6 +317,7 @@ impl Engine {
                 tags: device.tags.clone(),
                 routes,
                 exit,
+                attrs,
             });
         }
         Ok(())
@@ -394,8 +418,30 @@ impl Engine {
         nets
     }
 
-    /// Resolves a rule's sources into an interned source set.
-    fn src_set(&mut self, srcs: &[String]) -> u32 {
+    /// The postures that apply to a rule: its own `srcPosture`, else `defaultSrcPosture`.
+    fn effective_postures(&self, own: &[String]) -> Vec<String> {
+        if own.is_empty() {
+            self.policy.file.default_src_posture.clone()
+        } else {
+            own.to_vec()
+        }
+    }
+
+    /// Does device `n` satisfy at least one of `postures` (trivially, if there are none)?
+    pub(crate) fn posture_ok(&self, n: u32, postures: &[String]) -> bool {
+        postures.is_empty()
+            || postures.iter().any(|p| {
+                self.postures.get(p).is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .all(|c| c.holds(&self.nodes[n as usize].attrs))
+                })
+            })
+    }
+
+    /// Resolves a rule's sources into an interned source set; with postures, only devices
+    /// that satisfy one of them count.
+    fn src_set(&mut self, srcs: &[String], postures: &[String]) -> u32 {
         let mut ids: Vec<u32> = Vec::new();
         let mut nets: Vec<Net> = Vec::new();
         let mut all = false;
@@ -418,7 +464,9 @@ impl Engine {
                 }
                 _ => {
                     for n in self.alias_nodes(&alias) {
-                        ids.extend(self.nodes[n as usize].ip_ids.iter().copied());
+                        if self.posture_ok(n, postures) {
+                            ids.extend(self.nodes[n as usize].ip_ids.iter().copied());
+                        }
                     }
                     nets.extend(self.alias_nets(&alias));
                 }
@@ -513,7 +561,7 @@ impl Engine {
                     .filter(|d| Alias::parse(d).ok().as_ref() != Some(&self_dst))
                     .cloned()
                     .collect();
-                let reversed_src = self.src_set(&other_dsts);
+                let reversed_src = self.src_set(&other_dsts, &[]);
                 let reversed_dsts = grant
                     .src
                     .iter()
@@ -542,7 +590,8 @@ impl Engine {
                 index,
                 line: self.policy.grant_lines.get(index).copied().unwrap_or(0),
             };
-            let src = self.src_set(&grant.src);
+            let postures = self.effective_postures(&grant.src_posture);
+            let src = self.src_set(&grant.src, &postures);
             let dst_aliases: Vec<Alias> =
                 grant.dst.iter().filter_map(|d| Alias::parse(d).ok()).collect();
             for spec in &grant.ip {
@@ -596,7 +645,8 @@ impl Engine {
                 line: self.policy.acl_lines.get(index).copied().unwrap_or(0),
             };
             let srcs = if acl.src.is_empty() { &acl.users } else { &acl.src };
-            let src = self.src_set(srcs);
+            let postures = self.effective_postures(&acl.src_posture);
+            let src = self.src_set(srcs, &postures);
             let proto = match &acl.proto {
                 Some(p) if !p.is_empty() => parse_proto(p).map_err(PolicyError::Invalid)?,
                 _ => Vec::new(),
@@ -885,6 +935,7 @@ impl Engine {
                 index,
                 line: self.policy.ssh_lines.get(index).copied().unwrap_or(0),
             };
+            let postures = self.effective_postures(&rule.src_posture);
             let mut src_nodes = Vec::new();
             for src in &rule.src {
                 match Alias::parse(src) {
@@ -899,6 +950,7 @@ impl Engine {
                     Err(_) => {}
                 }
             }
+            src_nodes.retain(|&n| self.posture_ok(n, &postures));
             compiled.push(SshCompiled {
                 origin,
                 check: rule.action.as_deref().map(str::trim) == Some("check"),

@@ -1,6 +1,8 @@
 //! The tailnet a policy is evaluated against: users and devices with Tailscale API v2 field
 //! names, so a snapshot of a real tailnet can be used as it is.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -53,6 +55,16 @@ pub struct Device {
     pub advertised_routes: Vec<String>,
     #[serde(default)]
     pub enabled_routes: Vec<String>,
+    /// The device's OS as the API reports it (`linux`, `macOS`, ...): `node:os` in postures.
+    #[serde(default)]
+    pub os: String,
+    /// `node:tsVersion` in postures.
+    #[serde(default)]
+    pub client_version: String,
+    /// Posture attributes (`custom:...`, `node:...`) as `GET /device/{id}/attributes` returns
+    /// them; tidegate's own addition to the device object.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub posture_attributes: BTreeMap<String, serde_json::Value>,
 }
 
 impl Inventory {

@@ -7,6 +7,7 @@ mod engine;
 pub mod inventory;
 pub mod ip;
 pub mod model;
+pub mod posture;
 mod query;
 pub mod syntax;
 mod tests_runner;

@@ -67,6 +67,8 @@ pub struct Acl {
     /// Legacy spelling of `dst`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub src_posture: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

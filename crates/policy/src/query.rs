@@ -96,6 +96,17 @@ impl Engine {
         if let Ok(ip) = who.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
+        // Any other alias: a tag, group or autogroup names the devices it selects.
+        if let Ok(alias) = crate::syntax::Alias::parse(who) {
+            let ips: Vec<IpAddr> = self
+                .alias_nodes(&alias)
+                .into_iter()
+                .flat_map(|n| self.node(n).ips.clone())
+                .collect();
+            if !ips.is_empty() {
+                return Ok(ips);
+            }
+        }
         Err(PolicyError::NotFound(format!(
             "{who:?} is not a user, device or IP address of this tailnet"
         )))

@@ -202,6 +202,19 @@ impl Checker<'_> {
         Ok(())
     }
 
+    fn posture_definitions(&self) -> Result<(), PolicyError> {
+        for (name, conditions) in &self.file.postures {
+            if !name.starts_with("posture:") {
+                return Err(invalid(format!("postures[{name:?}]: names must start with \"posture:\"")));
+            }
+            for condition in conditions {
+                crate::posture::Condition::parse(condition)
+                    .map_err(|e| invalid(format!("postures[{name:?}]: {e}")))?;
+            }
+        }
+        self.postures(&self.file.default_src_posture)
+    }
+
     fn postures(&self, names: &[String]) -> Result<(), PolicyError> {
         for name in names {
             if !self.file.postures.contains_key(name) {
@@ -242,6 +255,7 @@ impl Checker<'_> {
                     self.check_self_sources(&srcs, true)?;
                 }
             }
+            self.postures(&acl.src_posture)?;
         }
         Ok(())
     }
@@ -531,6 +545,7 @@ pub fn validate(policy: &Policy, domains: &[String]) -> Result<(), PolicyError> 
     checker.tag_owners()?;
     checker.hosts()?;
     checker.ipsets()?;
+    checker.posture_definitions()?;
     checker.acls()?;
     checker.grants()?;
     checker.ssh()?;

@@ -1,4 +1,5 @@
 //! Integration tests of the policy engine: conformance with Tailscale's control plane, and
-//! the queries and test runner on realistic policies.
+//! the questions, test runner and validation on a realistic policy.
 
 mod conformance;
+mod queries;
