@@ -157,9 +157,8 @@ pub struct Engine {
     pub(crate) node_hits: Vec<Vec<(u32, u32)>>,
     /// Entries whose destination is `*`.
     pub(crate) star_hits: Vec<(u32, u32)>,
-    /// Entries whose destination is a network (hosts, CIDRs, autogroup:internet), and all
-    /// entries of `via` grants.
-    pub(crate) net_hits: Vec<(u32, u32)>,
+    /// Devices carrying each tag.
+    pub(crate) tag_nodes: HashMap<String, Vec<u32>>,
     /// Expansions with `autogroup:self` destinations.
     pub(crate) self_exps: Vec<u32>,
     pub(crate) ssh: Vec<SshCompiled>,
@@ -186,7 +185,7 @@ impl Engine {
             expansions: Vec::new(),
             node_hits: Vec::new(),
             star_hits: Vec::new(),
-            net_hits: Vec::new(),
+            tag_nodes: HashMap::new(),
             self_exps: Vec::new(),
             ssh: Vec::new(),
             hosts: HashMap::new(),
@@ -297,6 +296,9 @@ impl Engine {
             if let Some((short, _)) = device.name.split_once('.') {
                 self.node_index.entry(short.to_owned()).or_insert(id);
             }
+            for tag in &device.tags {
+                self.tag_nodes.entry(tag.clone()).or_default().push(id);
+            }
             let mut attrs = device.posture_attributes.clone();
             if !device.os.is_empty() {
                 attrs
@@ -364,9 +366,7 @@ impl Engine {
     /// inventory order per user.
     pub(crate) fn alias_nodes(&self, alias: &Alias) -> Vec<u32> {
         match alias {
-            Alias::Tag(tag) => (0..self.nodes.len() as u32)
-                .filter(|&n| self.nodes[n as usize].tags.iter().any(|t| t == tag))
-                .collect(),
+            Alias::Tag(tag) => self.tag_nodes.get(tag).cloned().unwrap_or_default(),
             Alias::AutoGroup(AutoGroup::Tagged) => (0..self.nodes.len() as u32)
                 .filter(|&n| !self.nodes[n as usize].tags.is_empty())
                 .collect(),
@@ -703,26 +703,71 @@ impl Engine {
         Ok(())
     }
 
+    /// Builds the inverted index: for each device, the destination entries that concern it.
     fn index(&mut self) {
         self.node_hits = vec![Vec::new(); self.nodes.len()];
-        for (e, exp) in self.expansions.iter().enumerate() {
-            let (targets, via): (Vec<Target>, bool) = match &exp.kind {
-                ExpKind::Ports { dsts, via } => {
-                    (dsts.iter().map(|(t, _)| *t).collect(), !via.is_empty())
-                }
-                ExpKind::Cap { dsts, via, .. } => (dsts.clone(), !via.is_empty()),
+        // Every device address, sorted, to find the devices inside a network quickly.
+        let mut addresses: Vec<(bool, u128, u32)> = Vec::with_capacity(self.nodes.len() * 2);
+        for (n, node) in self.nodes.iter().enumerate() {
+            for ip in &node.ips {
+                let net = Net::addr(*ip);
+                addresses.push((net.v6, net.first, n as u32));
+            }
+        }
+        addresses.sort_unstable();
+        // Devices that route for others (subnet routers, exit nodes).
+        let routers: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|&n| !self.nodes[n as usize].routes.is_empty() || self.nodes[n as usize].exit)
+            .collect();
+        let mut hit_nodes: Vec<u32> = Vec::new();
+        for e in 0..self.expansions.len() {
+            let exp = &self.expansions[e];
+            let (targets, via): (Vec<Target>, &[String]) = match &exp.kind {
+                ExpKind::Ports { dsts, via } => (dsts.iter().map(|(t, _)| *t).collect(), via),
+                ExpKind::Cap { dsts, via, .. } => (dsts.clone(), via),
                 ExpKind::SelfPorts(_) | ExpKind::SelfCap(_) => {
                     self.self_exps.push(e as u32);
                     continue;
                 }
             };
-            for (k, target) in targets.into_iter().enumerate() {
+            for (k, target) in targets.iter().enumerate() {
                 let hit = (e as u32, k as u32);
-                match target {
-                    _ if via => self.net_hits.push(hit),
-                    Target::Star => self.star_hits.push(hit),
-                    Target::NodeIp(n, _) => self.node_hits[n as usize].push(hit),
-                    Target::Net(_) => self.net_hits.push(hit),
+                hit_nodes.clear();
+                if !via.is_empty() {
+                    for tag in via {
+                        for &n in self.tag_nodes.get(tag).into_iter().flatten() {
+                            if self.target_hits(n, target, via) {
+                                hit_nodes.push(n);
+                            }
+                        }
+                    }
+                } else {
+                    match target {
+                        Target::Star => {
+                            self.star_hits.push(hit);
+                            continue;
+                        }
+                        Target::NodeIp(n, _) => hit_nodes.push(*n),
+                        Target::Net(net) => {
+                            let from = addresses.partition_point(|a| (a.0, a.1) < (net.v6, net.first));
+                            for a in &addresses[from..] {
+                                if (a.0, a.1) > (net.v6, net.last) {
+                                    break;
+                                }
+                                hit_nodes.push(a.2);
+                            }
+                            for &n in &routers {
+                                if self.target_hits(n, target, via) {
+                                    hit_nodes.push(n);
+                                }
+                            }
+                        }
+                    }
+                }
+                hit_nodes.sort_unstable();
+                hit_nodes.dedup();
+                for &n in &hit_nodes {
+                    self.node_hits[n as usize].push(hit);
                 }
             }
         }
@@ -801,17 +846,6 @@ impl Engine {
     pub(crate) fn hits_for(&self, n: u32) -> Vec<(u32, u32)> {
         let mut hits = self.node_hits[n as usize].clone();
         hits.extend_from_slice(&self.star_hits);
-        for &(e, k) in &self.net_hits {
-            let exp = &self.expansions[e as usize];
-            let (target, via) = match &exp.kind {
-                ExpKind::Ports { dsts, via } => (dsts[k as usize].0, via.as_slice()),
-                ExpKind::Cap { dsts, via, .. } => (dsts[k as usize], via.as_slice()),
-                ExpKind::SelfPorts(_) | ExpKind::SelfCap(_) => continue,
-            };
-            if self.target_hits(n, &target, via) {
-                hits.push((e, k));
-            }
-        }
         hits.sort_unstable();
         hits
     }
@@ -1100,6 +1134,11 @@ impl Engine {
 
     pub fn device_names(&self) -> impl Iterator<Item = &str> {
         self.nodes.iter().map(|n| n.name.as_str())
+    }
+
+    /// The packet filter device `name` receives.
+    pub fn packet_filter(&self, name: &str) -> Option<Vec<FilterRule>> {
+        Some(self.filter_for(self.find_device(name)?))
     }
 
     /// What device `name` receives from the control plane.

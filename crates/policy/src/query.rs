@@ -141,15 +141,6 @@ impl Engine {
                 return;
             }
         }
-        for &(e, k) in &self.net_hits {
-            let exp = &self.expansions[e as usize];
-            if let ExpKind::Ports { dsts, via } = &exp.kind
-                && self.target_hits(n, &dsts[k as usize].0, via)
-                && !visit(e, k)
-            {
-                return;
-            }
-        }
         if node.user.is_some() && dst_ip.is_none_or(|ip| node.ips.contains(&ip)) {
             for &e in &self.self_exps {
                 let exp = &self.expansions[e as usize];
