@@ -121,11 +121,17 @@ impl Tailnet {
         }
         let mut tag_owners = serde_json::Map::new();
         for t in 0..SERVICES {
-            tag_owners.insert(format!("tag:svc{t}"), json!([format!("group:team{}", t % TEAMS)]));
+            tag_owners.insert(
+                format!("tag:svc{t}"),
+                json!([format!("group:team{}", t % TEAMS)]),
+            );
         }
         let mut hosts = serde_json::Map::new();
         for h in 0..HOSTS {
-            hosts.insert(format!("host{h}"), json!(format!("10.{}.1.0/24", h % ROUTERS)));
+            hosts.insert(
+                format!("host{h}"),
+                json!(format!("10.{}.1.0/24", h % ROUTERS)),
+            );
         }
         let grants = self.rules * 2 / 5;
         let acls = self.rules * 2 / 5;
@@ -156,7 +162,8 @@ impl Tailnet {
             *first = json!({"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]});
         }
         if let Some(second) = acl_rules.get_mut(1) {
-            *second = json!({"action": "accept", "src": ["*"], "dst": ["tag:svc0:53"], "proto": "udp"});
+            *second =
+                json!({"action": "accept", "src": ["*"], "dst": ["tag:svc0:53"], "proto": "udp"});
         }
         let ssh_rules: Vec<_> = (0..ssh)
             .map(|k| {
@@ -199,7 +206,8 @@ impl Tailnet {
     pub fn large_policy_json(&self, bytes: usize) -> String {
         let mut members = self.users / TEAMS;
         loop {
-            let text = serde_json::to_string_pretty(&self.policy_value(members)).unwrap_or_default();
+            let text =
+                serde_json::to_string_pretty(&self.policy_value(members)).unwrap_or_default();
             if text.len() >= bytes || members >= self.users {
                 return text;
             }

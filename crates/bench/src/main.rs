@@ -55,7 +55,8 @@ fn policy_bench() -> Result<serde_json::Value> {
     let mut engine = None;
     let index_ms = median_ms(3, || {
         let policy = policy::Policy::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let built = policy::Engine::build(policy, &inventory).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let built =
+            policy::Engine::build(policy, &inventory).map_err(|e| anyhow::anyhow!("{e}"))?;
         engine = Some(built);
         Ok::<_, anyhow::Error>(())
     });
@@ -75,7 +76,11 @@ fn policy_bench() -> Result<serde_json::Value> {
     let checks: Vec<(IpAddr, String, u16)> = (0..1000)
         .map(|i| {
             let src = tailnet.user_device_ip(i * 37 % tailnet.user_devices());
-            (src, tailnet.tagged_device_name(i % 100), [443, 22, 5432, 8080][i % 4])
+            (
+                src,
+                tailnet.tagged_device_name(i % 100),
+                [443, 22, 5432, 8080][i % 4],
+            )
         })
         .collect();
     let mut allowed = 0usize;

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tidegate", version, about = "Just-in-time access for Tailscale tailnets")]
+#[command(
+    name = "tidegate",
+    version,
+    about = "Just-in-time access for Tailscale tailnets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -209,8 +209,7 @@ pub fn run(command: PolicyCommand) -> Result<(), Failure> {
                     let mut out = serde_json::Map::new();
                     out.insert(
                         name,
-                        serde_json::to_value(wire)
-                            .map_err(|e| Failure::Usage(e.to_string()))?,
+                        serde_json::to_value(wire).map_err(|e| Failure::Usage(e.to_string()))?,
                     );
                     print_json(&out)
                 }
@@ -294,10 +293,7 @@ pub fn run(command: PolicyCommand) -> Result<(), Failure> {
                 println!("  allowed by {rule}");
             }
             if access.allowed && !access.denied_addresses.is_empty() {
-                println!(
-                    "  but not from {}",
-                    access.denied_addresses.join(", ")
-                );
+                println!("  but not from {}", access.denied_addresses.join(", "));
             }
             if !access.allowed {
                 println!("  no rule allows it");

@@ -36,7 +36,10 @@ mod tests {
     fn columns_line_up() {
         let text = super::render(
             &["KIND", "NAME"],
-            &[vec!["user".into(), "a@b".into()], vec!["network".into(), "10.0.0.0/8".into()]],
+            &[
+                vec!["user".into(), "a@b".into()],
+                vec!["network".into(), "10.0.0.0/8".into()],
+            ],
         );
         assert_eq!(text, "KIND     NAME\nuser     a@b\nnetwork  10.0.0.0/8\n");
     }

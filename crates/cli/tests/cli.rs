@@ -1,5 +1,7 @@
 //! The `tidegate` binary as a user runs it: exit codes, messages, and output formats.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -55,12 +57,18 @@ fn check_accepts_the_example_and_reports_syntax_errors_with_position() {
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     assert!(stdout(&ok).ends_with(": ok\n"));
 
-    let bad = Scratch::new("syntax.hujson", "{\n  \"groups\": {\n    \"group:a\": [\"x@y\",,],\n  }\n}\n");
+    let bad = Scratch::new(
+        "syntax.hujson",
+        "{\n  \"groups\": {\n    \"group:a\": [\"x@y\",,],\n  }\n}\n",
+    );
     let out = tidegate(&["policy", "check", bad.path()]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out).trim(),
-        format!("{}:3:23: invalid character ',' at start of value", bad.path())
+        format!(
+            "{}:3:23: invalid character ',' at start of value",
+            bad.path()
+        )
     );
 }
 
@@ -108,9 +116,19 @@ fn io_and_usage_errors_exit_2() {
     assert!(stderr(&out).contains("expected DEVICE:PORT"));
 
     let inv = Scratch::new("bad-inventory.json", "{\"devices\": [{\"name\": 5}]}");
-    let out = tidegate(&["policy", "test", &example("policy.hujson"), "--inventory", inv.path()]);
+    let out = tidegate(&[
+        "policy",
+        "test",
+        &example("policy.hujson"),
+        "--inventory",
+        inv.path(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not an inventory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not an inventory"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -125,14 +143,26 @@ fn test_runs_the_files_tests_and_says_which_failed() {
     assert_eq!(ok.status.code(), Some(0), "{}{}", stdout(&ok), stderr(&ok));
     assert!(stdout(&ok).contains("3 tests, 2 sshTests: 5 passed, 0 failed"));
 
-    let text = std::fs::read_to_string(example("policy.hujson")).unwrap().replace(
-        r#"{"src": "tag:ci", "accept": ["tag:staging:22"], "deny": ["tag:prod:22"]},"#,
-        r#"{"src": "tag:ci", "accept": ["tag:prod:22"]},"#,
-    );
+    let text = std::fs::read_to_string(example("policy.hujson"))
+        .unwrap()
+        .replace(
+            r#"{"src": "tag:ci", "accept": ["tag:staging:22"], "deny": ["tag:prod:22"]},"#,
+            r#"{"src": "tag:ci", "accept": ["tag:prod:22"]},"#,
+        );
     let failing = Scratch::new("failing.hujson", &text);
-    let out = tidegate(&["policy", "test", failing.path(), "--inventory", &example("inventory.json")]);
+    let out = tidegate(&[
+        "policy",
+        "test",
+        failing.path(),
+        "--inventory",
+        &example("inventory.json"),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("FAIL tests[2]: tag:ci -> tag:prod:22"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("FAIL tests[2]: tag:ci -> tag:prod:22"),
+        "{}",
+        stdout(&out)
+    );
     assert!(stderr(&out).contains("test(s) failed"));
 }
 
@@ -160,9 +190,18 @@ fn compile_prints_wire_format_per_device() {
     }
     // Engineers may SSH to staging as any non-root user.
     let ssh = device["sshRules"].as_array().unwrap();
-    assert!(ssh.iter().any(|r| r["sshUsers"]["*"] == "=" && r["action"]["accept"] == true));
+    assert!(
+        ssh.iter()
+            .any(|r| r["sshUsers"]["*"] == "=" && r["action"]["accept"] == true)
+    );
 
-    let all = tidegate(&["policy", "compile", &example("policy.hujson"), "--inventory", &example("inventory.json")]);
+    let all = tidegate(&[
+        "policy",
+        "compile",
+        &example("policy.hujson"),
+        "--inventory",
+        &example("inventory.json"),
+    ]);
     let json: serde_json::Value = serde_json::from_str(&stdout(&all)).unwrap();
     assert_eq!(json.as_object().unwrap().len(), 11);
 }
@@ -194,19 +233,51 @@ fn who_can_reach_and_explain_answer_in_tables_and_json() {
 
     let json = run(&["who-can", "--reach", "staging-1:22", "--json"]);
     let list: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"dave@example.com"));
-    assert!(!names.contains(&"bob@example.com"), "bob is not an engineer: {names:?}");
+    assert!(
+        !names.contains(&"bob@example.com"),
+        "bob is not an engineer: {names:?}"
+    );
 
-    let explain = run(&["explain", "--src", "dave@example.com", "--dst", "staging-1:443"]);
+    let explain = run(&[
+        "explain",
+        "--src",
+        "dave@example.com",
+        "--dst",
+        "staging-1:443",
+    ]);
     let text = stdout(&explain);
-    assert!(text.contains("ALLOWED") && text.contains("grants[0] (line 28)"), "{text}");
-    let denied = run(&["explain", "--src", "dave@example.com", "--dst", "db-1:22", "--json"]);
+    assert!(
+        text.contains("ALLOWED") && text.contains("grants[0] (line 28)"),
+        "{text}"
+    );
+    let denied = run(&[
+        "explain",
+        "--src",
+        "dave@example.com",
+        "--dst",
+        "db-1:22",
+        "--json",
+    ]);
     let access: serde_json::Value = serde_json::from_str(&stdout(&denied)).unwrap();
     assert_eq!(access["allowed"], false);
 
     let reach = run(&["reach", "--from", "ci-runner", "--json"]);
     let list: serde_json::Value = serde_json::from_str(&stdout(&reach)).unwrap();
-    let targets: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(targets, ["office-router.example.ts.net", "staging-1.example.ts.net"]);
+    let targets: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        ["office-router.example.ts.net", "staging-1.example.ts.net"]
+    );
 }

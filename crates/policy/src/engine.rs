@@ -592,8 +592,11 @@ impl Engine {
             };
             let postures = self.effective_postures(&grant.src_posture);
             let src = self.src_set(&grant.src, &postures);
-            let dst_aliases: Vec<Alias> =
-                grant.dst.iter().filter_map(|d| Alias::parse(d).ok()).collect();
+            let dst_aliases: Vec<Alias> = grant
+                .dst
+                .iter()
+                .filter_map(|d| Alias::parse(d).ok())
+                .collect();
             for spec in &grant.ip {
                 let (proto, ranges) = parse_ip_spec(spec).map_err(PolicyError::Invalid)?;
                 let mut dsts = Vec::new();
@@ -632,11 +635,7 @@ impl Engine {
                 };
                 vec![(Section::Default, &default_acl)]
             }
-            (acls, _) => acls
-                .iter()
-                .flatten()
-                .map(|a| (Section::Acls, a))
-                .collect(),
+            (acls, _) => acls.iter().flatten().map(|a| (Section::Acls, a)).collect(),
         };
         for (index, (section, acl)) in acls.into_iter().enumerate() {
             let origin = Origin {
@@ -644,14 +643,22 @@ impl Engine {
                 index,
                 line: self.policy.acl_lines.get(index).copied().unwrap_or(0),
             };
-            let srcs = if acl.src.is_empty() { &acl.users } else { &acl.src };
+            let srcs = if acl.src.is_empty() {
+                &acl.users
+            } else {
+                &acl.src
+            };
             let postures = self.effective_postures(&acl.src_posture);
             let src = self.src_set(srcs, &postures);
             let proto = match &acl.proto {
                 Some(p) if !p.is_empty() => parse_proto(p).map_err(PolicyError::Invalid)?,
                 _ => Vec::new(),
             };
-            let dsts = if acl.dst.is_empty() { &acl.ports } else { &acl.dst };
+            let dsts = if acl.dst.is_empty() {
+                &acl.ports
+            } else {
+                &acl.dst
+            };
             // Self destinations go last when the ACL also names something that is not an
             // autogroup; otherwise every destination keeps its place.
             let defer_self = dsts.iter().any(|d| {
@@ -749,7 +756,8 @@ impl Engine {
                         }
                         Target::NodeIp(n, _) => hit_nodes.push(*n),
                         Target::Net(net) => {
-                            let from = addresses.partition_point(|a| (a.0, a.1) < (net.v6, net.first));
+                            let from =
+                                addresses.partition_point(|a| (a.0, a.1) < (net.v6, net.first));
                             for a in &addresses[from..] {
                                 if (a.0, a.1) > (net.v6, net.last) {
                                     break;
@@ -817,7 +825,10 @@ impl Engine {
 
     /// The strings of a source set, in the control plane's order.
     fn src_strings(&self, ids: &[u32]) -> Vec<String> {
-        let mut out: Vec<String> = ids.iter().map(|&i| self.strings[i as usize].clone()).collect();
+        let mut out: Vec<String> = ids
+            .iter()
+            .map(|&i| self.strings[i as usize].clone())
+            .collect();
         out.sort();
         out
     }
@@ -853,7 +864,9 @@ impl Engine {
     fn target_string(&self, target: &Target) -> String {
         match target {
             Target::Star => "*".to_owned(),
-            Target::NodeIp(n, i) => self.strings[self.nodes[*n as usize].ip_ids[*i as usize] as usize].clone(),
+            Target::NodeIp(n, i) => {
+                self.strings[self.nodes[*n as usize].ip_ids[*i as usize] as usize].clone()
+            }
             Target::Net(net) => net.to_string(),
         }
     }
@@ -871,7 +884,10 @@ impl Engine {
         let mut rules: BTreeMap<u32, (Vec<u32>, FilterRule)> = BTreeMap::new();
         let port = |first: u16, last: u16| wire::PortRange { first, last };
         let own_dsts = || -> Vec<String> {
-            node.ips.iter().map(|ip| Net::addr(*ip).cidr_string()).collect()
+            node.ips
+                .iter()
+                .map(|ip| Net::addr(*ip).cidr_string())
+                .collect()
         };
         let new_rule = |ids: &[u32], proto: &[u8], cap: Option<CapGrant>| FilterRule {
             src_ips: self.src_strings(ids),
@@ -989,7 +1005,11 @@ impl Engine {
                 origin,
                 check: rule.action.as_deref().map(str::trim) == Some("check"),
                 src_nodes,
-                dst: rule.dst.iter().filter_map(|d| Alias::parse(d).ok()).collect(),
+                dst: rule
+                    .dst
+                    .iter()
+                    .filter_map(|d| Alias::parse(d).ok())
+                    .collect(),
                 users: rule
                     .users
                     .iter()

@@ -127,12 +127,7 @@ impl fmt::Display for Net {
         match self.bits {
             Some(_) if self.is_single() => write!(f, "{}", self.first_ip()),
             Some(bits) => write!(f, "{}/{bits}", self.first_ip()),
-            None => write!(
-                f,
-                "{}-{}",
-                self.first_ip(),
-                from_u128(self.v6, self.last)
-            ),
+            None => write!(f, "{}-{}", self.first_ip(), from_u128(self.v6, self.last)),
         }
     }
 }
@@ -159,7 +154,9 @@ pub fn tailnet_space() -> [Net; 3] {
         Net {
             v6: true,
             first: u128::from(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0)),
-            last: u128::from(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0xffff, 0xffff, 0xffff, 0xffff)),
+            last: u128::from(Ipv6Addr::new(
+                0xfd7a, 0x115c, 0xa1e0, 0, 0xffff, 0xffff, 0xffff, 0xffff,
+            )),
             bits: Some(48),
         },
     ]

@@ -41,10 +41,17 @@ pub struct PolicyFile {
     pub randomize_client_port: bool,
     #[serde(default, rename = "disableIPv4")]
     pub disable_ipv4: bool,
-    #[serde(default, rename = "OneCGNATRoute", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "OneCGNATRoute",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub one_cgnat_route: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub derp_map: Option<Json>,
+    /// Declared posture attribute types; not evaluated here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr_config: Option<Json>,
     /// Keys this model does not know; kept so nothing is lost, reported by `check` as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, Json>,
@@ -186,11 +193,12 @@ impl Policy {
             column: e.column(),
             message: e.to_string(),
         })?;
+        let lines = hujson::LineIndex::new(text);
         let lines_of = |key: &str| -> Vec<usize> {
             doc.root()
                 .get(key)
                 .and_then(|n| n.as_array())
-                .map(|rules| rules.iter().map(|r| doc.line_col(r.start).0).collect())
+                .map(|rules| rules.iter().map(|r| lines.line_col(r.start).0).collect())
                 .unwrap_or_default()
         };
         Ok(Policy {

@@ -42,7 +42,9 @@ impl Condition {
             .split_once(char::is_whitespace)
             .ok_or_else(|| bad("expected `attribute operator value`"))?;
         if !attribute.contains(':') {
-            return Err(bad("the attribute needs a namespace such as node: or custom:"));
+            return Err(bad(
+                "the attribute needs a namespace such as node: or custom:",
+            ));
         }
         let rest = rest.trim_start();
         const OPS: [(&str, Op); 8] = [
@@ -61,7 +63,9 @@ impl Condition {
             .ok_or_else(|| bad("unknown operator"))?;
         let value = parse_literal(value.trim()).map_err(|e| bad(&e))?;
         if matches!(op, Op::In | Op::NotIn) != matches!(value, Literal::List(_)) {
-            return Err(bad("IN and NOT IN take a list, other operators a single value"));
+            return Err(bad(
+                "IN and NOT IN take a list, other operators a single value",
+            ));
         }
         Ok(Condition {
             attribute: attribute.to_owned(),
@@ -163,7 +167,10 @@ mod tests {
     use super::*;
 
     fn attrs(pairs: &[(&str, Json)]) -> BTreeMap<String, Json> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     #[test]
@@ -171,7 +178,10 @@ mod tests {
         let granted = Condition::parse("custom:db == 'granted'").unwrap();
         assert!(granted.holds(&attrs(&[("custom:db", Json::from("granted"))])));
         assert!(!granted.holds(&attrs(&[("custom:db", Json::from("revoked"))])));
-        assert!(!granted.holds(&attrs(&[])), "missing attribute must fail closed");
+        assert!(
+            !granted.holds(&attrs(&[])),
+            "missing attribute must fail closed"
+        );
 
         let os = Condition::parse("node:os IN ['macos', 'linux']").unwrap();
         assert!(os.holds(&attrs(&[("node:os", Json::from("linux"))])));

@@ -119,7 +119,14 @@ impl Engine {
 
     /// Visits every rule entry that lets something reach address `dst_ip` of device `n` on
     /// `port`/`proto`: (expansion index, rule origin).
-    fn for_each_grant(&self, n: u32, dst_ip: Option<IpAddr>, port: u16, proto: u8, mut f: impl FnMut(u32, Origin) -> bool) {
+    fn for_each_grant(
+        &self,
+        n: u32,
+        dst_ip: Option<IpAddr>,
+        port: u16,
+        proto: u8,
+        mut f: impl FnMut(u32, Origin) -> bool,
+    ) {
         let node = self.node(n);
         let covers_ip = |target: &Target| match (target, dst_ip) {
             (_, None) | (Target::Star, _) => true,
@@ -130,7 +137,11 @@ impl Engine {
             let exp = &self.expansions[e as usize];
             if let ExpKind::Ports { dsts, .. } = &exp.kind {
                 let (target, (first, last)) = &dsts[k as usize];
-                if *first <= port && port <= *last && proto_matches(&exp.proto, proto) && covers_ip(target) {
+                if *first <= port
+                    && port <= *last
+                    && proto_matches(&exp.proto, proto)
+                    && covers_ip(target)
+                {
                     return f(e, exp.origin);
                 }
             }
@@ -201,7 +212,13 @@ impl Engine {
 
     /// May a device with address `src` reach device index `dst` on `port`/`proto`? The fast
     /// path for one check.
-    pub fn check(&self, src: IpAddr, dst: &str, port: u16, proto: u8) -> Result<Option<Origin>, PolicyError> {
+    pub fn check(
+        &self,
+        src: IpAddr,
+        dst: &str,
+        port: u16,
+        proto: u8,
+    ) -> Result<Option<Origin>, PolicyError> {
         let n = self.device(dst)?;
         let mut found = None;
         self.for_each_grant(n, None, port, proto, |e, origin| {
@@ -215,7 +232,13 @@ impl Engine {
     }
 
     /// May `src` (a user, device or IP) reach device `dst` on `port`/`proto`, and by which rules?
-    pub fn explain(&self, src: &str, dst: &str, port: u16, proto: u8) -> Result<Access, PolicyError> {
+    pub fn explain(
+        &self,
+        src: &str,
+        dst: &str,
+        port: u16,
+        proto: u8,
+    ) -> Result<Access, PolicyError> {
         let n = self.device(dst)?;
         let src_ips = self.principal_ips(src)?;
         let mut rules: Vec<Origin> = Vec::new();
@@ -238,7 +261,11 @@ impl Engine {
         Ok(Access {
             allowed: !rules.is_empty(),
             rules,
-            denied_addresses: if src_ips.len() > denied.len() { denied } else { Vec::new() },
+            denied_addresses: if src_ips.len() > denied.len() {
+                denied
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -253,43 +280,43 @@ impl Engine {
             }
         };
         let space = ip::tailnet_space();
+        let owner = self.node(n).user;
         self.for_each_grant(n, None, port, proto, |e, origin| {
             let exp = &self.expansions[e as usize];
             let set = &self.src_sets[exp.src as usize];
-            let self_rule = matches!(exp.kind, ExpKind::SelfPorts(_));
-            if set.all {
-                add("everyone", "*".to_owned(), origin);
+            if matches!(exp.kind, ExpKind::SelfPorts(_)) {
+                // autogroup:self: only the device's owner, when the rule's sources include them.
+                if let Some(u) = owner {
+                    let included = self.users[u as usize].nodes.iter().any(|&m| {
+                        self.node(m)
+                            .ips
+                            .iter()
+                            .any(|ip| self.src_contains(exp.src, *ip))
+                    });
+                    if included {
+                        add("user", self.users[u as usize].login.clone(), origin);
+                    }
+                }
                 return true;
             }
-            let everyone = space.iter().all(|s| set.nets.contains(s));
-            if everyone && !self_rule {
+            let everyone = set.all || space.iter().all(|s| set.nets.contains(s));
+            if everyone {
                 add("everyone", "*".to_owned(), origin);
             }
             for &id in &set.ids {
-                match self.id_node.get(id as usize).copied().filter(|&m| m != u32::MAX) {
-                    Some(m) => {
-                        let node = self.node(m);
-                        match node.user {
-                            Some(u) => {
-                                if !self_rule || Some(u) == self.node(n).user {
-                                    add("user", self.users[u as usize].login.clone(), origin);
-                                }
-                            }
-                            None if !self_rule => add("device", node.name.clone(), origin),
-                            None => {}
-                        }
-                    }
-                    None => {}
+                let Some(&m) = self.id_node.get(id as usize).filter(|&&m| m != u32::MAX) else {
+                    continue;
+                };
+                let node = self.node(m);
+                match node.user {
+                    Some(u) => add("user", self.users[u as usize].login.clone(), origin),
+                    None => add("device", node.name.clone(), origin),
                 }
             }
             for net in &set.nets {
-                if everyone && (space.contains(net) || !self_rule) {
-                    continue;
+                if !(everyone && space.contains(net)) {
+                    add("network", net.to_string(), origin);
                 }
-                add("network", net.to_string(), origin);
-            }
-            if self_rule && everyone && let Some(u) = self.node(n).user {
-                add("user", self.users[u as usize].login.clone(), origin);
             }
             true
         });
@@ -340,7 +367,13 @@ impl Engine {
                     for &m in &self.users[u as usize].nodes {
                         for range in ranges {
                             let name = self.node(m).name.clone();
-                            add("device", name, proto.clone(), port_label(*range), exp.origin);
+                            add(
+                                "device",
+                                name,
+                                proto.clone(),
+                                port_label(*range),
+                                exp.origin,
+                            );
                         }
                     }
                 }

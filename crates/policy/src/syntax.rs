@@ -80,9 +80,9 @@ impl Alias {
             return Ok(Alias::Tag(text.to_owned()));
         }
         if let Some(name) = text.strip_prefix("autogroup:") {
-            return AutoGroup::parse(name).map(Alias::AutoGroup).ok_or_else(|| {
-                format!("invalid autogroup {text:?}")
-            });
+            return AutoGroup::parse(name)
+                .map(Alias::AutoGroup)
+                .ok_or_else(|| format!("invalid autogroup {text:?}"));
         }
         if text.starts_with("ipset:") {
             return Ok(Alias::IpSet(text.to_owned()));
@@ -112,8 +112,9 @@ pub fn parse_ports(text: &str) -> Result<Vec<PortRange>, String> {
         let first: u16 = parse_port(first)
             .ok_or_else(|| format!("port range {part:?}: invalid first integer"))?;
         let last: u16 = match last {
-            Some(b) => parse_port(b)
-                .ok_or_else(|| format!("port range {part:?}: invalid last integer"))?,
+            Some(b) => {
+                parse_port(b).ok_or_else(|| format!("port range {part:?}: invalid last integer"))?
+            }
             None => first,
         };
         if first == 0 && last == 0 {
@@ -173,7 +174,9 @@ pub fn parse_proto(text: &str) -> Result<Vec<u8>, String> {
     }
     if !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_digit()) {
         if lower.len() > 1 && lower.starts_with('0') {
-            return Err(format!("leading 0 not permitted in protocol number {text:?}"));
+            return Err(format!(
+                "leading 0 not permitted in protocol number {text:?}"
+            ));
         }
         return lower
             .parse::<u8>()

@@ -37,7 +37,10 @@ impl Engine {
             alias,
             Alias::Wildcard
                 | Alias::AutoGroup(
-                    AutoGroup::Internet | AutoGroup::SelfDevices | AutoGroup::NonRoot | AutoGroup::DangerAll
+                    AutoGroup::Internet
+                        | AutoGroup::SelfDevices
+                        | AutoGroup::NonRoot
+                        | AutoGroup::DangerAll
                 )
         ) {
             return Err(format!("src {src:?} cannot be used as a test source"));
@@ -144,7 +147,9 @@ impl Engine {
     fn ssh_test_nodes(&self, alias_text: &str, what: &str) -> Result<Vec<u32>, String> {
         let alias = Alias::parse(alias_text).map_err(|e| format!("{what} {alias_text:?}: {e}"))?;
         if !self.tag_or_group_known(&alias) {
-            return Err(format!("{what} {alias_text:?} is not defined in the policy"));
+            return Err(format!(
+                "{what} {alias_text:?} is not defined in the policy"
+            ));
         }
         let mut nodes = self.alias_nodes(&alias);
         for net in self.alias_nets(&alias) {
@@ -176,7 +181,11 @@ impl Engine {
         if test.accept.is_empty() && test.check.is_empty() && test.deny.is_empty() {
             return Err("the test has none of accept, check and deny".to_owned());
         }
-        for (users, want) in [(&test.accept, "accept"), (&test.check, "check"), (&test.deny, "deny")] {
+        for (users, want) in [
+            (&test.accept, "accept"),
+            (&test.check, "check"),
+            (&test.deny, "deny"),
+        ] {
             for user in users {
                 if user.trim().is_empty() {
                     return Err("an empty user name".to_owned());

@@ -61,16 +61,22 @@ impl Checker<'_> {
             }
             Alias::UserDomain(domain) => self.check_domain(domain)?,
             Alias::AutoGroup(AutoGroup::SelfDevices) if side == Side::Src => {
-                return Err(invalid("\"autogroup:self\" not valid on the src side of a rule"));
+                return Err(invalid(
+                    "\"autogroup:self\" not valid on the src side of a rule",
+                ));
             }
             Alias::AutoGroup(AutoGroup::Internet) if side == Side::Src => {
-                return Err(invalid("autogroup:internet can only be used in ACL destinations"));
+                return Err(invalid(
+                    "autogroup:internet can only be used in ACL destinations",
+                ));
             }
             Alias::AutoGroup(AutoGroup::DangerAll) if side == Side::Dst => {
                 return Err(invalid("cannot use autogroup:danger-all as a dst"));
             }
             Alias::AutoGroup(AutoGroup::NonRoot) => {
-                return Err(invalid(format!("{prefix}autogroup:nonroot is only valid in ssh users")));
+                return Err(invalid(format!(
+                    "{prefix}autogroup:nonroot is only valid in ssh users"
+                )));
             }
             Alias::Net(net) if side == Side::Dst && net.is_all() => {
                 return Err(invalid(format!(
@@ -104,7 +110,9 @@ impl Checker<'_> {
     fn groups(&self) -> Result<(), PolicyError> {
         for (name, members) in self.file.groups.iter().rev() {
             if !name.starts_with("group:") {
-                return Err(invalid(format!("group {name:?} must start with \"group:\"")));
+                return Err(invalid(format!(
+                    "group {name:?} must start with \"group:\""
+                )));
             }
             for member in members {
                 if member.starts_with("group:") {
@@ -141,7 +149,9 @@ impl Checker<'_> {
             for owner in owners {
                 match Alias::parse(owner) {
                     Ok(Alias::Tag(t)) if !self.tag_exists(&t) => {
-                        return Err(invalid(format!("tag {tag:?} references undefined tag {t:?}")));
+                        return Err(invalid(format!(
+                            "tag {tag:?} references undefined tag {t:?}"
+                        )));
                     }
                     Ok(Alias::Group(g)) if !self.file.groups.contains_key(&g) => {
                         return Err(invalid(format!(
@@ -182,7 +192,9 @@ impl Checker<'_> {
     fn ipsets(&self) -> Result<(), PolicyError> {
         for (name, ops) in &self.file.ipsets {
             if !name.starts_with("ipset:") {
-                return Err(invalid(format!("ipset {name:?} must start with \"ipset:\"")));
+                return Err(invalid(format!(
+                    "ipset {name:?} must start with \"ipset:\""
+                )));
             }
             for op in ops {
                 let target = op
@@ -194,7 +206,9 @@ impl Checker<'_> {
                     Ok(Alias::Host(h)) if self.file.hosts.contains_key(&h) => {}
                     Ok(Alias::IpSet(s)) if self.file.ipsets.contains_key(&s) && &s != name => {}
                     _ => {
-                        return Err(invalid(format!("ipsets[{name:?}]: invalid target {target:?}")));
+                        return Err(invalid(format!(
+                            "ipsets[{name:?}]: invalid target {target:?}"
+                        )));
                     }
                 }
             }
@@ -205,7 +219,9 @@ impl Checker<'_> {
     fn posture_definitions(&self) -> Result<(), PolicyError> {
         for (name, conditions) in &self.file.postures {
             if !name.starts_with("posture:") {
-                return Err(invalid(format!("postures[{name:?}]: names must start with \"posture:\"")));
+                return Err(invalid(format!(
+                    "postures[{name:?}]: names must start with \"posture:\""
+                )));
             }
             for condition in conditions {
                 crate::posture::Condition::parse(condition)
@@ -233,15 +249,24 @@ impl Checker<'_> {
                 Some(p) if !p.is_empty() => parse_proto(p).map_err(invalid)?,
                 _ => Vec::new(),
             };
-            let src_texts = if acl.src.is_empty() { &acl.users } else { &acl.src };
+            let src_texts = if acl.src.is_empty() {
+                &acl.users
+            } else {
+                &acl.src
+            };
             let srcs = src_texts
                 .iter()
                 .map(|s| self.rule_alias(s, Side::Src, ""))
                 .collect::<Result<Vec<_>, _>>()?;
-            let dst_texts = if acl.dst.is_empty() { &acl.ports } else { &acl.dst };
+            let dst_texts = if acl.dst.is_empty() {
+                &acl.ports
+            } else {
+                &acl.dst
+            };
             for dst in dst_texts {
-                let (host, ports) = split_host_ports(dst)
-                    .ok_or_else(|| invalid(format!("dst={dst:?}: hostport must contain a colon")))?;
+                let (host, ports) = split_host_ports(dst).ok_or_else(|| {
+                    invalid(format!("dst={dst:?}: hostport must contain a colon"))
+                })?;
                 let port_list =
                     parse_ports(ports).map_err(|e| invalid(format!("dst={dst:?}: {e}")))?;
                 if !proto_has_ports(&protos) && port_list != [crate::syntax::ALL_PORTS] {
@@ -356,14 +381,12 @@ impl Checker<'_> {
             }
             let mut srcs = Vec::new();
             for src in &rule.src {
-                let alias = self
-                    .rule_alias(src, Side::Src, "")
-                    .map_err(|e| match e {
-                        PolicyError::Invalid(m) if m.contains("is not associated") => {
-                            invalid(format!("[ssh] {m}"))
-                        }
-                        other => other,
-                    })?;
+                let alias = self.rule_alias(src, Side::Src, "").map_err(|e| match e {
+                    PolicyError::Invalid(m) if m.contains("is not associated") => {
+                        invalid(format!("[ssh] {m}"))
+                    }
+                    other => other,
+                })?;
                 srcs.push(alias);
             }
             for dst in &rule.dst {
@@ -439,7 +462,9 @@ impl Checker<'_> {
             for dst in &test.dst {
                 match Alias::parse(dst) {
                     Ok(Alias::Tag(tag)) if !self.tag_exists(&tag) => {
-                        return Err(invalid(format!("SSH tests dst contains unknown tag {dst:?}")));
+                        return Err(invalid(format!(
+                            "SSH tests dst contains unknown tag {dst:?}"
+                        )));
                     }
                     Ok(Alias::Net(net)) if !net.is_single() => {
                         return Err(invalid(format!(
@@ -460,7 +485,7 @@ impl Checker<'_> {
 }
 
 /// Parses a grant `ip` entry: `*`, `<ports>`, or `<proto>:<ports>`.
-pub fn parse_ip_spec(spec: &str) -> Result<(Vec<u8>, Vec<(u16, u16)>), String> {
+pub fn parse_ip_spec(spec: &str) -> Result<(Vec<u8>, Vec<crate::syntax::PortRange>), String> {
     if spec == "*" {
         return Ok((Vec::new(), vec![crate::syntax::ALL_PORTS]));
     }

@@ -61,7 +61,9 @@ fn normalize_ssh(rule: &Value) -> Value {
         p.sort_by_key(|x| x.to_string());
     }
     if let Some(obj) = rule.as_object_mut()
-        && obj.get("acceptEnv").is_some_and(|v| v.is_null() || v.as_array().is_some_and(|a| a.is_empty()))
+        && obj
+            .get("acceptEnv")
+            .is_some_and(|v| v.is_null() || v.as_array().is_some_and(|a| a.is_empty()))
     {
         obj.remove("acceptEnv");
     }
@@ -92,11 +94,15 @@ fn run_vector(v: &Value) -> Result<(), String> {
             // the text after the domain is meaningful.
             Err(e)
                 if want.starts_with("PASSKEY ")
-                    && e.api_message().ends_with(want.trim_start_matches("PASSKEY")) =>
+                    && e.api_message()
+                        .ends_with(want.trim_start_matches("PASSKEY")) =>
             {
                 Ok(())
             }
-            Err(e) => Err(format!("refused with {:?}; control plane said {want:?}", e.api_message())),
+            Err(e) => Err(format!(
+                "refused with {:?}; control plane said {want:?}",
+                e.api_message()
+            )),
         };
     }
     if let Some(tests) = expect.get("tests") {
@@ -112,7 +118,10 @@ fn run_vector(v: &Value) -> Result<(), String> {
                 if want == "test(s) failed" || e.api_message().contains(want) {
                     Ok(())
                 } else {
-                    Err(format!("refused with {:?}, expected {want:?}", e.api_message()))
+                    Err(format!(
+                        "refused with {:?}, expected {want:?}",
+                        e.api_message()
+                    ))
                 }
             }
             (_, Ok(_)) => Err("tests passed; control plane failed them".into()),
@@ -121,10 +130,14 @@ fn run_vector(v: &Value) -> Result<(), String> {
     let engine = built.map_err(|e| format!("refused: {}", e.api_message()))?;
     if let Some(filters) = expect.get("packetFilter").and_then(|f| f.as_object()) {
         for (device, want) in filters {
-            let wire = engine.device_wire(device).ok_or(format!("no device {device}"))?;
+            let wire = engine
+                .device_wire(device)
+                .ok_or(format!("no device {device}"))?;
             let got = serde_json::to_value(&wire.packet_filter).unwrap();
             let norm = |v: &Value| -> Vec<Value> {
-                v.as_array().map(|a| a.iter().map(normalize_rule).collect()).unwrap_or_default()
+                v.as_array()
+                    .map(|a| a.iter().map(normalize_rule).collect())
+                    .unwrap_or_default()
             };
             if norm(&got) != norm(want) {
                 return Err(format!(
@@ -137,10 +150,14 @@ fn run_vector(v: &Value) -> Result<(), String> {
     }
     if let Some(ssh) = expect.get("sshRules").and_then(|f| f.as_object()) {
         for (device, want) in ssh {
-            let wire = engine.device_wire(device).ok_or(format!("no device {device}"))?;
+            let wire = engine
+                .device_wire(device)
+                .ok_or(format!("no device {device}"))?;
             let got = serde_json::to_value(&wire.ssh_rules).unwrap();
             let norm = |v: &Value| -> Vec<Value> {
-                v.as_array().map(|a| a.iter().map(normalize_ssh).collect()).unwrap_or_default()
+                v.as_array()
+                    .map(|a| a.iter().map(normalize_ssh).collect())
+                    .unwrap_or_default()
             };
             if norm(&got) != norm(want) {
                 return Err(format!(
@@ -189,7 +206,10 @@ fn every_policy_vector_matches_the_control_plane() {
         .iter()
         .filter(|(id, _)| !SKIP.iter().any(|(s, _)| s == id))
         .collect();
-    let stale: Vec<_> = SKIP.iter().filter(|(s, _)| !failures.contains_key(*s)).collect();
+    let stale: Vec<_> = SKIP
+        .iter()
+        .filter(|(s, _)| !failures.contains_key(*s))
+        .collect();
     for (id, why) in &unexpected {
         eprintln!("MISMATCH {id}: {why}");
     }

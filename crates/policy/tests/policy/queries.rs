@@ -45,7 +45,10 @@ fn group_membership_added_by_a_hujson_edit_grants_production_access() {
     assert!(users(&before.who_can("db-1", 22, 6).unwrap()).is_empty());
 
     let mut doc = hujson::Document::parse(&text).unwrap();
-    let path = [hujson::Seg::Key("groups"), hujson::Seg::Key("group:prod-access")];
+    let path = [
+        hujson::Seg::Key("groups"),
+        hujson::Seg::Key("group:prod-access"),
+    ];
     assert!(doc.add_string(&path, "carol@example.com").unwrap());
     let edited = doc.text().to_owned();
     // Comments survive the edit.
@@ -57,7 +60,10 @@ fn group_membership_added_by_a_hujson_edit_grants_production_access() {
     let rule = who[0].rules[0];
     assert_eq!(rule.section, Section::Grants);
     assert_eq!(rule.index, 1);
-    assert_eq!(rule.line, line_of(&edited, "\"src\": [\"group:prod-access\"]"));
+    assert_eq!(
+        rule.line,
+        line_of(&edited, "\"src\": [\"group:prod-access\"]")
+    );
     // Only the ports the grant names.
     assert!(after.who_can("db-1", 443, 6).unwrap().is_empty());
     // And SSH as ec2-user through the check rule.
@@ -74,7 +80,12 @@ fn posture_attribute_gates_the_database_grant() {
     let text = example_text();
     let mut inventory = example_inventory();
     let without = engine(&text, &inventory);
-    assert!(!without.explain("carol@example.com", "db-1", 5432, 6).unwrap().allowed);
+    assert!(
+        !without
+            .explain("carol@example.com", "db-1", 5432, 6)
+            .unwrap()
+            .allowed
+    );
 
     let laptop = inventory
         .devices
@@ -89,19 +100,39 @@ fn posture_attribute_gates_the_database_grant() {
     assert!(access.allowed);
     assert_eq!(access.rules.len(), 1);
     assert_eq!(access.rules[0].line, line_of(&text, "\"srcPosture\""));
-    assert_eq!(users(&with.who_can("db-1", 5432, 6).unwrap()), ["carol@example.com"]);
+    assert_eq!(
+        users(&with.who_can("db-1", 5432, 6).unwrap()),
+        ["carol@example.com"]
+    );
     // The posture opens the database port only, and only for that device's owner.
-    assert!(!with.explain("carol@example.com", "db-1", 22, 6).unwrap().allowed);
-    assert!(!with.explain("dave@example.com", "db-1", 5432, 6).unwrap().allowed);
+    assert!(
+        !with
+            .explain("carol@example.com", "db-1", 22, 6)
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !with
+            .explain("dave@example.com", "db-1", 5432, 6)
+            .unwrap()
+            .allowed
+    );
 }
 
 #[test]
 fn self_access_and_reach() {
     let engine = engine(&example_text(), &example_inventory());
-    let own = engine.explain("carol@example.com", "carol-laptop", 8080, 6).unwrap();
+    let own = engine
+        .explain("carol@example.com", "carol-laptop", 8080, 6)
+        .unwrap();
     assert!(own.allowed);
     assert_eq!(own.rules[0].section, Section::Acls);
-    assert!(!engine.explain("carol@example.com", "dave-desktop", 8080, 6).unwrap().allowed);
+    assert!(
+        !engine
+            .explain("carol@example.com", "dave-desktop", 8080, 6)
+            .unwrap()
+            .allowed
+    );
 
     let reach = engine.reach("carol@example.com").unwrap();
     let staging = reach
@@ -115,14 +146,27 @@ fn self_access_and_reach() {
     let scrape = engine.explain("tag:monitoring", "db-2", 9100, 6).unwrap();
     assert!(scrape.allowed);
     // An ACL without `proto` allows the clients' default set (tcp, udp, icmp), not sctp.
-    assert!(engine.explain("tag:monitoring", "db-2", 9100, 17).unwrap().allowed);
-    assert!(!engine.explain("tag:monitoring", "db-2", 9100, 132).unwrap().allowed);
+    assert!(
+        engine
+            .explain("tag:monitoring", "db-2", 9100, 17)
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !engine
+            .explain("tag:monitoring", "db-2", 9100, 132)
+            .unwrap()
+            .allowed
+    );
 }
 
 #[test]
 fn unknown_names_in_queries_are_errors() {
     let engine = engine(&example_text(), &example_inventory());
-    assert!(matches!(engine.who_can("no-such-host", 22, 6), Err(PolicyError::NotFound(_))));
+    assert!(matches!(
+        engine.who_can("no-such-host", 22, 6),
+        Err(PolicyError::NotFound(_))
+    ));
     assert!(matches!(
         engine.explain("mallory@evil.example", "db-1", 22, 6),
         Err(PolicyError::NotFound(_))
@@ -141,7 +185,11 @@ fn failing_tests_say_which_and_why() {
     };
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].test, "tests[0]");
-    assert!(failures[0].message.contains("tag:prod:22"), "{}", failures[0].message);
+    assert!(
+        failures[0].message.contains("tag:prod:22"),
+        "{}",
+        failures[0].message
+    );
     assert_eq!(err.api_message(), "test(s) failed");
 }
 
@@ -160,9 +208,15 @@ fn errors_point_at_the_problem() {
     assert!(matches!(err, PolicyError::Shape { line: 1, .. }), "{err:?}");
 
     let inventory = example_inventory();
-    let bad = example_text().replace("\"dst\": [\"tag:staging:22\"]", "\"dst\": [\"tag:nope:22\"]");
+    let bad = example_text().replace(
+        "\"dst\": [\"tag:staging:22\"]",
+        "\"dst\": [\"tag:nope:22\"]",
+    );
     let err = Engine::build(Policy::parse(&bad).unwrap(), &inventory).unwrap_err();
-    assert_eq!(err.api_message(), r#"dst="tag:nope:22": tag not found: "tag:nope""#);
+    assert_eq!(
+        err.api_message(),
+        r#"dst="tag:nope:22": tag not found: "tag:nope""#
+    );
 
     let bad = example_text().replace("custom:tidegate-db == 'granted'", "custom:tidegate-db ~ 1");
     let err = Engine::build(Policy::parse(&bad).unwrap(), &inventory).unwrap_err();
@@ -175,8 +229,16 @@ fn compiled_filters_only_reach_their_destinations() {
     let all = engine.compile_all();
     let db = &all["db-1.example.ts.net"];
     // Monitoring's node-exporter rule reaches db-1; the staging grant does not.
-    assert!(db.packet_filter.iter().any(|r| r.dst_ports.iter().any(|p| p.ports.first == 9100)));
-    assert!(db.packet_filter.iter().all(|r| r.dst_ports.iter().all(|p| p.ports.first != 443)));
+    assert!(
+        db.packet_filter
+            .iter()
+            .any(|r| r.dst_ports.iter().any(|p| p.ports.first == 9100))
+    );
+    assert!(
+        db.packet_filter
+            .iter()
+            .all(|r| r.dst_ports.iter().all(|p| p.ports.first != 443))
+    );
     // Every device's filter only names its own addresses as destinations.
     for (name, wire) in &all {
         let n = engine.find_device(name).unwrap();
