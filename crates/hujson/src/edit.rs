@@ -25,10 +25,7 @@ fn path_string(path: &[Seg]) -> String {
 fn item_spans(node: &Node) -> Vec<(usize, usize)> {
     match &node.value {
         Value::Array(elements) => elements.iter().map(|e| (e.start, e.end)).collect(),
-        Value::Object(members) => members
-            .iter()
-            .map(|m| (m.key_start, m.value.end))
-            .collect(),
+        Value::Object(members) => members.iter().map(|m| (m.key_start, m.value.end)).collect(),
         _ => Vec::new(),
     }
 }
@@ -215,17 +212,57 @@ impl Document {
         (self.text.as_bytes().get(next) == Some(&b',')).then_some(next)
     }
 
-    /// Where the line of an item ends: after blanks and a `//` comment on the same line, before
-    /// the line break. `None` if something else follows on that line.
+    /// The end of the comment that starts at `pos`, if one does.
+    fn comment_at(&self, pos: usize) -> Option<usize> {
+        let i = self.comments.binary_search_by_key(&pos, |c| c.0).ok()?;
+        self.comments.get(i).map(|c| c.1)
+    }
+
+    /// Whether `from..to` holds only whitespace and at least one whole comment.
+    fn comment_only(&self, from: usize, to: usize) -> bool {
+        let bytes = self.text.as_bytes();
+        let mut pos = from;
+        let mut seen = false;
+        while pos < to {
+            if matches!(bytes[pos], b' ' | b'\t' | b'\r' | b'\n') {
+                pos += 1;
+                continue;
+            }
+            match self.comment_at(pos) {
+                Some(end) if end <= to => {
+                    pos = end;
+                    seen = true;
+                }
+                _ => return false,
+            }
+        }
+        seen
+    }
+
+    /// Where the line of an item ends: after blanks, `/* */` comments and a `//` comment on the
+    /// same line, at the line break (`\r\n` or `\n`). `None` if something else follows on
+    /// that line.
     fn end_of_line(&self, mut pos: usize) -> Option<usize> {
         let bytes = self.text.as_bytes();
-        while pos < bytes.len() && is_blank(bytes[pos]) {
-            pos += 1;
-        }
-        if bytes[pos..].starts_with(b"//") {
-            while pos < bytes.len() && bytes[pos] != b'\n' {
+        loop {
+            while pos < bytes.len() && is_blank(bytes[pos]) {
                 pos += 1;
             }
+            let Some(end) = self.comment_at(pos) else {
+                break;
+            };
+            if bytes[pos..].starts_with(b"//") {
+                // A line comment ends after its line break: stop before that break.
+                pos = end - 1;
+                if pos > 0 && bytes[pos - 1] == b'\r' {
+                    pos -= 1;
+                }
+                break;
+            }
+            if bytes[pos..end].contains(&b'\n') {
+                break;
+            }
+            pos = end;
         }
         if bytes[pos..].starts_with(b"\r\n") || bytes[pos..].starts_with(b"\n") {
             Some(pos)
@@ -259,14 +296,18 @@ impl Document {
             let after = trailing.map_or(last_end, |c| c + 1);
             let at = self.end_of_line(after).unwrap_or(after);
             let mut edits = vec![];
-            let new_line = match trailing {
-                Some(_) => format!("{nl}{indent}{item},"),
+            match trailing {
+                Some(_) => edits.push((at, at, format!("{nl}{indent}{item},"))),
+                // Nothing but the closing bracket follows the last item on its line: one
+                // splice, so the comma cannot land after the new item.
+                None if at == last_end => {
+                    edits.push((at, at, format!(",{nl}{indent}{item}")));
+                }
                 None => {
                     edits.push((last_end, last_end, ",".to_owned()));
-                    format!("{nl}{indent}{item}")
+                    edits.push((at, at, format!("{nl}{indent}{item}")));
                 }
-            };
-            edits.push((at, at, new_line));
+            }
             self.splice(edits)
         } else {
             let space = match items.get(1) {
@@ -294,10 +335,7 @@ impl Document {
             let mut from = line_start;
             while from > 0 {
                 let prev = self.line_start(from - 1);
-                let line = self.text[prev..from].trim();
-                let is_comment = line.starts_with("//")
-                    || (line.starts_with("/*") && line.ends_with("*/"));
-                if !is_comment || prev <= container.start {
+                if prev <= container.start || !self.comment_only(prev, from) {
                     break;
                 }
                 from = prev;
@@ -334,4 +372,3 @@ fn check_value(text: &str) -> Result<(), EditError> {
         .map(|_| ())
         .map_err(EditError::InvalidValue)
 }
-

@@ -39,7 +39,10 @@ pub enum EditError {
     #[error("{path}: no such value")]
     NotFound { path: String },
     #[error("{path}: expected {expected}")]
-    WrongType { path: String, expected: &'static str },
+    WrongType {
+        path: String,
+        expected: &'static str,
+    },
     #[error("new value is not valid HuJSON: {0}")]
     InvalidValue(Error),
     #[error("edit produced invalid HuJSON (this is a bug): {0}")]
@@ -55,6 +58,32 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .rposition(|&b| b == b'\n')
         .map_or(0, |nl| nl + 1);
     (line, offset - line_start + 1)
+}
+
+/// Line starts of a text, for turning many byte offsets into lines and columns cheaply.
+#[derive(Debug, Clone)]
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        );
+        LineIndex { starts }
+    }
+
+    /// 1-based line and byte column of `offset`.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line.saturating_sub(1)];
+        (line, offset - start + 1)
+    }
 }
 
 /// A value and the byte range `start..end` of its text (comments around it excluded).

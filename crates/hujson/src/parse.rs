@@ -2,8 +2,11 @@
 
 use crate::{Document, Error, Member, Node, Value};
 
-/// Deeper nesting than this is refused instead of risking the stack.
-const MAX_DEPTH: usize = 512;
+/// Deeper nesting than this is refused instead of risking the stack. The parser recurses, and an
+/// unoptimized build uses about 3.5 KiB of stack per level, so 512 levels overflowed a 2 MiB
+/// thread (the default for spawned threads and tests); 128 levels need under 0.5 MiB. Policy
+/// files nest fewer than ten levels deep.
+const MAX_DEPTH: usize = 128;
 
 pub(crate) struct Parser<'a> {
     text: &'a str,
@@ -242,7 +245,9 @@ impl<'a> Parser<'a> {
                                     None => return Err(self.eof()),
                                     Some(h) if h.is_ascii_hexdigit() => self.pos += 1,
                                     Some(_) => {
-                                        return Err(self.unexpected("in \\u hexadecimal character escape"));
+                                        return Err(
+                                            self.unexpected("in \\u hexadecimal character escape")
+                                        );
                                     }
                                 }
                             }
@@ -313,12 +318,52 @@ fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
         .map(|i| i + from)
 }
 
+/// A character quoted as Go's `strconv.QuoteRune` does, so messages match Tailscale's parser.
 fn quote_char(c: char) -> String {
+    let code = c as u32;
     match c {
         '\'' => "'\\''".to_owned(),
-        c if c.is_control() => format!("{:?}", c),
-        c => format!("'{c}'"),
+        '\\' => "'\\\\'".to_owned(),
+        '\u{7}' => "'\\a'".to_owned(),
+        '\u{8}' => "'\\b'".to_owned(),
+        '\u{c}' => "'\\f'".to_owned(),
+        '\n' => "'\\n'".to_owned(),
+        '\r' => "'\\r'".to_owned(),
+        '\t' => "'\\t'".to_owned(),
+        '\u{b}' => "'\\v'".to_owned(),
+        _ if code < 0x20 || code == 0x7f => format!("'\\x{code:02x}'"),
+        _ if !is_print(c) && code < 0x10000 => format!("'\\u{code:04x}'"),
+        _ if !is_print(c) => format!("'\\U{code:08x}'"),
+        _ => format!("'{c}'"),
     }
+}
+
+/// Go's `unicode.IsPrint`, approximately: control, format, non-ASCII space and private-use
+/// characters are not printable.
+fn is_print(c: char) -> bool {
+    !(c.is_control()
+        || matches!(
+            c,
+            '\u{a0}'
+                | '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{1680}'
+                | '\u{180e}'
+                | '\u{2000}'..='\u{200f}'
+                | '\u{2028}'..='\u{202f}'
+                | '\u{205f}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{3000}'
+                | '\u{e000}'..='\u{f8ff}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+                | '\u{f0000}'..
+        ))
 }
 
 /// Decodes the inside of a JSON string literal that the parser has already validated.
