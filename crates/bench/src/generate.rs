@@ -215,3 +215,34 @@ impl Tailnet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generator at a small scale yields a policy the engine accepts and whose rules reach
+    /// the devices the benchmark measures.
+    #[test]
+    fn small_tailnet_builds_and_has_traffic() {
+        let tailnet = Tailnet::new(400, 2_000, 200);
+        let inventory = tailnet.inventory();
+        assert_eq!(inventory.devices.len(), 2_000);
+        let engine = policy::Engine::build(
+            policy::Policy::parse(&tailnet.policy_text()).unwrap(),
+            &inventory,
+        )
+        .unwrap();
+        let device = tailnet.tagged_device_name(7);
+        assert!(!engine.packet_filter(&device).unwrap().is_empty());
+        assert!(!engine.who_can(&device, 443, 6).unwrap().is_empty());
+
+        let big = tailnet.large_policy_json(100_000);
+        assert!(big.len() >= 100_000);
+        let mut doc = hujson::Document::parse(&big).unwrap();
+        let path = [hujson::Seg::Key("groups"), hujson::Seg::Key("group:team7")];
+        assert!(doc.add_string(&path, "new-hire@example.com").unwrap());
+        let edited: serde_json::Value = serde_json::from_str(doc.text()).unwrap();
+        let members = edited["groups"]["group:team7"].as_array().unwrap();
+        assert_eq!(members.last().unwrap(), "new-hire@example.com");
+    }
+}
