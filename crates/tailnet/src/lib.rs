@@ -1,0 +1,61 @@
+//! How tidegate talks to a tailnet: the `Tailnet` trait its core uses, and the Tailscale API v2
+//! client that implements it (API token or OAuth client, typed errors, retries with jittered
+//! backoff that honour `Retry-After`, a request timeout, secrets that never print).
+
+pub mod client;
+pub mod clock;
+mod error;
+mod secret;
+pub mod types;
+
+pub use client::{ApiClient, ApiConfig, Credentials, RetryPolicy};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::Error;
+pub use secret::Secret;
+pub use types::*;
+
+use serde_json::Value as Json;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The operations tidegate needs from a tailnet. Devices are named by `nodeId` or numeric `id`.
+#[async_trait::async_trait]
+pub trait Tailnet: Send + Sync {
+    /// The policy file as stored (HuJSON, byte for byte) and its ETag.
+    async fn policy(&self) -> Result<PolicyText>;
+    /// Replaces the policy. With `if_match`, only if it is still that version
+    /// ([`Error::PreconditionFailed`] otherwise). Returns the new version.
+    async fn set_policy(&self, text: &str, if_match: Option<&str>) -> Result<PolicyText>;
+    /// Validates a candidate policy and runs its tests without changing anything.
+    async fn validate_policy(&self, text: &str) -> Result<ValidationResult>;
+
+    async fn users(&self) -> Result<Vec<User>>;
+    async fn user(&self, id: &str) -> Result<User>;
+    async fn set_user_role(&self, id: &str, role: &str) -> Result<()>;
+
+    /// Every device, with routes (`fields=all`).
+    async fn devices(&self) -> Result<Vec<Device>>;
+    async fn device(&self, id: &str) -> Result<Device>;
+    async fn set_device_tags(&self, id: &str, tags: &[String]) -> Result<()>;
+
+    async fn posture_attributes(&self, device: &str) -> Result<PostureAttributes>;
+    /// Sets a `custom:` posture attribute; with `expiry` (RFC 3339) the control plane removes
+    /// it then, whether or not tidegate is running.
+    async fn set_posture_attribute(
+        &self,
+        device: &str,
+        key: &str,
+        value: Json,
+        expiry: Option<&str>,
+        comment: Option<&str>,
+    ) -> Result<()>;
+    async fn delete_posture_attribute(&self, device: &str, key: &str) -> Result<()>;
+
+    /// Creates an auth key; the returned `key` field holds the secret, shown only now.
+    async fn create_auth_key(&self, request: &CreateAuthKey) -> Result<Key>;
+    async fn key(&self, id: &str) -> Result<Key>;
+    async fn delete_key(&self, id: &str) -> Result<()>;
+
+    /// Configuration audit log entries between two RFC 3339 times.
+    async fn audit_log(&self, start: &str, end: &str) -> Result<Vec<AuditLogEntry>>;
+}
