@@ -3,6 +3,7 @@
 //! This binary is the edge: it parses arguments, reads files, prints, and maps outcomes to exit
 //! codes (0 success, 1 a policy or test failure, 2 usage or I/O errors).
 
+mod emulator_cmd;
 mod policy_cmd;
 mod table;
 
@@ -28,6 +29,8 @@ enum Command {
         #[command(subcommand)]
         command: policy_cmd::PolicyCommand,
     },
+    /// Run a local emulator of the Tailscale API v2 over a state file (for tests and demos).
+    Emulator(emulator_cmd::EmulatorArgs),
 }
 
 /// How a command ended when it did not succeed.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy { command } => policy_cmd::run(command),
+        Command::Emulator(args) => emulator_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
