@@ -1,0 +1,18 @@
+//! tidegate's domain: entitlements from the config, access requests and their lifecycle, the
+//! audit log's hash chain, and the `Store` trait the storage backends implement. It knows no
+//! HTTP and no SQL; the tailnet is reached through the `tailnet::Tailnet` trait and time through
+//! `tailnet::Clock`.
+
+pub mod audit;
+pub mod config;
+pub mod duration;
+pub mod entitlement;
+pub mod request;
+pub mod store;
+
+pub use duration::Span;
+
+/// RFC 3339 text for a time, as stored and shown.
+pub fn time_text(t: time::OffsetDateTime) -> String {
+    tailnet::clock::rfc3339(t)
+}

@@ -1,0 +1,707 @@
+//! Access requests and their lifecycle:
+//! `pending → approved → active → expired | revoked`, or `denied | cancelled | failed`.
+//!
+//! Every transition is a method that checks who may do it and when, changes the request, and
+//! returns the [`Event`] to write to the audit log (the caller stores both in one transaction,
+//! so the log holds every step before it takes effect). Time is passed in, never read.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::duration::Span;
+use crate::entitlement::{Directory, Entitlement, ReasonRule};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Approved,
+    Active,
+    Expired,
+    Revoked,
+    Denied,
+    Cancelled,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Active => "active",
+            State::Expired => "expired",
+            State::Revoked => "revoked",
+            State::Denied => "denied",
+            State::Cancelled => "cancelled",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        [
+            State::Pending,
+            State::Approved,
+            State::Active,
+            State::Expired,
+            State::Revoked,
+            State::Denied,
+            State::Cancelled,
+            State::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// No further transitions.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            State::Expired | State::Revoked | State::Denied | State::Cancelled | State::Failed
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    pub reviewer: String,
+    pub approve: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A request to lengthen an active grant; it needs approvals of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    pub duration: Span,
+    pub reason: String,
+    pub reviews: Vec<Review>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+}
+
+/// What the reconciler has done in the tailnet for this request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailnetStatus {
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub applied_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub verified_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub removed_at: Option<OffsetDateTime>,
+    /// Read back from the tailnet after removal: the access is really gone.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub removal_verified_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// `role` strategy: the role to restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_role: Option<String>,
+    /// `authkey` strategy: the key's id (never its secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: String,
+    pub entitlement: String,
+    pub requester: String,
+    pub reason: String,
+    pub duration: Span,
+    /// `posture` strategy: the requester's devices (node IDs) that get the attribute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    pub state: State,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// A scheduled start; the grant is not applied before it.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub start_at: Option<OffsetDateTime>,
+    /// A pending request is cancelled at this time if not decided.
+    #[serde(with = "time::serde::rfc3339")]
+    pub pending_until: OffsetDateTime,
+    #[serde(default)]
+    pub reviews: Vec<Review>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub activated_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ended_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    /// Self-granted in an emergency; must be reviewed afterwards.
+    #[serde(default)]
+    pub break_glass: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<Extension>,
+    #[serde(default)]
+    pub tailnet: TailnetStatus,
+    /// Bumped on every stored change (optimistic concurrency).
+    #[serde(default)]
+    pub version: i64,
+}
+
+/// A step in a request's life, for the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub actor: String,
+    /// `request.created`, `request.approved`, `grant.applied`, ...
+    pub action: String,
+    pub request: String,
+    pub detail: serde_json::Value,
+}
+
+/// Why a transition was refused. The message says what to do differently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("request {id} is {state}, so it cannot be {action}")]
+    WrongState {
+        id: String,
+        state: &'static str,
+        action: &'static str,
+    },
+}
+
+/// The actor name the reconciler and the scheduler use in the audit log.
+pub const SYSTEM: &str = "tidegate";
+
+fn not_allowed(message: String) -> LifecycleError {
+    LifecycleError::NotAllowed(message)
+}
+
+/// What a requester asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    pub reason: String,
+    pub duration: Option<Span>,
+    pub start_at: Option<OffsetDateTime>,
+    pub devices: Vec<String>,
+    pub break_glass: bool,
+}
+
+impl Request {
+    /// A new request, checked against the entitlement's rules. Auto-approval and break-glass
+    /// make it approved at once.
+    pub fn create(
+        id: String,
+        entitlement: &Entitlement,
+        requester: &str,
+        ask: Ask,
+        directory: &Directory,
+        now: OffsetDateTime,
+    ) -> Result<(Request, Vec<Event>), LifecycleError> {
+        if !directory.is_user(requester) {
+            return Err(not_allowed(format!(
+                "{requester} is not a user of this tailnet"
+            )));
+        }
+        if !directory.matches_any(&entitlement.requesters, requester) {
+            let who: Vec<String> = entitlement
+                .requesters
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            return Err(not_allowed(format!(
+                "{requester} may not request {:?}: it is for {}",
+                entitlement.name,
+                who.join(", ")
+            )));
+        }
+        let reason = ask.reason.trim().to_owned();
+        if entitlement.reason == ReasonRule::Required && reason.is_empty() {
+            return Err(LifecycleError::Invalid(format!(
+                "{:?} needs a reason (a ticket or a sentence)",
+                entitlement.name
+            )));
+        }
+        let duration = ask.duration.unwrap_or(entitlement.default_duration);
+        check_duration(entitlement, duration)?;
+        if let Some(start) = ask.start_at
+            && start < now
+        {
+            return Err(LifecycleError::Invalid(
+                "the start time is in the past".into(),
+            ));
+        }
+        if ask.break_glass && !entitlement.break_glass {
+            return Err(not_allowed(format!(
+                "{:?} has no break-glass access",
+                entitlement.name
+            )));
+        }
+        let mut request = Request {
+            id,
+            entitlement: entitlement.name.clone(),
+            requester: requester.to_owned(),
+            reason,
+            duration,
+            devices: ask.devices,
+            state: State::Pending,
+            created_at: now,
+            start_at: ask.start_at,
+            pending_until: now + entitlement.pending_ttl.to_time(),
+            reviews: Vec::new(),
+            activated_at: None,
+            expires_at: None,
+            ended_at: None,
+            ended_by: None,
+            end_reason: None,
+            break_glass: ask.break_glass,
+            extension: None,
+            tailnet: TailnetStatus::default(),
+            version: 0,
+        };
+        let mut events = vec![request.event(
+            requester,
+            "request.created",
+            serde_json::json!({
+                "entitlement": request.entitlement,
+                "reason": request.reason,
+                "duration": request.duration,
+                "devices": request.devices,
+                "start_at": request.start_at.map(crate::time_text),
+                "break_glass": request.break_glass,
+            }),
+        )];
+        if ask.break_glass {
+            request.state = State::Approved;
+            events.push(request.event(
+                requester,
+                "request.break_glass",
+                serde_json::json!({"note": "self-granted in an emergency; to be reviewed"}),
+            ));
+        } else if directory.matches_any(&entitlement.auto_approve, requester) {
+            request.state = State::Approved;
+            events.push(request.event(
+                SYSTEM,
+                "request.auto_approved",
+                serde_json::json!({"rule": entitlement.auto_approve.iter().map(|s| s.to_string()).collect::<Vec<_>>()}),
+            ));
+        }
+        Ok((request, events))
+    }
+
+    fn event(&self, actor: &str, action: &str, detail: serde_json::Value) -> Event {
+        Event {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            request: self.id.clone(),
+            detail,
+        }
+    }
+
+    fn wrong_state(&self, action: &'static str) -> LifecycleError {
+        LifecycleError::WrongState {
+            id: self.id.clone(),
+            state: self.state.as_str(),
+            action,
+        }
+    }
+
+    /// May `reviewer` review this request at all?
+    fn check_reviewer(
+        &self,
+        entitlement: &Entitlement,
+        reviewer: &str,
+        directory: &Directory,
+    ) -> Result<(), LifecycleError> {
+        if !directory.matches_any(&entitlement.approvers, reviewer) {
+            let who: Vec<String> = entitlement
+                .approvers
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            return Err(not_allowed(format!(
+                "{reviewer} may not review {:?} requests: its approvers are {}",
+                entitlement.name,
+                if who.is_empty() {
+                    "nobody".to_owned()
+                } else {
+                    who.join(", ")
+                }
+            )));
+        }
+        if reviewer == self.requester && !entitlement.self_approval {
+            return Err(not_allowed(format!(
+                "{reviewer} requested {} and may not review their own request",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records an approval (of the request, or of its pending extension). Enough distinct
+    /// approvals approve it.
+    pub fn approve(
+        &mut self,
+        entitlement: &Entitlement,
+        reviewer: &str,
+        comment: &str,
+        directory: &Directory,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        self.check_reviewer(entitlement, reviewer, directory)?;
+        let review = Review {
+            reviewer: reviewer.to_owned(),
+            approve: true,
+            comment: comment.trim().to_owned(),
+            at: now,
+        };
+        let needed = entitlement.approvals as usize;
+        if self.state == State::Active
+            && let Some(extension) = self.extension.as_mut()
+        {
+            if extension.reviews.iter().any(|r| r.reviewer == reviewer) {
+                return Err(LifecycleError::Invalid(format!(
+                    "{reviewer} already approved this extension"
+                )));
+            }
+            extension.reviews.push(review);
+            let count = extension.reviews.len();
+            let duration = extension.duration;
+            let mut events = vec![self.event(
+                reviewer,
+                "extension.approval",
+                serde_json::json!({"comment": comment, "approvals": count, "needed": needed}),
+            )];
+            if count >= needed {
+                let old = self.expires_at;
+                let base = old.unwrap_or(now).max(now);
+                self.expires_at = Some(base + duration.to_time());
+                self.extension = None;
+                events.push(self.event(
+                    reviewer,
+                    "grant.extended",
+                    serde_json::json!({
+                        "by": duration,
+                        "old_expires_at": old.map(crate::time_text),
+                        "expires_at": self.expires_at.map(crate::time_text),
+                    }),
+                ));
+            }
+            return Ok(events);
+        }
+        if self.state != State::Pending {
+            return Err(self.wrong_state("approved"));
+        }
+        if self.reviews.iter().any(|r| r.reviewer == reviewer) {
+            return Err(LifecycleError::Invalid(format!(
+                "{reviewer} already reviewed {}",
+                self.id
+            )));
+        }
+        self.reviews.push(review);
+        let count = self.reviews.iter().filter(|r| r.approve).count();
+        let mut events = vec![self.event(
+            reviewer,
+            "request.approval",
+            serde_json::json!({"comment": comment, "approvals": count, "needed": needed}),
+        )];
+        if count >= needed {
+            self.state = State::Approved;
+            events.push(self.event(
+                reviewer,
+                "request.approved",
+                serde_json::json!({"approvals": count}),
+            ));
+        }
+        Ok(events)
+    }
+
+    /// One deny ends a pending request (or its pending extension).
+    pub fn deny(
+        &mut self,
+        entitlement: &Entitlement,
+        reviewer: &str,
+        comment: &str,
+        directory: &Directory,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        self.check_reviewer(entitlement, reviewer, directory)?;
+        if self.state == State::Active && self.extension.is_some() {
+            self.extension = None;
+            return Ok(vec![self.event(
+                reviewer,
+                "extension.denied",
+                serde_json::json!({"comment": comment}),
+            )]);
+        }
+        if self.state != State::Pending {
+            return Err(self.wrong_state("denied"));
+        }
+        self.reviews.push(Review {
+            reviewer: reviewer.to_owned(),
+            approve: false,
+            comment: comment.trim().to_owned(),
+            at: now,
+        });
+        self.end(State::Denied, reviewer, comment, now);
+        Ok(vec![self.event(
+            reviewer,
+            "request.denied",
+            serde_json::json!({"comment": comment}),
+        )])
+    }
+
+    fn end(&mut self, state: State, by: &str, reason: &str, now: OffsetDateTime) {
+        self.state = state;
+        self.ended_at = Some(now);
+        self.ended_by = Some(by.to_owned());
+        if !reason.is_empty() {
+            self.end_reason = Some(reason.to_owned());
+        }
+    }
+
+    /// The requester withdraws a request not yet active.
+    pub fn cancel(&mut self, by: &str, now: OffsetDateTime) -> Result<Vec<Event>, LifecycleError> {
+        if by != self.requester {
+            return Err(not_allowed(format!(
+                "only {} can cancel {}",
+                self.requester, self.id
+            )));
+        }
+        if !matches!(self.state, State::Pending | State::Approved)
+            || self.tailnet.applied_at.is_some()
+        {
+            return Err(self.wrong_state("cancelled"));
+        }
+        self.end(State::Cancelled, by, "cancelled by the requester", now);
+        Ok(vec![self.event(
+            by,
+            "request.cancelled",
+            serde_json::json!({}),
+        )])
+    }
+
+    /// Ends access early: the requester drops it, or an approver or admin revokes it.
+    pub fn revoke(
+        &mut self,
+        entitlement: &Entitlement,
+        by: &str,
+        reason: &str,
+        directory: &Directory,
+        is_admin: bool,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        let requester = by == self.requester;
+        if !requester && !is_admin && !directory.matches_any(&entitlement.approvers, by) {
+            return Err(not_allowed(format!(
+                "{by} may not revoke {}: only the requester, an approver of {:?} or an admin can",
+                self.id, entitlement.name
+            )));
+        }
+        if !matches!(self.state, State::Active | State::Approved) {
+            return Err(self.wrong_state("revoked"));
+        }
+        let action = if requester {
+            "grant.dropped"
+        } else {
+            "grant.revoked"
+        };
+        let why = if reason.trim().is_empty() {
+            if requester {
+                "dropped by the requester"
+            } else {
+                "revoked"
+            }
+        } else {
+            reason.trim()
+        };
+        self.end(State::Revoked, by, why, now);
+        self.extension = None;
+        Ok(vec![self.event(
+            by,
+            action,
+            serde_json::json!({"reason": why}),
+        )])
+    }
+
+    /// The requester asks for more time on an active grant; approvers approve it like a request.
+    pub fn request_extension(
+        &mut self,
+        entitlement: &Entitlement,
+        by: &str,
+        duration: Span,
+        reason: &str,
+        directory: &Directory,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        if by != self.requester {
+            return Err(not_allowed(format!(
+                "only {} can extend {}",
+                self.requester, self.id
+            )));
+        }
+        if self.state != State::Active {
+            return Err(self.wrong_state("extended"));
+        }
+        let total_seconds = self
+            .expires_at
+            .zip(self.activated_at)
+            .map(|(e, a)| (e - a).whole_seconds().max(0) as u64)
+            .unwrap_or(self.duration.as_secs())
+            + duration.as_secs();
+        if total_seconds > entitlement.max_duration.as_secs() {
+            return Err(LifecycleError::Invalid(format!(
+                "extending by {duration} would exceed the maximum of {} for {:?}",
+                entitlement.max_duration, entitlement.name
+            )));
+        }
+        self.extension = Some(Extension {
+            duration,
+            reason: reason.trim().to_owned(),
+            reviews: Vec::new(),
+            requested_at: now,
+        });
+        let mut events = vec![self.event(
+            by,
+            "extension.requested",
+            serde_json::json!({"by": duration, "reason": reason}),
+        )];
+        if directory.matches_any(&entitlement.auto_approve, by) {
+            let old = self.expires_at;
+            self.expires_at = Some(old.unwrap_or(now).max(now) + duration.to_time());
+            self.extension = None;
+            events.push(self.event(
+                SYSTEM,
+                "grant.extended",
+                serde_json::json!({"by": duration, "expires_at": self.expires_at.map(crate::time_text), "auto": true}),
+            ));
+        }
+        Ok(events)
+    }
+
+    /// The reconciler applied the access: the clock of the grant starts now.
+    pub fn activate(
+        &mut self,
+        now: OffsetDateTime,
+        detail: serde_json::Value,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        if self.state != State::Approved {
+            return Err(self.wrong_state("activated"));
+        }
+        self.state = State::Active;
+        self.activated_at = Some(now);
+        self.expires_at = Some(now + self.duration.to_time());
+        self.tailnet.applied_at = Some(now);
+        self.tailnet.last_error = None;
+        let mut detail = detail;
+        if let Some(obj) = detail.as_object_mut() {
+            obj.insert(
+                "expires_at".into(),
+                serde_json::json!(self.expires_at.map(crate::time_text)),
+            );
+        }
+        Ok(vec![self.event(SYSTEM, "grant.applied", detail)])
+    }
+
+    /// The grant's time is up.
+    pub fn expire(&mut self, now: OffsetDateTime) -> Result<Vec<Event>, LifecycleError> {
+        if self.state != State::Active || self.expires_at.is_none_or(|e| e > now) {
+            return Err(self.wrong_state("expired"));
+        }
+        self.end(State::Expired, SYSTEM, "", now);
+        self.extension = None;
+        Ok(vec![self.event(
+            SYSTEM,
+            "grant.expired",
+            serde_json::json!({}),
+        )])
+    }
+
+    /// A pending request nobody decided in time is cancelled.
+    pub fn lapse(&mut self, now: OffsetDateTime) -> Result<Vec<Event>, LifecycleError> {
+        if self.state != State::Pending || self.pending_until > now {
+            return Err(self.wrong_state("lapsed"));
+        }
+        self.end(State::Cancelled, SYSTEM, "not reviewed in time", now);
+        Ok(vec![self.event(
+            SYSTEM,
+            "request.lapsed",
+            serde_json::json!({}),
+        )])
+    }
+
+    /// The access could not be applied (e.g. a device that is not the requester's).
+    pub fn fail(&mut self, error: &str, now: OffsetDateTime) -> Result<Vec<Event>, LifecycleError> {
+        if self.state != State::Approved {
+            return Err(self.wrong_state("failed"));
+        }
+        self.end(State::Failed, SYSTEM, error, now);
+        self.tailnet.last_error = Some(error.to_owned());
+        Ok(vec![self.event(
+            SYSTEM,
+            "grant.failed",
+            serde_json::json!({"error": error}),
+        )])
+    }
+
+    /// Access that must now exist in the tailnet: active, or approved and due to start.
+    pub fn wants_access(&self, now: OffsetDateTime) -> bool {
+        match self.state {
+            State::Active => self.expires_at.is_some_and(|e| e > now),
+            State::Approved => self.start_at.is_none_or(|s| s <= now),
+            _ => false,
+        }
+    }
+
+    /// Past its end, but removal from the tailnet is not yet verified.
+    pub fn overdue(&self, now: OffsetDateTime) -> bool {
+        let ended = self.state.is_final() || self.expires_at.is_some_and(|e| e <= now);
+        ended && self.tailnet.applied_at.is_some() && self.tailnet.removal_verified_at.is_none()
+    }
+}
+
+fn check_duration(entitlement: &Entitlement, duration: Span) -> Result<(), LifecycleError> {
+    if duration < entitlement.min_duration || duration > entitlement.max_duration {
+        return Err(LifecycleError::Invalid(format!(
+            "{:?} can be requested for {} to {}, not {duration}",
+            entitlement.name, entitlement.min_duration, entitlement.max_duration
+        )));
+    }
+    Ok(())
+}
