@@ -705,3 +705,306 @@ fn check_duration(entitlement: &Entitlement, duration: Span) -> Result<(), Lifec
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use time::macros::datetime;
+
+    const CONFIG: &str = r#"
+[tailnet]
+api_token = "tskey-api-test"
+
+[[entitlement]]
+name = "prod-ssh"
+strategy = "group"
+group = "group:prod"
+requesters = ["autogroup:member"]
+approvers = ["group:sre"]
+approvals = 2
+max_duration = "8h"
+pending_ttl = "1h"
+
+[[entitlement]]
+name = "db"
+strategy = "posture"
+attribute = "custom:db"
+requesters = ["group:eng"]
+approvers = ["group:sre"]
+auto_approve = ["group:sre"]
+break_glass = true
+reason = "optional"
+"#;
+
+    const T0: OffsetDateTime = datetime!(2026-11-22 10:00 UTC);
+
+    fn setup() -> (Config, Directory) {
+        let config = Config::parse(CONFIG, "test.toml").unwrap();
+        let mut dir = Directory::default();
+        for (login, role) in [
+            ("alice@example.com", "owner"),
+            ("bob@example.com", "member"),
+            ("carol@example.com", "member"),
+            ("dave@example.com", "member"),
+        ] {
+            dir.roles.insert(login.into(), role.into());
+        }
+        dir.groups.insert(
+            "group:sre".into(),
+            [
+                "alice@example.com".into(),
+                "bob@example.com".into(),
+                "carol@example.com".into(),
+            ]
+            .into(),
+        );
+        dir.groups.insert(
+            "group:eng".into(),
+            ["dave@example.com".into(), "bob@example.com".into()].into(),
+        );
+        (config, dir)
+    }
+
+    fn ask(reason: &str, duration: &str) -> Ask {
+        Ask {
+            reason: reason.into(),
+            duration: Some(duration.parse().unwrap()),
+            ..Ask::default()
+        }
+    }
+
+    #[test]
+    fn two_approvals_then_activation_then_expiry() {
+        let (config, dir) = setup();
+        let e = config.entitlement("prod-ssh").unwrap();
+        let (mut r, events) = Request::create(
+            "r1".into(),
+            e,
+            "dave@example.com",
+            ask("INC-4211", "2h"),
+            &dir,
+            T0,
+        )
+        .unwrap();
+        assert_eq!(r.state, State::Pending);
+        assert_eq!(events[0].action, "request.created");
+
+        let ev = r.approve(e, "alice@example.com", "ok", &dir, T0).unwrap();
+        assert_eq!(r.state, State::Pending, "one of two approvals");
+        assert_eq!(ev[0].detail["approvals"], 1);
+        let again = r.approve(e, "alice@example.com", "", &dir, T0).unwrap_err();
+        assert!(again.to_string().contains("already reviewed"));
+        let ev = r.approve(e, "bob@example.com", "", &dir, T0).unwrap();
+        assert_eq!(r.state, State::Approved);
+        assert_eq!(ev.last().unwrap().action, "request.approved");
+
+        // Duration counts from activation, not from the request.
+        let applied = T0 + time::Duration::minutes(30);
+        r.activate(applied, serde_json::json!({})).unwrap();
+        assert_eq!(r.expires_at, Some(applied + time::Duration::hours(2)));
+        assert!(r.wants_access(applied));
+        assert!(
+            r.expire(applied + time::Duration::hours(1)).is_err(),
+            "not yet"
+        );
+        let end = applied + time::Duration::hours(2);
+        r.expire(end).unwrap();
+        assert_eq!(r.state, State::Expired);
+        assert!(r.overdue(end), "until removal is verified");
+        r.tailnet.removal_verified_at = Some(end);
+        assert!(!r.overdue(end));
+        assert!(!r.open());
+    }
+
+    #[test]
+    fn who_may_do_what() {
+        let (config, dir) = setup();
+        let e = config.entitlement("prod-ssh").unwrap();
+        // Unknown users and ineligible requesters are refused.
+        let err = Request::create(
+            "x".into(),
+            e,
+            "mallory@evil.example",
+            ask("x", "1h"),
+            &dir,
+            T0,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not a user of this tailnet"),
+            "{err}"
+        );
+        let db = config.entitlement("db").unwrap();
+        let err = Request::create(
+            "x".into(),
+            db,
+            "carol@example.com",
+            ask("x", "1h"),
+            &dir,
+            T0,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("may not request \"db\": it is for group:eng"),
+            "{err}"
+        );
+        // Reason and duration bounds.
+        let err = Request::create("x".into(), e, "dave@example.com", ask("  ", "1h"), &dir, T0)
+            .unwrap_err();
+        assert!(err.to_string().contains("needs a reason"), "{err}");
+        let err = Request::create("x".into(), e, "dave@example.com", ask("x", "9h"), &dir, T0)
+            .unwrap_err();
+        assert!(err.to_string().contains("5m to 8h, not 9h"), "{err}");
+
+        // Self-approval is refused; so are non-approvers.
+        let (mut r, _) =
+            Request::create("r2".into(), e, "bob@example.com", ask("x", "1h"), &dir, T0).unwrap();
+        let err = r.approve(e, "bob@example.com", "", &dir, T0).unwrap_err();
+        assert!(
+            err.to_string().contains("may not review their own request"),
+            "{err}"
+        );
+        let err = r.approve(e, "dave@example.com", "", &dir, T0).unwrap_err();
+        assert!(
+            err.to_string().contains("its approvers are group:sre"),
+            "{err}"
+        );
+        assert!(r.reviews.is_empty(), "refused reviews leave no trace");
+
+        // One deny ends it.
+        r.approve(e, "alice@example.com", "", &dir, T0).unwrap();
+        r.deny(e, "carol@example.com", "not during the freeze", &dir, T0)
+            .unwrap();
+        assert_eq!(r.state, State::Denied);
+        assert!(r.approve(e, "alice@example.com", "", &dir, T0).is_err());
+        assert!(!r.open());
+    }
+
+    #[test]
+    fn auto_approval_break_glass_and_lapse() {
+        let (config, dir) = setup();
+        let db = config.entitlement("db").unwrap();
+        let (r, events) =
+            Request::create("a".into(), db, "bob@example.com", Ask::default(), &dir, T0).unwrap();
+        assert_eq!(
+            r.state,
+            State::Approved,
+            "bob is in group:sre, the auto-approve rule"
+        );
+        assert_eq!(events[1].action, "request.auto_approved");
+
+        let glass = Ask {
+            break_glass: true,
+            ..Ask::default()
+        };
+        let (r, events) =
+            Request::create("b".into(), db, "dave@example.com", glass.clone(), &dir, T0).unwrap();
+        assert!(r.break_glass && r.state == State::Approved);
+        assert_eq!(events[1].action, "request.break_glass");
+        let prod = config.entitlement("prod-ssh").unwrap();
+        assert!(
+            Request::create(
+                "c".into(),
+                prod,
+                "dave@example.com",
+                Ask {
+                    reason: "x".into(),
+                    ..glass
+                },
+                &dir,
+                T0
+            )
+            .is_err()
+        );
+
+        let (mut r, _) = Request::create(
+            "d".into(),
+            prod,
+            "dave@example.com",
+            ask("x", "1h"),
+            &dir,
+            T0,
+        )
+        .unwrap();
+        assert!(r.lapse(T0 + time::Duration::minutes(59)).is_err());
+        r.lapse(T0 + time::Duration::hours(1)).unwrap();
+        assert_eq!(r.state, State::Cancelled);
+    }
+
+    #[test]
+    fn drop_revoke_extend_and_schedule() {
+        let (config, dir) = setup();
+        let e = config.entitlement("prod-ssh").unwrap();
+        let start = T0 + time::Duration::hours(3);
+        let scheduled = Ask {
+            start_at: Some(start),
+            ..ask("deploy window", "2h")
+        };
+        let (mut r, _) =
+            Request::create("s".into(), e, "dave@example.com", scheduled, &dir, T0).unwrap();
+        r.approve(e, "alice@example.com", "", &dir, T0).unwrap();
+        r.approve(e, "bob@example.com", "", &dir, T0).unwrap();
+        assert!(!r.wants_access(T0), "approved but not yet started");
+        assert!(r.wants_access(start));
+        r.activate(start, serde_json::json!({})).unwrap();
+
+        // Extension: the requester asks, two approvers approve, the end moves.
+        let err = r
+            .request_extension(
+                e,
+                "dave@example.com",
+                "7h".parse().unwrap(),
+                "",
+                &dir,
+                start,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("exceed the maximum of 8h"),
+            "{err}"
+        );
+        r.request_extension(
+            e,
+            "dave@example.com",
+            "1h".parse().unwrap(),
+            "more",
+            &dir,
+            start,
+        )
+        .unwrap();
+        r.approve(e, "alice@example.com", "", &dir, start).unwrap();
+        assert_eq!(r.expires_at, Some(start + time::Duration::hours(2)));
+        let ev = r.approve(e, "carol@example.com", "", &dir, start).unwrap();
+        assert_eq!(ev.last().unwrap().action, "grant.extended");
+        assert_eq!(r.expires_at, Some(start + time::Duration::hours(3)));
+
+        // Revocation: not by a bystander; by the requester it is a drop.
+        let err = r
+            .revoke(e, "dave@example.com", "", &dir, false, start)
+            .map(|ev| ev[0].action.clone());
+        assert_eq!(err.unwrap(), "grant.dropped");
+        assert_eq!(r.state, State::Revoked);
+
+        let (mut other, _) =
+            Request::create("o".into(), e, "dave@example.com", ask("x", "1h"), &dir, T0).unwrap();
+        other.approve(e, "alice@example.com", "", &dir, T0).unwrap();
+        other.approve(e, "bob@example.com", "", &dir, T0).unwrap();
+        other.activate(T0, serde_json::json!({})).unwrap();
+        let mut stranger = Directory::default();
+        stranger
+            .roles
+            .insert("eve@example.com".into(), "member".into());
+        assert!(
+            other
+                .revoke(e, "eve@example.com", "", &stranger, false, T0)
+                .is_err()
+        );
+        let ev = other
+            .revoke(e, "carol@example.com", "incident over", &dir, false, T0)
+            .unwrap();
+        assert_eq!(ev[0].action, "grant.revoked");
+        assert_eq!(other.end_reason.as_deref(), Some("incident over"));
+    }
+}
