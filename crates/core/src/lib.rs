@@ -7,7 +7,9 @@ pub mod audit;
 pub mod config;
 pub mod duration;
 pub mod entitlement;
+pub mod reconciler;
 pub mod request;
+pub mod service;
 pub mod store;
 
 pub use duration::Span;

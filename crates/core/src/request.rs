@@ -117,6 +117,13 @@ pub struct TailnetStatus {
     /// `role` strategy: the role to restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_role: Option<String>,
+    /// `posture`: the expiry the attribute carries in the tailnet (moves with extensions).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub applied_until: Option<OffsetDateTime>,
     /// `authkey` strategy: the key's id (never its secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,

@@ -1,0 +1,706 @@
+//! The reconciler: makes the tailnet match the desired state in the database, and proves it.
+//!
+//! Each pass: (1) time transitions (pending requests lapse, active grants expire); (2) for the
+//! `group` strategy, every change to the policy file in one HuJSON edit and one write with
+//! `If-Match`, re-read and re-applied on 412; members of managed groups that no grant explains
+//! are drift; (3) per-request changes for `posture`, `role` and `authkey`; (4) every removal is
+//! verified by reading the tailnet back. Faults leave the request as it was, with the error
+//! noted, for the next pass; nothing is lost across restarts because the database holds it all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde_json::json;
+use tailnet::Tailnet;
+use time::OffsetDateTime;
+
+use crate::entitlement::Strategy;
+use crate::request::{Event, Request, SYSTEM, State};
+use crate::service::{Service, audit_entries};
+use crate::store::{RequestFilter, StoreError};
+use crate::time_text;
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassReport {
+    pub applied: usize,
+    pub removed: usize,
+    pub policy_writes: usize,
+    pub overdue: usize,
+    /// (group, login) members no active grant explains.
+    pub drift: Vec<(String, String)>,
+    pub errors: Vec<String>,
+}
+
+/// How many times one pass re-reads and re-applies the policy after a 412.
+const MAX_POLICY_ATTEMPTS: usize = 8;
+
+pub struct Reconciler {
+    service: Arc<Service>,
+    /// Drift already written to the audit log, so it is reported once.
+    reported_drift: tokio::sync::Mutex<BTreeSet<(String, String)>>,
+}
+
+fn event(request: &Request, action: &str, detail: serde_json::Value) -> Event {
+    Event {
+        actor: SYSTEM.to_owned(),
+        action: action.to_owned(),
+        request: request.id.clone(),
+        detail,
+    }
+}
+
+impl Reconciler {
+    pub fn new(service: Arc<Service>) -> Reconciler {
+        Reconciler {
+            service,
+            reported_drift: tokio::sync::Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn tailnet(&self) -> &dyn Tailnet {
+        self.service.tailnet.as_ref()
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.service.clock.now()
+    }
+
+    /// Stores a changed request with its events. A conflict (someone else changed it) is not
+    /// an error: the next pass sees the new version.
+    async fn save(&self, request: &mut Request, events: &[Event], report: &mut PassReport) -> bool {
+        request.version += 1;
+        let entries = audit_entries(events, self.now());
+        match self.service.store.update_request(request, &entries).await {
+            Ok(()) => true,
+            Err(StoreError::Conflict(_)) => {
+                request.version -= 1;
+                false
+            }
+            Err(e) => {
+                request.version -= 1;
+                report
+                    .errors
+                    .push(format!("{}: cannot store: {e}", request.id));
+                false
+            }
+        }
+    }
+
+    /// Notes a failed attempt on the request (kept for the UI and the next pass).
+    async fn note_error(&self, request: &mut Request, error: String, report: &mut PassReport) {
+        report.errors.push(format!("{}: {error}", request.id));
+        request.tailnet.attempts += 1;
+        request.tailnet.last_error = Some(error);
+        self.save(request, &[], report).await;
+    }
+
+    /// One reconciliation pass.
+    pub async fn pass(&self) -> PassReport {
+        let mut report = PassReport::default();
+        let filter = RequestFilter {
+            open_only: true,
+            ..RequestFilter::default()
+        };
+        let mut requests = match self.service.store.requests(&filter).await {
+            Ok(r) => r,
+            Err(e) => {
+                report.errors.push(format!("cannot read requests: {e}"));
+                return report;
+            }
+        };
+        let now = self.now();
+        for r in requests.iter_mut() {
+            let events = match r.state {
+                State::Pending if r.pending_until <= now => r.lapse(now).ok(),
+                State::Active if r.expires_at.is_some_and(|e| e <= now) => r.expire(now).ok(),
+                _ => None,
+            };
+            if let Some(events) = events {
+                self.save(r, &events, &mut report).await;
+            }
+        }
+        let mut groups = Vec::new();
+        for r in requests {
+            let Some(entitlement) = self.service.config.entitlement(&r.entitlement).cloned() else {
+                report.errors.push(format!(
+                    "{}: entitlement {:?} is no longer configured",
+                    r.id, r.entitlement
+                ));
+                continue;
+            };
+            match &entitlement.strategy {
+                Strategy::Group { group, .. } => groups.push((r, group.clone())),
+                Strategy::Posture { attribute, value } => {
+                    self.posture(r, attribute, value, &mut report).await
+                }
+                Strategy::Role { role } => self.role(r, role, &mut report).await,
+                Strategy::AuthKey { .. } => self.authkey(r, &mut report).await,
+            }
+        }
+        self.groups(groups, &mut report).await;
+        let now = self.now();
+        if let Ok(open) = self.service.store.requests(&filter).await {
+            report.overdue = open.iter().filter(|r| r.overdue(now)).count();
+        }
+        report
+    }
+
+    /// All `group` grants and removals in one policy edit and write.
+    async fn groups(&self, mut requests: Vec<(Request, String)>, report: &mut PassReport) {
+        let now = self.now();
+        let managed: BTreeMap<String, bool> = self
+            .service
+            .config
+            .entitlements
+            .iter()
+            .filter_map(|e| match &e.strategy {
+                Strategy::Group {
+                    group,
+                    remove_drift,
+                } => Some((group.clone(), *remove_drift)),
+                _ => None,
+            })
+            .collect();
+        if managed.is_empty() {
+            return;
+        }
+        let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (r, group) in &requests {
+            if r.wants_access(now) {
+                want.entry(group.clone())
+                    .or_default()
+                    .insert(r.requester.clone());
+            }
+        }
+        let mut attempts = 0;
+        let written = loop {
+            attempts += 1;
+            let current = match self.tailnet().policy().await {
+                Ok(p) => p,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("cannot read the policy file: {e}"));
+                    return;
+                }
+            };
+            let mut doc = match hujson::Document::parse(&current.text) {
+                Ok(d) => d,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("the tailnet's policy file does not parse: {e}"));
+                    return;
+                }
+            };
+            let mut drift = Vec::new();
+            let mut failed = false;
+            for (group, remove_drift) in &managed {
+                let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
+                let Some(node) = doc.get(&path) else {
+                    report
+                        .errors
+                        .push(format!("{group} is not in the policy file"));
+                    continue;
+                };
+                let present: BTreeSet<String> = node
+                    .as_array()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|n| doc.str_value(n))
+                    .collect();
+                let wanted = want.get(group).cloned().unwrap_or_default();
+                for login in wanted.difference(&present) {
+                    if let Err(e) = doc.add_string(&path, login) {
+                        report
+                            .errors
+                            .push(format!("cannot add {login} to {group}: {e}"));
+                        failed = true;
+                    }
+                }
+                let ending: BTreeSet<&String> = requests
+                    .iter()
+                    .filter(|(r, g)| {
+                        g == group && !r.wants_access(now) && r.tailnet.applied_at.is_some()
+                    })
+                    .map(|(r, _)| &r.requester)
+                    .collect();
+                for login in present.difference(&wanted) {
+                    let explained_removal = ending.contains(login);
+                    if !explained_removal {
+                        drift.push((group.clone(), login.clone()));
+                    }
+                    if (explained_removal || *remove_drift)
+                        && let Err(e) = doc.remove_string(&path, login)
+                    {
+                        report
+                            .errors
+                            .push(format!("cannot remove {login} from {group}: {e}"));
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return;
+            }
+            report.drift = drift;
+            if doc.text() == current.text {
+                break current.text;
+            }
+            match self
+                .tailnet()
+                .set_policy(doc.text(), Some(&current.etag))
+                .await
+            {
+                Ok(new) => {
+                    report.policy_writes += 1;
+                    break new.text;
+                }
+                Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
+                    continue;
+                }
+                Err(e) => {
+                    let message = format!("policy write failed: {e}");
+                    for (r, _) in requests
+                        .iter_mut()
+                        .filter(|(r, _)| r.state == State::Approved)
+                    {
+                        self.note_error(r, message.clone(), report).await;
+                    }
+                    report.errors.push(message);
+                    return;
+                }
+            }
+        };
+        self.report_drift(&report.drift).await;
+        // Verify by reading back what the tailnet now holds.
+        let stored = if report.policy_writes > 0 {
+            match self.tailnet().policy().await {
+                Ok(p) => p.text,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("cannot read the policy back: {e}"));
+                    return;
+                }
+            }
+        } else {
+            written
+        };
+        let Ok(doc) = hujson::Document::parse(&stored) else {
+            report
+                .errors
+                .push("the policy read back does not parse".into());
+            return;
+        };
+        let members = |group: &str| -> BTreeSet<String> {
+            doc.get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(group)])
+                .and_then(|n| n.as_array())
+                .map(|items| items.iter().filter_map(|n| doc.str_value(n)).collect())
+                .unwrap_or_default()
+        };
+        let now = self.now();
+        for (r, group) in requests.iter_mut() {
+            let present = members(group).contains(&r.requester);
+            if r.wants_access(now) && r.state == State::Approved && present {
+                if let Ok(events) = r.activate(now, json!({"group": group}))
+                    && self.save(r, &events, report).await
+                {
+                    report.applied += 1;
+                }
+            } else if !r.wants_access(now)
+                && r.tailnet.applied_at.is_some()
+                && r.tailnet.removal_verified_at.is_none()
+            {
+                let still_wanted = want
+                    .get(group.as_str())
+                    .is_some_and(|w| w.contains(&r.requester));
+                if !present || still_wanted {
+                    r.tailnet.removed_at = Some(now);
+                    r.tailnet.removal_verified_at = Some(now);
+                    let detail = if still_wanted {
+                        json!({"group": group, "note": "membership kept for another active grant"})
+                    } else {
+                        json!({"group": group})
+                    };
+                    let events = [event(r, "grant.removal_verified", detail)];
+                    if self.save(r, &events, report).await {
+                        report.removed += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn report_drift(&self, drift: &[(String, String)]) {
+        let mut reported = self.reported_drift.lock().await;
+        let current: BTreeSet<(String, String)> = drift.iter().cloned().collect();
+        let new: Vec<&(String, String)> = current.difference(&reported).collect();
+        if !new.is_empty() {
+            let now = self.now();
+            let entries: Vec<crate::audit::NewAuditEntry> = new
+                .iter()
+                .map(|(group, login)| crate::audit::NewAuditEntry {
+                    at: time_text(now),
+                    actor: SYSTEM.to_owned(),
+                    action: "drift.detected".to_owned(),
+                    request: None,
+                    detail: json!({"group": group, "member": login, "note": "no active grant explains this member"}).to_string(),
+                })
+                .collect();
+            // Best effort: drift is also in every pass report.
+            let _ = self.service.store.append_audit(&entries).await;
+        }
+        *reported = current;
+    }
+
+    async fn posture(
+        &self,
+        mut r: Request,
+        attribute: &str,
+        value: &serde_json::Value,
+        report: &mut PassReport,
+    ) {
+        let now = self.now();
+        let comment = format!(
+            "tidegate {}: {}",
+            r.id,
+            r.reason.chars().take(150).collect::<String>()
+        );
+        if r.wants_access(now) {
+            let until = match r.state {
+                State::Approved => now + r.duration.to_time(),
+                _ => r.expires_at.unwrap_or(now),
+            };
+            if r.state == State::Active && r.tailnet.applied_until == Some(until) {
+                return;
+            }
+            let expiry = time_text(until);
+            for device in &r.devices.clone() {
+                let set = self
+                    .tailnet()
+                    .set_posture_attribute(
+                        device,
+                        attribute,
+                        value.clone(),
+                        Some(&expiry),
+                        Some(&comment),
+                    )
+                    .await;
+                if let Err(e) = set {
+                    self.note_error(
+                        &mut r,
+                        format!("setting {attribute} on {device}: {e}"),
+                        report,
+                    )
+                    .await;
+                    return;
+                }
+            }
+            for device in &r.devices.clone() {
+                match self.tailnet().posture_attributes(device).await {
+                    Ok(attrs) if attrs.attributes.get(attribute) == Some(value) => {}
+                    Ok(_) => {
+                        self.note_error(
+                            &mut r,
+                            format!("{attribute} did not stick on {device}"),
+                            report,
+                        )
+                        .await;
+                        return;
+                    }
+                    Err(e) => {
+                        self.note_error(
+                            &mut r,
+                            format!("reading {device}'s attributes: {e}"),
+                            report,
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
+            r.tailnet.applied_until = Some(until);
+            r.tailnet.verified_at = Some(now);
+            let events = if r.state == State::Approved {
+                match r.activate(
+                    now,
+                    json!({"attribute": attribute, "devices": r.devices, "expiry": expiry}),
+                ) {
+                    Ok(events) => events,
+                    Err(_) => return,
+                }
+            } else {
+                vec![event(
+                    &r,
+                    "grant.expiry_moved",
+                    json!({"attribute": attribute, "expiry": expiry}),
+                )]
+            };
+            if self.save(&mut r, &events, report).await && r.state == State::Active {
+                report.applied += 1;
+            }
+            return;
+        }
+        if r.tailnet.applied_at.is_none() || r.tailnet.removal_verified_at.is_some() {
+            return;
+        }
+        for device in &r.devices.clone() {
+            match self
+                .tailnet()
+                .delete_posture_attribute(device, attribute)
+                .await
+            {
+                Ok(()) | Err(tailnet::Error::NotFound(_)) => {}
+                Err(e) => {
+                    self.note_error(
+                        &mut r,
+                        format!("removing {attribute} from {device}: {e}"),
+                        report,
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+        for device in &r.devices.clone() {
+            match self.tailnet().posture_attributes(device).await {
+                Ok(attrs) if !attrs.attributes.contains_key(attribute) => {}
+                Err(tailnet::Error::NotFound(_)) => {}
+                Ok(_) => {
+                    self.note_error(&mut r, format!("{attribute} is still on {device}"), report)
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    self.note_error(
+                        &mut r,
+                        format!("reading {device}'s attributes: {e}"),
+                        report,
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+        r.tailnet.removed_at = Some(now);
+        r.tailnet.removal_verified_at = Some(now);
+        let events = [event(
+            &r,
+            "grant.removal_verified",
+            json!({"attribute": attribute, "devices": r.devices}),
+        )];
+        if self.save(&mut r, &events, report).await {
+            report.removed += 1;
+        }
+    }
+
+    async fn user_id(&self, login: &str) -> Result<String, String> {
+        let users = self
+            .tailnet()
+            .users()
+            .await
+            .map_err(|e| format!("reading users: {e}"))?;
+        users
+            .into_iter()
+            .find(|u| u.login_name == login)
+            .map(|u| u.id)
+            .ok_or_else(|| format!("{login} is not a user of the tailnet"))
+    }
+
+    async fn role(&self, mut r: Request, role: &str, report: &mut PassReport) {
+        let now = self.now();
+        let wants = r.wants_access(now);
+        let needs_apply = wants && r.state == State::Approved;
+        let needs_removal =
+            !wants && r.tailnet.applied_at.is_some() && r.tailnet.removal_verified_at.is_none();
+        if !needs_apply && !needs_removal {
+            return;
+        }
+        let login = r.requester.clone();
+        let id = match self.user_id(&login).await {
+            Ok(id) => id,
+            Err(e) => return self.note_error(&mut r, e, report).await,
+        };
+        if needs_apply {
+            let previous = match self.tailnet().user(&id).await {
+                Ok(u) => u.role,
+                Err(e) => {
+                    return self
+                        .note_error(&mut r, format!("reading {login}: {e}"), report)
+                        .await;
+                }
+            };
+            // Remember the role to restore before changing anything.
+            if r.tailnet.previous_role.is_none() {
+                r.tailnet.previous_role = Some(previous.clone());
+                if !self.save(&mut r, &[], report).await {
+                    return;
+                }
+            }
+            if let Err(e) = self.tailnet().set_user_role(&id, role).await {
+                return self
+                    .note_error(&mut r, format!("setting role {role}: {e}"), report)
+                    .await;
+            }
+            match self.tailnet().user(&id).await {
+                Ok(u) if u.role == role => {}
+                Ok(u) => {
+                    return self
+                        .note_error(
+                            &mut r,
+                            format!("role is {} after setting {role}", u.role),
+                            report,
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    return self
+                        .note_error(&mut r, format!("reading {login} back: {e}"), report)
+                        .await;
+                }
+            }
+            r.tailnet.verified_at = Some(now);
+            let detail = json!({"role": role, "previous_role": r.tailnet.previous_role});
+            if let Ok(events) = r.activate(now, detail)
+                && self.save(&mut r, &events, report).await
+            {
+                report.applied += 1;
+            }
+            return;
+        }
+        let restore = r
+            .tailnet
+            .previous_role
+            .clone()
+            .unwrap_or_else(|| "member".to_owned());
+        if let Err(e) = self.tailnet().set_user_role(&id, &restore).await {
+            return self
+                .note_error(&mut r, format!("restoring role {restore}: {e}"), report)
+                .await;
+        }
+        match self.tailnet().user(&id).await {
+            Ok(u) if u.role == restore => {}
+            Ok(u) => {
+                return self
+                    .note_error(
+                        &mut r,
+                        format!("role is {} after restoring {restore}", u.role),
+                        report,
+                    )
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .note_error(&mut r, format!("reading {login} back: {e}"), report)
+                    .await;
+            }
+        }
+        r.tailnet.removed_at = Some(now);
+        r.tailnet.removal_verified_at = Some(now);
+        let events = [event(
+            &r,
+            "grant.removal_verified",
+            json!({"role": restore}),
+        )];
+        if self.save(&mut r, &events, report).await {
+            report.removed += 1;
+        }
+    }
+
+    /// Auth keys are minted when the requester claims them; here they are revoked at the end.
+    async fn authkey(&self, mut r: Request, report: &mut PassReport) {
+        let now = self.now();
+        if r.wants_access(now)
+            || r.tailnet.applied_at.is_none()
+            || r.tailnet.removal_verified_at.is_some()
+        {
+            return;
+        }
+        let Some(key_id) = r.tailnet.key_id.clone() else {
+            return;
+        };
+        match self.tailnet().delete_key(&key_id).await {
+            Ok(()) | Err(tailnet::Error::NotFound(_)) => {}
+            Err(e) => {
+                return self
+                    .note_error(&mut r, format!("revoking key {key_id}: {e}"), report)
+                    .await;
+            }
+        }
+        match self.tailnet().key(&key_id).await {
+            Ok(k) if k.invalid => {}
+            Err(tailnet::Error::NotFound(_)) => {}
+            Ok(_) => {
+                return self
+                    .note_error(&mut r, format!("key {key_id} is still valid"), report)
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .note_error(&mut r, format!("reading key {key_id}: {e}"), report)
+                    .await;
+            }
+        }
+        r.tailnet.removed_at = Some(now);
+        r.tailnet.removal_verified_at = Some(now);
+        let events = [event(
+            &r,
+            "grant.removal_verified",
+            json!({"key_id": key_id}),
+        )];
+        if self.save(&mut r, &events, report).await {
+            report.removed += 1;
+        }
+    }
+
+    /// When the next pass is due: the earliest expiry, lapse or scheduled start, at most
+    /// `tick` from now.
+    pub async fn next_due(&self, tick: time::Duration) -> OffsetDateTime {
+        let now = self.now();
+        let limit = now + tick;
+        let filter = RequestFilter {
+            open_only: true,
+            ..RequestFilter::default()
+        };
+        let Ok(open) = self.service.store.requests(&filter).await else {
+            return limit;
+        };
+        open.iter()
+            .flat_map(|r| {
+                let mut times = Vec::new();
+                match r.state {
+                    State::Pending => times.push(r.pending_until),
+                    State::Active => times.extend(r.expires_at),
+                    State::Approved => times.extend(r.start_at),
+                    _ => {}
+                }
+                // Unfinished work (errors, unverified removals) is retried on the tick.
+                times
+            })
+            .filter(|t| *t < limit)
+            .min()
+            .unwrap_or(limit)
+            .max(now)
+    }
+
+    /// Runs passes until `stop` is notified: at the next due time, when woken, or every
+    /// `tick`.
+    pub async fn run(&self, tick: std::time::Duration, stop: Arc<tokio::sync::Notify>) {
+        let tick_time = time::Duration::try_from(tick).unwrap_or(time::Duration::seconds(10));
+        loop {
+            let _ = self.pass().await;
+            let due = self.next_due(tick_time).await;
+            let wait = (due - self.now()).max(time::Duration::ZERO);
+            let wait = std::time::Duration::try_from(wait)
+                .unwrap_or(tick)
+                .min(tick);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.service.wake.notified() => {}
+                _ = stop.notified() => return,
+            }
+        }
+    }
+}

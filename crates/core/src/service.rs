@@ -1,0 +1,417 @@
+//! The operations people perform (request, approve, deny, cancel, drop, revoke, extend, list,
+//! show), each checked by the request lifecycle and stored together with its audit entries.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use tailnet::{Clock, Tailnet};
+use tokio::sync::{Mutex, Notify};
+
+use crate::audit::NewAuditEntry;
+use crate::config::Config;
+use crate::entitlement::{Directory, Entitlement, Selector, Strategy};
+use crate::request::{Ask, Event, LifecycleError, Request, State};
+use crate::store::{RequestFilter, Store, StoreError};
+use crate::{Span, time_text};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no entitlement named {0:?}")]
+    UnknownEntitlement(String),
+    #[error("no request {0}")]
+    UnknownRequest(String),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("tailnet: {0}")]
+    Tailnet(#[from] tailnet::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How long the directory (users and groups) is reused before it is read again.
+const DIRECTORY_TTL: time::Duration = time::Duration::seconds(30);
+
+/// The application's operations over a store, a tailnet and a clock.
+pub struct Service {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub tailnet: Arc<dyn Tailnet>,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes the reconciler when desired state changes.
+    pub wake: Arc<Notify>,
+    directory: Mutex<Option<(time::OffsetDateTime, Arc<Directory>)>>,
+}
+
+/// Audit entries for events, stamped with the clock's time.
+pub fn audit_entries(events: &[Event], now: time::OffsetDateTime) -> Vec<NewAuditEntry> {
+    events
+        .iter()
+        .map(|e| NewAuditEntry {
+            at: time_text(now),
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            request: Some(e.request.clone()),
+            detail: e.detail.to_string(),
+        })
+        .collect()
+}
+
+/// A new request id: `r-` and 10 random base-32 characters.
+fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..10)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("r-{tail}")
+}
+
+/// What a requester submits.
+#[derive(Debug, Clone, Default)]
+pub struct NewRequest {
+    pub entitlement: String,
+    pub reason: String,
+    pub duration: Option<Span>,
+    pub start_at: Option<time::OffsetDateTime>,
+    /// `posture` strategy: device names, hostnames, MagicDNS names or IDs; empty = all of
+    /// the requester's own devices.
+    pub devices: Vec<String>,
+    pub break_glass: bool,
+}
+
+impl Service {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        tailnet: Arc<dyn Tailnet>,
+        clock: Arc<dyn Clock>,
+    ) -> Service {
+        Service {
+            config,
+            store,
+            tailnet,
+            clock,
+            wake: Arc::new(Notify::new()),
+            directory: Mutex::new(None),
+        }
+    }
+
+    /// Users and groups, read from the tailnet at most every 30 seconds.
+    pub async fn directory(&self) -> Result<Arc<Directory>, ServiceError> {
+        let now = self.clock.now();
+        let mut cached = self.directory.lock().await;
+        if let Some((at, dir)) = cached.as_ref()
+            && now - *at < DIRECTORY_TTL
+        {
+            return Ok(dir.clone());
+        }
+        let users = self.tailnet.users().await?;
+        let policy_text = self.tailnet.policy().await?;
+        let policy = policy::Policy::parse(&policy_text.text).map_err(|e| {
+            ServiceError::Invalid(format!("the tailnet's policy file does not parse: {e}"))
+        })?;
+        let dir = Arc::new(Directory::from_tailnet(&users, &policy.file));
+        *cached = Some((now, dir.clone()));
+        Ok(dir)
+    }
+
+    /// Forgets the cached directory (after the policy or users change).
+    pub async fn refresh_directory(&self) {
+        *self.directory.lock().await = None;
+    }
+
+    pub fn entitlement(&self, name: &str) -> Result<&Entitlement, ServiceError> {
+        self.config
+            .entitlement(name)
+            .ok_or_else(|| ServiceError::UnknownEntitlement(name.to_owned()))
+    }
+
+    /// Is `login` a tailnet admin (owner or admin)?
+    pub async fn is_admin(&self, login: &str) -> Result<bool, ServiceError> {
+        let dir = self.directory().await?;
+        Ok(dir.matches(&Selector::Role("admin".into()), login))
+    }
+
+    /// Entitlements `login` may request.
+    pub async fn entitlements_for(&self, login: &str) -> Result<Vec<Entitlement>, ServiceError> {
+        let dir = self.directory().await?;
+        Ok(self
+            .config
+            .entitlements
+            .iter()
+            .filter(|e| dir.matches_any(&e.requesters, login))
+            .cloned()
+            .collect())
+    }
+
+    /// Resolves device names to the requester's own devices' node IDs; refuses devices that
+    /// are not theirs.
+    async fn own_devices(
+        &self,
+        requester: &str,
+        names: &[String],
+    ) -> Result<Vec<String>, ServiceError> {
+        let devices = self.tailnet.devices().await?;
+        let own: Vec<&tailnet::Device> = devices
+            .iter()
+            .filter(|d| d.user == requester && d.tags.is_empty())
+            .collect();
+        if names.is_empty() {
+            if own.is_empty() {
+                return Err(ServiceError::Invalid(format!(
+                    "{requester} has no devices of their own in the tailnet"
+                )));
+            }
+            return Ok(own.iter().map(|d| node_id(d)).collect());
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let found = devices.iter().find(|d| device_matches(d, name));
+            match found {
+                None => {
+                    return Err(ServiceError::Invalid(format!(
+                        "no device named {name:?} in the tailnet"
+                    )));
+                }
+                Some(d) if d.user != requester || !d.tags.is_empty() => {
+                    return Err(ServiceError::Lifecycle(LifecycleError::NotAllowed(
+                        format!("device {name:?} is not {requester}'s own device"),
+                    )));
+                }
+                Some(d) => {
+                    let id = node_id(d);
+                    if !out.contains(&id) {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn store_new(&self, request: &Request, events: &[Event]) -> Result<(), ServiceError> {
+        let now = self.clock.now();
+        self.store
+            .insert_request(request, &audit_entries(events, now))
+            .await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    pub async fn create(&self, requester: &str, new: NewRequest) -> Result<Request, ServiceError> {
+        let entitlement = self.entitlement(&new.entitlement)?.clone();
+        let dir = self.directory().await?;
+        let devices = match entitlement.strategy {
+            Strategy::Posture { .. } => self.own_devices(requester, &new.devices).await?,
+            _ if !new.devices.is_empty() => {
+                return Err(ServiceError::Invalid(format!(
+                    "{:?} uses the {} strategy; --device only applies to posture entitlements",
+                    entitlement.name,
+                    entitlement.strategy.name()
+                )));
+            }
+            _ => Vec::new(),
+        };
+        let ask = Ask {
+            reason: new.reason,
+            duration: new.duration,
+            start_at: new.start_at,
+            devices,
+            break_glass: new.break_glass,
+        };
+        let (request, events) = Request::create(
+            new_id(),
+            &entitlement,
+            requester,
+            ask,
+            &dir,
+            self.clock.now(),
+        )?;
+        self.store_new(&request, &events).await?;
+        Ok(request)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Request, ServiceError> {
+        self.store
+            .request(id)
+            .await?
+            .ok_or_else(|| ServiceError::UnknownRequest(id.to_owned()))
+    }
+
+    pub async fn list(&self, filter: &RequestFilter) -> Result<Vec<Request>, ServiceError> {
+        Ok(self.store.requests(filter).await?)
+    }
+
+    /// Loads a request, applies `change`, stores it with its audit entries. Retries when a
+    /// concurrent change won the race.
+    async fn change<F>(&self, id: &str, mut change: F) -> Result<Request, ServiceError>
+    where
+        F: FnMut(
+            &mut Request,
+            &Entitlement,
+            &Directory,
+            time::OffsetDateTime,
+        ) -> Result<Vec<Event>, ServiceError>,
+    {
+        for _ in 0..5 {
+            let mut request = self.get(id).await?;
+            let entitlement = self.entitlement(&request.entitlement)?.clone();
+            let dir = self.directory().await?;
+            let now = self.clock.now();
+            let events = change(&mut request, &entitlement, &dir, now)?;
+            request.version += 1;
+            match self
+                .store
+                .update_request(&request, &audit_entries(&events, now))
+                .await
+            {
+                Ok(()) => {
+                    self.wake.notify_one();
+                    return Ok(request);
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Store(StoreError::Conflict(id.to_owned())))
+    }
+
+    pub async fn approve(
+        &self,
+        id: &str,
+        reviewer: &str,
+        comment: &str,
+    ) -> Result<Request, ServiceError> {
+        self.change(id, |r, e, dir, now| {
+            Ok(r.approve(e, reviewer, comment, dir, now)?)
+        })
+        .await
+    }
+
+    pub async fn deny(
+        &self,
+        id: &str,
+        reviewer: &str,
+        comment: &str,
+    ) -> Result<Request, ServiceError> {
+        self.change(id, |r, e, dir, now| {
+            Ok(r.deny(e, reviewer, comment, dir, now)?)
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, id: &str, by: &str) -> Result<Request, ServiceError> {
+        self.change(id, |r, _, _, now| Ok(r.cancel(by, now)?)).await
+    }
+
+    /// Ends access early: by the requester (a drop) or an approver or admin (a revoke). A
+    /// pending request is cancelled instead.
+    pub async fn revoke(&self, id: &str, by: &str, reason: &str) -> Result<Request, ServiceError> {
+        let admin = self.is_admin(by).await?;
+        self.change(id, |r, e, dir, now| {
+            if r.state == State::Pending && by == r.requester {
+                return Ok(r.cancel(by, now)?);
+            }
+            Ok(r.revoke(e, by, reason, dir, admin, now)?)
+        })
+        .await
+    }
+
+    pub async fn extend(
+        &self,
+        id: &str,
+        by: &str,
+        duration: Span,
+        reason: &str,
+    ) -> Result<Request, ServiceError> {
+        self.change(id, |r, e, dir, now| {
+            Ok(r.request_extension(e, by, duration, reason, dir, now)?)
+        })
+        .await
+    }
+
+    /// `authkey` strategy: mints the key for an approved request and returns its secret, once.
+    /// Only the key's id is stored; the grant starts now.
+    pub async fn claim_key(&self, id: &str, by: &str) -> Result<(Request, String), ServiceError> {
+        let mut request = self.get(id).await?;
+        let entitlement = self.entitlement(&request.entitlement)?.clone();
+        let Strategy::AuthKey {
+            tags,
+            ephemeral,
+            reusable,
+            preauthorized,
+        } = &entitlement.strategy
+        else {
+            return Err(ServiceError::Invalid(format!(
+                "{id} is not an auth key request"
+            )));
+        };
+        if by != request.requester {
+            return Err(ServiceError::Lifecycle(LifecycleError::NotAllowed(
+                format!("only {} can claim the key of {id}", request.requester),
+            )));
+        }
+        let now = self.clock.now();
+        if request.state != State::Approved || !request.wants_access(now) {
+            return Err(ServiceError::Invalid(format!(
+                "{id} is {}: its key can only be claimed once, after approval",
+                request.state.as_str()
+            )));
+        }
+        let create = tailnet::CreateAuthKey {
+            capabilities: tailnet::KeyCapabilities {
+                devices: tailnet::DeviceCapabilities {
+                    create: tailnet::DeviceCreateCapabilities {
+                        reusable: *reusable,
+                        ephemeral: *ephemeral,
+                        preauthorized: *preauthorized,
+                        tags: tags.clone(),
+                    },
+                },
+            },
+            expiry_seconds: Some(request.duration.as_secs()),
+            description: format!("tidegate {id}"),
+        };
+        let key = self.tailnet.create_auth_key(&create).await?;
+        let Some(secret) = key.key.clone() else {
+            return Err(ServiceError::Invalid(
+                "the tailnet returned a key without its secret".into(),
+            ));
+        };
+        request.tailnet.key_id = Some(key.id.clone());
+        request.tailnet.verified_at = Some(now);
+        let events = request.activate(now, serde_json::json!({"key_id": key.id, "tags": tags}))?;
+        request.version += 1;
+        if let Err(e) = self
+            .store
+            .update_request(&request, &audit_entries(&events, now))
+            .await
+        {
+            // Nobody will ever see this key: revoke it rather than leave it valid.
+            let _ = self.tailnet.delete_key(&key.id).await;
+            return Err(e.into());
+        }
+        self.wake.notify_one();
+        Ok((request, secret))
+    }
+}
+
+fn node_id(d: &tailnet::Device) -> String {
+    if d.node_id.is_empty() {
+        d.id.clone()
+    } else {
+        d.node_id.clone()
+    }
+}
+
+/// A device by hostname, MagicDNS name (full or first label) or ID.
+pub fn device_matches(d: &tailnet::Device, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    d.hostname == name
+        || d.name == name
+        || d.name.split('.').next() == Some(name)
+        || d.id == name
+        || d.node_id == name
+}
