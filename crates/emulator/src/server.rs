@@ -465,6 +465,11 @@ impl RunningEmulator {
         self.app.now()
     }
 
+    /// How many OAuth access tokens are live (minted and not yet expired by the clock).
+    pub fn minted_tokens(&self) -> usize {
+        self.app.lock().tokens.len()
+    }
+
     /// Stops accepting connections, lets open ones finish their current request, and waits.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);

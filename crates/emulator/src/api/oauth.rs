@@ -4,7 +4,7 @@ use hyper::StatusCode;
 use serde_json::json;
 use time::Duration;
 
-use crate::auth::{basic_credentials, scope_allows};
+use crate::auth::{basic_credentials, is_known_scope, scope_allows};
 use crate::http::{ApiError, ApiResult, Reply, Req, parse_form};
 use crate::server::App;
 use crate::state::{MintedToken, random_token};
@@ -66,6 +66,9 @@ pub(crate) fn token(app: &App, req: &Req) -> ApiResult {
     let granted = client.key.scopes.clone().unwrap_or_default();
     let scopes = match requested {
         Some(req) if !req.is_empty() => {
+            if let Some(bad) = req.iter().find(|s| !is_known_scope(s)) {
+                return Err(ApiError::bad_request(format!("unknown scope {bad:?}")));
+            }
             if let Some(bad) = req.iter().find(|s| {
                 let (base, write) = match s.strip_suffix(":read") {
                     Some(b) => (b, false),

@@ -1,0 +1,9 @@
+//! The emulator's integration tests: one binary, over real sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod api;
+mod garbage;
+mod openapi;
+mod support;
+mod webhooks;
