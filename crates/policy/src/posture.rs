@@ -26,7 +26,7 @@ pub enum Literal {
     List(Vec<Literal>),
 }
 
-/// One condition, e.g. `custom:tidegate-db == 'granted'` or `node:os IN ['macos', 'linux']`.
+/// One condition, e.g. `custom:tidegate_db == 'granted'` or `node:os IN ['macos', 'linux']`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
     pub attribute: String,

@@ -584,7 +584,7 @@ mod tests {
 
     #[test]
     fn path_segments_are_escaped() {
-        assert_eq!(segment("custom:tidegate-db"), "custom:tidegate-db");
+        assert_eq!(segment("custom:tidegate_db"), "custom:tidegate_db");
         assert_eq!(segment("a/b c"), "a%2Fb%20c");
     }
 

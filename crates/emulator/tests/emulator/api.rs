@@ -161,7 +161,7 @@ async fn a_write_whose_tests_fail_is_refused_and_changes_nothing() {
     let emu = start().await;
     let before = emu.policy().await;
     let failing = before.text.replace(
-        r#"{"src": "carol@example.com", "accept": ["tag:staging:22"], "deny": ["tag:prod:22"]},"#,
+        r#"{"src": "carol@example.com", "accept": ["tag:staging:22"], "deny": ["tag:monitoring:22"]},"#,
         r#"{"src": "carol@example.com", "accept": ["tag:prod:22"]},"#,
     );
     assert_ne!(failing, before.text);

@@ -94,7 +94,7 @@ fn posture_attribute_gates_the_database_grant() {
         .unwrap();
     laptop
         .posture_attributes
-        .insert("custom:tidegate-db".into(), serde_json::json!("granted"));
+        .insert("custom:tidegate_db".into(), serde_json::json!("granted"));
     let with = engine(&text, &inventory);
     let access = with.explain("carol@example.com", "db-1", 5432, 6).unwrap();
     assert!(access.allowed);
@@ -176,7 +176,7 @@ fn unknown_names_in_queries_are_errors() {
 #[test]
 fn failing_tests_say_which_and_why() {
     let text = example_text().replace(
-        r#"{"src": "carol@example.com", "accept": ["tag:staging:22"], "deny": ["tag:prod:22"]},"#,
+        r#"{"src": "carol@example.com", "accept": ["tag:staging:22"], "deny": ["tag:monitoring:22"]},"#,
         r#"{"src": "carol@example.com", "accept": ["tag:prod:22"]},"#,
     );
     let err = policy::load(&text, &example_inventory()).unwrap_err();
@@ -218,7 +218,7 @@ fn errors_point_at_the_problem() {
         r#"dst="tag:nope:22": tag not found: "tag:nope""#
     );
 
-    let bad = example_text().replace("custom:tidegate-db == 'granted'", "custom:tidegate-db ~ 1");
+    let bad = example_text().replace("custom:tidegate_db == 'granted'", "custom:tidegate_db ~ 1");
     let err = Engine::build(Policy::parse(&bad).unwrap(), &inventory).unwrap_err();
     assert!(err.api_message().contains("posture:jit-db"), "{err}");
 }
