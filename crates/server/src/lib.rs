@@ -1,0 +1,386 @@
+//! tidegate's HTTP API: JSON endpoints for requests, reviews, grants and the audit log,
+//! authenticated with API tokens (stored hashed), and its OpenAPI document.
+
+mod openapi;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tidegate_core::Span;
+use tidegate_core::request::State as RequestState;
+use tidegate_core::service::{NewRequest, Service, ServiceError};
+use tidegate_core::store::{RequestFilter, StoreError};
+
+pub use openapi::document as openapi_document;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+}
+
+/// An error as the API answers it: a status and `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use tidegate_core::request::LifecycleError;
+        let status = match &e {
+            ServiceError::UnknownEntitlement(_) | ServiceError::UnknownRequest(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ServiceError::Lifecycle(LifecycleError::NotAllowed(_)) => StatusCode::FORBIDDEN,
+            ServiceError::Lifecycle(LifecycleError::WrongState { .. }) => StatusCode::CONFLICT,
+            ServiceError::Lifecycle(LifecycleError::Invalid(_)) | ServiceError::Invalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ServiceError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            ServiceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Tailnet(_) => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The authenticated caller (from `Authorization: Bearer <token>`).
+pub struct Caller(pub String);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let login = tokens::authenticate(&parts.headers, state.service.as_ref()).await?;
+        Ok(Caller(login))
+    }
+}
+
+/// A JSON body whose errors say what is wrong with it.
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequest<AppState> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        let text = if bytes.is_empty() {
+            &b"{}"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(text)
+            .map(Body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    entitlement: String,
+    #[serde(default)]
+    reason: String,
+    duration: Option<String>,
+    start_at: Option<String>,
+    #[serde(default)]
+    devices: Vec<String>,
+    #[serde(default)]
+    break_glass: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CommentBody {
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    duration: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    mine: bool,
+    state: Option<String>,
+    entitlement: Option<String>,
+    /// Requests waiting for the caller's review.
+    #[serde(default)]
+    review: bool,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+fn span(text: &str) -> ApiResult<Span> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("{e}")))
+}
+
+fn json_request(r: &tidegate_core::request::Request, now: time::OffsetDateTime) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("overdue".into(), json!(r.overdue(now)));
+    }
+    v
+}
+
+async fn create(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Body(body): Body<CreateBody>,
+) -> ApiResult<impl IntoResponse> {
+    let start_at = match body.start_at.as_deref() {
+        Some(text) => Some(tailnet::clock::parse_rfc3339(text).ok_or_else(|| {
+            ApiError::bad_request(format!("start_at {text:?} is not an RFC 3339 time"))
+        })?),
+        None => None,
+    };
+    let new = NewRequest {
+        entitlement: body.entitlement,
+        reason: body.reason,
+        duration: body.duration.as_deref().map(span).transpose()?,
+        start_at,
+        devices: body.devices,
+        break_glass: body.break_glass,
+    };
+    let request = app.service.create(&who, new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json_request(&request, app.service.clock.now())),
+    ))
+}
+
+async fn list(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let mut filter = RequestFilter {
+        limit: q.limit,
+        entitlement: q.entitlement,
+        ..RequestFilter::default()
+    };
+    if let Some(state) = &q.state {
+        for s in state.split(',') {
+            filter.states.push(
+                RequestState::parse(s.trim())
+                    .ok_or_else(|| ApiError::bad_request(format!("unknown state {s:?}")))?,
+            );
+        }
+    }
+    if q.mine {
+        filter.requester = Some(who.clone());
+    }
+    let mut requests = app.service.list(&filter).await?;
+    if q.review {
+        let dir = app.service.directory().await?;
+        requests.retain(|r| {
+            r.state == RequestState::Pending
+                && !r.reviews.iter().any(|rev| rev.reviewer == who)
+                && app.service.entitlement(&r.entitlement).is_ok_and(|e| {
+                    dir.matches_any(&e.approvers, &who) && (e.self_approval || r.requester != who)
+                })
+        });
+    }
+    let now = app.service.clock.now();
+    Ok(Json(
+        json!({ "requests": requests.iter().map(|r| json_request(r, now)).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn show(
+    State(app): State<AppState>,
+    Caller(_): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let request = app.service.get(&id).await?;
+    Ok(Json(json_request(&request, app.service.clock.now())))
+}
+
+async fn approve(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(b): Body<CommentBody>,
+) -> ApiResult<Json<Value>> {
+    let r = app.service.approve(&id, &who, &b.comment).await?;
+    Ok(Json(json_request(&r, app.service.clock.now())))
+}
+
+async fn deny(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(b): Body<CommentBody>,
+) -> ApiResult<Json<Value>> {
+    let r = app.service.deny(&id, &who, &b.comment).await?;
+    Ok(Json(json_request(&r, app.service.clock.now())))
+}
+
+async fn cancel(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let r = app.service.cancel(&id, &who).await?;
+    Ok(Json(json_request(&r, app.service.clock.now())))
+}
+
+async fn revoke(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(b): Body<CommentBody>,
+) -> ApiResult<Json<Value>> {
+    let reason = if b.reason.is_empty() {
+        b.comment
+    } else {
+        b.reason
+    };
+    let r = app.service.revoke(&id, &who, &reason).await?;
+    Ok(Json(json_request(&r, app.service.clock.now())))
+}
+
+async fn extend(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Body(b): Body<ExtendBody>,
+) -> ApiResult<Json<Value>> {
+    let r = app
+        .service
+        .extend(&id, &who, span(&b.duration)?, &b.reason)
+        .await?;
+    Ok(Json(json_request(&r, app.service.clock.now())))
+}
+
+async fn claim_key(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (r, secret) = app.service.claim_key(&id, &who).await?;
+    Ok(Json(
+        json!({ "request": json_request(&r, app.service.clock.now()), "key": secret }),
+    ))
+}
+
+async fn whoami(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    let admin = app.service.is_admin(&who).await?;
+    Ok(Json(json!({ "login": who, "admin": admin })))
+}
+
+async fn entitlements(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    let list = app.service.entitlements_for(&who).await?;
+    Ok(Json(json!({ "entitlements": list })))
+}
+
+async fn audit(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    if !app.service.is_admin(&who).await? {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{who} is not an admin of the tailnet"),
+        ));
+    }
+    let entries = app
+        .service
+        .store
+        .audit(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000))
+        .await
+        .map_err(ServiceError::from)?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(openapi::document())
+}
+
+async fn not_found(headers: HeaderMap) -> ApiError {
+    let _ = headers;
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /api/openapi.json",
+    )
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/whoami", get(whoami))
+        .route("/api/entitlements", get(entitlements))
+        .route("/api/requests", get(list).post(create))
+        .route("/api/requests/{id}", get(show))
+        .route("/api/requests/{id}/approve", post(approve))
+        .route("/api/requests/{id}/deny", post(deny))
+        .route("/api/requests/{id}/cancel", post(cancel))
+        .route("/api/requests/{id}/revoke", post(revoke))
+        .route("/api/requests/{id}/extend", post(extend))
+        .route("/api/requests/{id}/key", post(claim_key))
+        .route("/api/audit", get(audit))
+        .fallback(not_found)
+        .with_state(state)
+}

@@ -1,0 +1,113 @@
+//! The API's OpenAPI 3.1 document, served at `/api/openapi.json`.
+
+use serde_json::{Value, json};
+
+fn op(summary: &str, body: Option<&str>, response: &str) -> Value {
+    let mut op = json!({
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{response}")}}}},
+            "400": {"$ref": "#/components/responses/Error"},
+            "401": {"$ref": "#/components/responses/Error"},
+            "403": {"$ref": "#/components/responses/Error"},
+            "404": {"$ref": "#/components/responses/Error"},
+            "409": {"$ref": "#/components/responses/Error"},
+        }
+    });
+    if let Some(body) = body {
+        op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{body}")}}}});
+    }
+    op
+}
+
+fn id_param() -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+pub fn document() -> Value {
+    let mut create = op("Request an entitlement", Some("NewRequest"), "Request");
+    create["responses"]["201"] = create["responses"]["200"].clone();
+    if let Some(r) = create["responses"].as_object_mut() {
+        r.remove("200");
+    }
+    let list = {
+        let mut o = op("List requests", None, "RequestList");
+        o["parameters"] = json!([
+            {"name": "mine", "in": "query", "schema": {"type": "boolean"}, "description": "only the caller's requests"},
+            {"name": "review", "in": "query", "schema": {"type": "boolean"}, "description": "only pending requests the caller may review"},
+            {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated states"},
+            {"name": "entitlement", "in": "query", "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer"}}
+        ]);
+        o
+    };
+    let with_id = |mut o: Value| {
+        o["parameters"] = id_param();
+        o
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "tidegate API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Just-in-time access for Tailscale tailnets. Authenticate with `Authorization: Bearer <token>` (`tidegate token create`)."},
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+            "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}},
+            "/api/whoami": {"get": op("Who the token belongs to", None, "WhoAmI")},
+            "/api/entitlements": {"get": op("Entitlements the caller may request", None, "EntitlementList")},
+            "/api/requests": {"get": list, "post": create},
+            "/api/requests/{id}": {"get": with_id(op("One request", None, "Request"))},
+            "/api/requests/{id}/approve": {"post": with_id(op("Approve (a request or its pending extension)", Some("Comment"), "Request"))},
+            "/api/requests/{id}/deny": {"post": with_id(op("Deny", Some("Comment"), "Request"))},
+            "/api/requests/{id}/cancel": {"post": with_id(op("Withdraw a request not yet active", None, "Request"))},
+            "/api/requests/{id}/revoke": {"post": with_id(op("End access early (a drop when the requester does it)", Some("Comment"), "Request"))},
+            "/api/requests/{id}/extend": {"post": with_id(op("Ask for more time (needs approval)", Some("Extend"), "Request"))},
+            "/api/requests/{id}/key": {"post": with_id(op("Claim the auth key of an approved authkey request; shown once", None, "ClaimedKey"))},
+            "/api/audit": {"get": {
+                "summary": "The hash-chained audit log (admins)",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}}
+                ],
+                "responses": {"200": {"description": "entries", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AuditList"}}}},
+                              "403": {"$ref": "#/components/responses/Error"}}
+            }}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "WhoAmI": {"type": "object", "required": ["login", "admin"], "properties": {"login": {"type": "string"}, "admin": {"type": "boolean"}}},
+                "EntitlementList": {"type": "object", "required": ["entitlements"], "properties": {"entitlements": {"type": "array", "items": {"type": "object"}}}},
+                "NewRequest": {"type": "object", "required": ["entitlement"], "additionalProperties": false, "properties": {
+                    "entitlement": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "duration": {"type": "string", "description": "90s, 15m, 2h, 1d"},
+                    "start_at": {"type": "string", "format": "date-time"},
+                    "devices": {"type": "array", "items": {"type": "string"}, "description": "posture entitlements: the requester's own devices"},
+                    "break_glass": {"type": "boolean"}
+                }},
+                "Comment": {"type": "object", "additionalProperties": false, "properties": {"comment": {"type": "string"}, "reason": {"type": "string"}}},
+                "Extend": {"type": "object", "required": ["duration"], "additionalProperties": false, "properties": {"duration": {"type": "string"}, "reason": {"type": "string"}}},
+                "Request": {"type": "object", "required": ["id", "state", "entitlement", "requester", "reason", "duration", "created_at"], "properties": {
+                    "id": {"type": "string"},
+                    "state": {"type": "string", "enum": ["pending", "approved", "active", "expired", "revoked", "denied", "cancelled", "failed"]},
+                    "entitlement": {"type": "string"},
+                    "requester": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "duration": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "activated_at": {"type": "string", "format": "date-time"},
+                    "expires_at": {"type": "string", "format": "date-time"},
+                    "reviews": {"type": "array", "items": {"type": "object"}},
+                    "overdue": {"type": "boolean"}
+                }},
+                "RequestList": {"type": "object", "required": ["requests"], "properties": {"requests": {"type": "array", "items": {"$ref": "#/components/schemas/Request"}}}},
+                "ClaimedKey": {"type": "object", "required": ["request", "key"], "properties": {"request": {"$ref": "#/components/schemas/Request"}, "key": {"type": "string"}}},
+                "AuditList": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": {"type": "object"}}}}
+            }
+        }
+    })
+}
