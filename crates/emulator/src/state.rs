@@ -218,6 +218,40 @@ struct StateFile {
     posture_attribute_types: BTreeMap<String, String>,
 }
 
+/// Identifiers and addresses already in use, while devices are added.
+#[derive(Default)]
+struct Taken {
+    ids: BTreeSet<String>,
+    addrs: std::collections::HashSet<String>,
+    next_v4: u32,
+    next_v6: u128,
+}
+
+impl Taken {
+    fn free_ipv4(&mut self) -> Ipv4Addr {
+        let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
+        loop {
+            self.next_v4 += 1;
+            let ip = Ipv4Addr::from(base + (self.next_v4 % (1 << 22)));
+            let last = ip.octets()[3];
+            if last != 0 && last != 255 && self.addrs.insert(ip.to_string()) {
+                return ip;
+            }
+        }
+    }
+
+    fn free_ipv6(&mut self) -> Ipv6Addr {
+        let base = u128::from(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0));
+        loop {
+            self.next_v6 += 1;
+            let ip = Ipv6Addr::from(base + self.next_v6);
+            if self.addrs.insert(ip.to_string()) {
+                return ip;
+            }
+        }
+    }
+}
+
 /// Reads a state file (see the crate documentation for its shape), filling in defaults.
 pub fn load_state(path: impl AsRef<Path>) -> Result<State> {
     let path = path.as_ref();
@@ -355,8 +389,21 @@ impl State {
             st.users.push(user);
         }
 
+        let mut taken = Taken::default();
         for raw in &file.devices {
-            let record = st.device_from_json(raw, now)?;
+            for a in raw
+                .get("addresses")
+                .and_then(|a| a.as_array())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(a) = a.as_str() {
+                    taken.addrs.insert(a.to_owned());
+                }
+            }
+        }
+        for raw in &file.devices {
+            let record = st.device_in(raw, now, &mut taken)?;
             st.devices.push(record);
         }
 
@@ -528,6 +575,21 @@ impl State {
         raw: &Json,
         now: OffsetDateTime,
     ) -> Result<DeviceRecord> {
+        let mut taken = Taken::default();
+        for d in &self.devices {
+            taken.ids.insert(d.device.id.clone());
+            taken.ids.insert(d.device.node_id.clone());
+            taken.addrs.extend(d.device.addresses.iter().cloned());
+        }
+        self.device_in(raw, now, &mut taken)
+    }
+
+    fn device_in(
+        &mut self,
+        raw: &Json,
+        now: OffsetDateTime,
+        taken: &mut Taken,
+    ) -> Result<DeviceRecord> {
         let Some(object) = raw.as_object() else {
             return Err(Error::State("a device is not a JSON object".to_owned()));
         };
@@ -548,11 +610,11 @@ impl State {
         if device.node_id.is_empty() {
             device.node_id = format!("n{}CNTRL", device.id);
         }
-        let clash = self.devices.iter().any(|d| {
-            d.device.id == device.id
-                || d.device.node_id == device.node_id
-                || d.device.id == device.node_id
-        });
+        let clash = taken.ids.contains(&device.id)
+            || taken.ids.contains(&device.node_id)
+            || device.id == device.node_id;
+        taken.ids.insert(device.id.clone());
+        taken.ids.insert(device.node_id.clone());
         if clash {
             return Err(Error::State(format!(
                 "device id {} / {} appears twice",
@@ -612,7 +674,7 @@ impl State {
             .iter()
             .any(|a| a.parse::<Ipv4Addr>().is_ok())
         {
-            let v4 = self.free_ipv4();
+            let v4 = taken.free_ipv4();
             device.addresses.insert(0, v4.to_string());
         }
         if !device
@@ -620,7 +682,7 @@ impl State {
             .iter()
             .any(|a| a.parse::<Ipv6Addr>().is_ok())
         {
-            let v6 = self.free_ipv6();
+            let v6 = taken.free_ipv6();
             device.addresses.push(v6.to_string());
         }
         let extra: Map<String, Json> = object
@@ -664,44 +726,6 @@ impl State {
             extra,
             posture,
         })
-    }
-
-    fn used_addresses(&self) -> BTreeSet<String> {
-        self.devices
-            .iter()
-            .flat_map(|d| d.device.addresses.iter().cloned())
-            .collect()
-    }
-
-    fn free_ipv4(&self) -> Ipv4Addr {
-        let used = self.used_addresses();
-        let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
-        let mut n = self.devices.len() as u32 + 1;
-        loop {
-            let ip = Ipv4Addr::from(base + (n % (1 << 22)));
-            let last = ip.octets()[3];
-            if last != 0 && last != 255 && !used.contains(&ip.to_string()) {
-                return ip;
-            }
-            n += 1;
-        }
-    }
-
-    fn free_ipv6(&self) -> Ipv6Addr {
-        let used = self.used_addresses();
-        let base = u128::from(
-            "fd7a:115c:a1e0::"
-                .parse::<Ipv6Addr>()
-                .unwrap_or(Ipv6Addr::UNSPECIFIED),
-        );
-        let mut n = self.devices.len() as u128 + 1;
-        loop {
-            let ip = Ipv6Addr::from(base + n);
-            if !used.contains(&ip.to_string()) {
-                return ip;
-            }
-            n += 1;
-        }
     }
 
     /// Users and devices as the policy engine sees them.

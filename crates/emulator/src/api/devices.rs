@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use serde::Deserialize;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value as Json, json};
 use tailnet::clock::rfc3339;
 
@@ -15,29 +16,86 @@ use crate::http::{ApiError, ApiResult, Reply, Req};
 use crate::server::{App, AuditSpec, Ctx};
 use crate::state::{DeviceRecord, State};
 
-/// Fields only `fields=all` shows.
-const ALL_ONLY: &[&str] = &["enabledRoutes", "advertisedRoutes"];
-
 /// A device as the API shows it: `lastSeen` omitted while connected; routes and the other
-/// detailed fields only with `fields=all`.
+/// detailed fields only with `fields=all`. Serialized directly (no intermediate JSON tree), as
+/// lists of 10,000 devices are common.
+pub(crate) struct DeviceView<'a> {
+    pub d: &'a DeviceRecord,
+    pub all: bool,
+}
+
+impl Serialize for DeviceView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = &self.d.device;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("addresses", &d.addresses)?;
+        m.serialize_entry("id", &d.id)?;
+        m.serialize_entry("nodeId", &d.node_id)?;
+        m.serialize_entry("user", &d.user)?;
+        m.serialize_entry("name", &d.name)?;
+        m.serialize_entry("hostname", &d.hostname)?;
+        m.serialize_entry("clientVersion", &d.client_version)?;
+        m.serialize_entry("updateAvailable", &d.update_available)?;
+        m.serialize_entry("os", &d.os)?;
+        m.serialize_entry("created", &d.created)?;
+        m.serialize_entry("connectedToControl", &d.connected_to_control)?;
+        if !d.connected_to_control
+            && let Some(last_seen) = &d.last_seen
+        {
+            m.serialize_entry("lastSeen", last_seen)?;
+        }
+        m.serialize_entry("keyExpiryDisabled", &d.key_expiry_disabled)?;
+        m.serialize_entry("expires", &d.expires)?;
+        m.serialize_entry("authorized", &d.authorized)?;
+        m.serialize_entry("isExternal", &d.is_external)?;
+        m.serialize_entry("machineKey", &d.machine_key)?;
+        m.serialize_entry("nodeKey", &d.node_key)?;
+        m.serialize_entry("blocksIncomingConnections", &d.blocks_incoming_connections)?;
+        m.serialize_entry("tailnetLockKey", &d.tailnet_lock_key)?;
+        m.serialize_entry("tailnetLockError", &d.tailnet_lock_error)?;
+        m.serialize_entry("tags", &d.tags)?;
+        m.serialize_entry("isEphemeral", &d.is_ephemeral)?;
+        if self.all {
+            let none = Vec::new();
+            m.serialize_entry("enabledRoutes", d.enabled_routes.as_ref().unwrap_or(&none))?;
+            m.serialize_entry(
+                "advertisedRoutes",
+                d.advertised_routes.as_ref().unwrap_or(&none),
+            )?;
+            for (k, v) in &self.d.extra {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// One device as a JSON object.
 pub(crate) fn view(d: &DeviceRecord, all: bool) -> Map<String, Json> {
-    let mut object = match serde_json::to_value(&d.device) {
+    match serde_json::to_value(DeviceView { d, all }) {
         Ok(Json::Object(o)) => o,
         _ => Map::new(),
-    };
-    if d.device.connected_to_control {
-        object.remove("lastSeen");
     }
-    if all {
-        for (k, v) in &d.extra {
-            object.insert(k.clone(), v.clone());
-        }
-    } else {
-        for k in ALL_ONLY {
-            object.remove(*k);
-        }
-    }
-    object
+}
+
+/// The value of a top-level field, for filters.
+fn field(d: &DeviceRecord, name: &str) -> Option<Json> {
+    let v = &d.device;
+    Some(match name {
+        "id" => json!(v.id),
+        "nodeId" => json!(v.node_id),
+        "user" => json!(v.user),
+        "name" => json!(v.name),
+        "hostname" => json!(v.hostname),
+        "os" => json!(v.os),
+        "tags" => json!(v.tags),
+        "addresses" => json!(v.addresses),
+        "authorized" => json!(v.authorized),
+        "isEphemeral" => json!(v.is_ephemeral),
+        "isExternal" => json!(v.is_external),
+        "clientVersion" => json!(v.client_version),
+        _ => return view(d, true).remove(name),
+    })
 }
 
 fn wants_all(req: &Req) -> Result<bool, ApiError> {
@@ -52,25 +110,36 @@ fn wants_all(req: &Req) -> Result<bool, ApiError> {
 
 /// Exact match of a query filter against a top-level field: strings, numbers and booleans by
 /// their text, lists must contain every value given.
-fn item_text(value: &Json) -> String {
+/// Exact match of a query filter against a top-level field: strings, numbers and booleans by
+/// their text, lists must contain every value given.
+fn json_text(value: &Json) -> String {
     value.to_string()
 }
 
-fn filter_matches(object: &Map<String, Json>, field: &str, values: &[&str]) -> bool {
-    match object.get(field) {
+fn filter_matches(value: Option<Json>, values: &[&str]) -> bool {
+    match value {
         Some(Json::Array(items)) => values.iter().all(|v| {
             items.iter().any(|item| match item {
                 Json::String(s) => s == v,
-                other => item_text(other) == *v,
+                other => json_text(other) == *v,
             })
         }),
-        Some(Json::String(s)) => values.iter().all(|v| s == v),
+        Some(Json::String(s)) => values.iter().all(|v| s == *v),
         Some(Json::Object(_)) | None => false,
         Some(other) => {
             let text = other.to_string();
             values.iter().all(|v| text == *v)
         }
     }
+}
+
+fn render(devices: &[&DeviceRecord], all: bool) -> Result<Bytes, ApiError> {
+    let views: Vec<DeviceView<'_>> = devices.iter().map(|d| DeviceView { d, all }).collect();
+    let mut out = Vec::with_capacity(devices.len() * 700 + 16);
+    out.extend_from_slice(b"{\"devices\":");
+    serde_json::to_writer(&mut out, &views).map_err(|e| ApiError::internal(e.to_string()))?;
+    out.push(b'}');
+    Ok(out.into())
 }
 
 pub(crate) fn list(app: &App, req: &Req, p: &Principal, t: &str) -> ApiResult {
@@ -98,32 +167,28 @@ pub(crate) fn list(app: &App, req: &Req, p: &Principal, t: &str) -> ApiResult {
                 ));
             }
         }
-        let devices: Vec<Json> = st
-            .devices
-            .iter()
-            .map(|d| Json::Object(view(d, all)))
-            .collect();
-        let body: Bytes = serde_json::to_vec(&json!({ "devices": devices }))
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .into();
+        let devices: Vec<&DeviceRecord> = st.devices.iter().collect();
+        let body = render(&devices, all)?;
+        drop(st);
         let mut cache = app.devices_cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.retain(|(g, a, _)| *g == generation && *a != all);
         cache.push((generation, all, body.clone()));
         return Ok(Reply::bytes(StatusCode::OK, "application/json", body));
     }
-    let devices: Vec<Json> = st
+    let devices: Vec<&DeviceRecord> = st
         .devices
         .iter()
-        .filter_map(|d| {
-            // Filters apply to the full object, whatever the projection.
-            let full = view(d, true);
+        .filter(|d| {
             filters
                 .iter()
-                .all(|(f, values)| filter_matches(&full, f, values))
-                .then(|| Json::Object(view(d, all)))
+                .all(|(f, values)| filter_matches(field(d, f), values))
         })
         .collect();
-    Ok(Reply::json(&json!({ "devices": devices })))
+    Ok(Reply::bytes(
+        StatusCode::OK,
+        "application/json",
+        render(&devices, all)?,
+    ))
 }
 
 pub(crate) fn get(app: &App, req: &Req, p: &Principal, id: &str) -> ApiResult {
