@@ -5,5 +5,6 @@
 mod api;
 mod garbage;
 mod openapi;
+mod python;
 mod support;
 mod webhooks;
