@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod api;
+mod coverage;
 mod garbage;
 mod openapi;
 mod python;
