@@ -25,12 +25,15 @@ impl EmuClock {
     }
 
     pub fn advance(&self, by: Duration) -> OffsetDateTime {
-        *self.offset() += by;
+        let mut offset = self.offset();
+        *offset = offset.saturating_add(by);
+        drop(offset);
         self.now()
     }
 
     pub fn set(&self, to: OffsetDateTime) -> OffsetDateTime {
-        *self.offset() = to - self.base.now();
+        let base = self.base.now();
+        *self.offset() = to - base;
         self.now()
     }
 }

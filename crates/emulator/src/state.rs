@@ -646,7 +646,7 @@ impl State {
             device.key_expiry_disabled = true;
         }
         if device.expires.is_empty() {
-            device.expires = rfc3339(now + Duration::days(180));
+            device.expires = rfc3339(now.saturating_add(Duration::days(180)));
         }
         if !has("connectedToControl") {
             device.connected_to_control = true;

@@ -213,7 +213,9 @@ pub(crate) fn create(app: &App, req: &Req, p: &Principal, t: &str) -> ApiResult 
                 description: description.clone(),
                 expiry_seconds: Some(expiry),
                 created: created.clone(),
-                expires: Some(rfc3339(ctx.now + Duration::seconds(expiry as i64))),
+                expires: Some(rfc3339(
+                    ctx.now.saturating_add(Duration::seconds(expiry as i64)),
+                )),
                 capabilities: Some(KeyCapabilities {
                     devices: tailnet::DeviceCapabilities {
                         create: DeviceCreateCapabilities { tags, ..create },

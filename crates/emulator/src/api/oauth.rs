@@ -93,7 +93,7 @@ pub(crate) fn token(app: &App, req: &Req) -> ApiResult {
         MintedToken {
             client_id,
             scopes: scopes.clone(),
-            expires: now + Duration::seconds(TOKEN_LIFETIME_SECONDS),
+            expires: now.saturating_add(Duration::seconds(TOKEN_LIFETIME_SECONDS)),
         },
     );
     Ok(Reply::json(&json!({

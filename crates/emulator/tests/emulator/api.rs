@@ -1362,6 +1362,37 @@ async fn clock_controls() {
             .unwrap()
             .starts_with("2030-05-02")
     );
+
+    // The edges of time do not break anything.
+    emu.control(
+        Method::POST,
+        "/emulator/clock",
+        Some(json!({"set": "9999-12-31T23:59:00Z"})),
+    )
+    .await
+    .expect(200);
+    emu.oauth_token(None).await;
+    emu.post(
+        "/api/v2/tailnet/-/keys",
+        json!({"capabilities": {"devices": {}}}),
+    )
+    .await
+    .expect(200);
+    emu.control(
+        Method::POST,
+        "/emulator/clock",
+        Some(json!({"advanceSeconds": i64::MAX})),
+    )
+    .await
+    .expect(200);
+    emu.control(
+        Method::POST,
+        "/emulator/clock",
+        Some(json!({"advanceSeconds": i64::MIN})),
+    )
+    .await
+    .expect(200);
+    emu.get("/api/v2/tailnet/-/devices").await.expect(200);
 }
 
 #[tokio::test]
