@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. Needs the Rust toolchain, cargo-nextest and Python 3; the
-# Python client used by the emulator's compatibility test is installed into target/pyenv.
+# Runs every test of the workspace. Needs the Rust toolchain, cargo-nextest, Python 3 and the
+# machine's PostgreSQL; the Python client used by the emulator's compatibility test is
+# installed into target/pyenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +12,7 @@ if ! "$venv/bin/python" -c "import tailscale" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "tailscale==1.0.0"
 fi
 export TIDEGATE_PYTHON="$PWD/$venv/bin/python"
+# PostgreSQL for the store's conformance suite (the machine runs one with trust auth).
+export TIDEGATE_TEST_POSTGRES_URL="${TIDEGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
 cargo nextest run --workspace --no-fail-fast "$@"
