@@ -1,0 +1,338 @@
+//! The PostgreSQL backend, for several tidegate processes on one database. Transactions run at
+//! READ COMMITTED; what needs more is locked explicitly:
+//! - a request update is `UPDATE ... WHERE id = $1 AND version = $2`: a concurrent update of the
+//!   same request waits for the row lock, then finds the version moved on (0 rows: conflict);
+//! - every audit append first locks the one row of `audit_head` (`SELECT ... FOR UPDATE`) and
+//!   holds it to commit, so appenders extend the chain one after the other and never fork it.
+//!   The head is locked after the request row, in every transaction, so no two lock in
+//!   opposite orders.
+//!
+//! Migrations run on a connection of their own under sqlx's migrator, which holds a session
+//! advisory lock (`pg_advisory_lock`, keyed by the database name) while it checks and applies
+//! them: processes starting together migrate one after the other, and the later ones find
+//! nothing left to do. The connection is closed afterwards, so the lock never outlives the run.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
+use tidegate_core::audit::{AuditEntry, NewAuditEntry};
+use tidegate_core::request::Request;
+use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
+
+use crate::{
+    AUDIT_ROWS_PER_INSERT, RequestRow, Secrets, chain_after, decode_request, map_error, redact_url,
+    sortable_time, sql_limit,
+};
+
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long to wait for a pooled connection.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The store on a PostgreSQL database (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`). Its
+/// tables go to the first schema of the connection's `search_path`
+/// (`?options=-c%20search_path%3DNAME` in the URL to choose one).
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    secrets: Secrets,
+}
+
+impl PostgresStore {
+    /// Connects and migrates.
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let secrets = Secrets::of_url(url);
+        let options = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Database(
+                secrets.redact(format!("bad PostgreSQL URL {:?}: {e}", redact_url(url))),
+            )
+        })?;
+        // One connection first, so that an unreachable server or a refused login is an error at
+        // once (the pool would keep retrying until its acquire timeout).
+        let probe = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| map_error(e, "database", &secrets))?;
+        let _ = probe.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| map_error(e, "database", &secrets))?;
+        Ok(PostgresStore {
+            pool,
+            options,
+            secrets,
+        })
+    }
+
+    /// Brings the schema up to date; running it again, or in several processes at once, is
+    /// safe (see the module docs).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|e| self.db(e, "database"))?;
+        // On failure `conn` is dropped, which closes it and so releases the advisory lock.
+        MIGRATIONS
+            .run_direct(&mut conn)
+            .await
+            .map_err(|e| StoreError::Database(self.secrets.redact(format!("migrations: {e}"))))?;
+        conn.close().await.map_err(|e| self.db(e, "database"))
+    }
+
+    /// The connection pool, for tools and tests.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes every connection (waiting for the ones in use).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn db(&self, error: sqlx::Error, what: &str) -> StoreError {
+        map_error(error, what, &self.secrets)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| self.db(e, "transaction"))
+    }
+
+    /// Appends `entries` after the chain head, which it locks until the transaction ends.
+    async fn append(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        entries: &[NewAuditEntry],
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(|e| self.db(e, "audit entry"))?;
+        let (seq, hash) =
+            head.ok_or_else(|| StoreError::Corrupt("the audit chain head row is missing".into()))?;
+        let chained = chain_after(seq, &hash, entries);
+        for chunk in chained.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO audit (seq, at, actor, action, request, detail, prev_hash, hash) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(e.seq)
+                    .push_bind(&e.at)
+                    .push_bind(&e.actor)
+                    .push_bind(&e.action)
+                    .push_bind(&e.request)
+                    .push_bind(&e.detail)
+                    .push_bind(&e.prev_hash)
+                    .push_bind(&e.hash);
+            });
+            insert
+                .build()
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| self.db(e, "audit entry"))?;
+        }
+        if let Some(last) = chained.last() {
+            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                .bind(last.seq)
+                .bind(&last.hash)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| self.db(e, "audit entry"))?;
+        }
+        Ok(chained)
+    }
+}
+
+fn audit_entry(row: &PgRow) -> Result<AuditEntry, sqlx::Error> {
+    Ok(AuditEntry {
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        request: row.try_get("request")?,
+        detail: row.try_get("detail")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn insert_request(
+        &self,
+        request: &Request,
+        audit: &[NewAuditEntry],
+    ) -> Result<(), StoreError> {
+        let row = RequestRow::of(request)?;
+        let created_at = sortable_time(request.created_at)?;
+        let what = format!("request {}", request.id);
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO requests \
+             (id, entitlement, requester, state, is_open, version, created_at, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ), $8)",
+        )
+        .bind(&request.id)
+        .bind(&request.entitlement)
+        .bind(&request.requester)
+        .bind(row.state)
+        .bind(row.open)
+        .bind(request.version)
+        .bind(created_at)
+        .bind(&row.body)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db(e, &what))?;
+        self.append(&mut tx, audit).await?;
+        tx.commit().await.map_err(|e| self.db(e, &what))
+    }
+
+    async fn update_request(
+        &self,
+        request: &Request,
+        audit: &[NewAuditEntry],
+    ) -> Result<(), StoreError> {
+        let row = RequestRow::of(request)?;
+        let what = format!("request {}", request.id);
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE requests SET entitlement = $1, requester = $2, state = $3, is_open = $4, \
+             version = $5, body = $6 WHERE id = $7 AND version = $8",
+        )
+        .bind(&request.entitlement)
+        .bind(&request.requester)
+        .bind(row.state)
+        .bind(row.open)
+        .bind(request.version)
+        .bind(&row.body)
+        .bind(&request.id)
+        .bind(request.version.wrapping_sub(1))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.db(e, &what))?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await.map_err(|e| self.db(e, &what))?;
+            return Err(StoreError::Conflict(request.id.clone()));
+        }
+        self.append(&mut tx, audit).await?;
+        tx.commit().await.map_err(|e| self.db(e, &what))
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "request"))?;
+        body.map(|body| decode_request(id, &body)).transpose()
+    }
+
+    async fn requests(&self, filter: &RequestFilter) -> Result<Vec<Request>, StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new("SELECT id, body FROM requests WHERE TRUE");
+        if !filter.states.is_empty() {
+            let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+            query.push(" AND state = ANY(").push_bind(states).push(")");
+        }
+        if let Some(requester) = &filter.requester {
+            query.push(" AND requester = ").push_bind(requester);
+        }
+        if let Some(entitlement) = &filter.entitlement {
+            query.push(" AND entitlement = ").push_bind(entitlement);
+        }
+        if filter.open_only {
+            query.push(" AND is_open");
+        }
+        query.push(" ORDER BY created_at DESC, id DESC");
+        if let Some(limit) = filter.limit {
+            query.push(" LIMIT ").push_bind(sql_limit(limit));
+        }
+        let rows: Vec<(String, String)> = query
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "request"))?;
+        rows.iter()
+            .map(|(id, body)| decode_request(id, body))
+            .collect()
+    }
+
+    async fn append_audit(&self, audit: &[NewAuditEntry]) -> Result<Vec<AuditEntry>, StoreError> {
+        if audit.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        let entries = self.append(&mut tx, audit).await?;
+        tx.commit().await.map_err(|e| self.db(e, "audit entry"))?;
+        Ok(entries)
+    }
+
+    async fn audit(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, request, detail, prev_hash, hash \
+             FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "audit entry"))?;
+        rows.iter()
+            .map(audit_entry)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
+    }
+
+    async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&token.hash)
+        .bind(&token.user)
+        .bind(&token.description)
+        .bind(&token.created_at)
+        .bind(&token.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "an API token with this hash"))?;
+        Ok(())
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let row: Option<(String, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT hash, user_name, description, created_at, expires_at \
+             FROM api_tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "API token"))?;
+        Ok(row.map(
+            |(hash, user, description, created_at, expires_at)| ApiToken {
+                hash,
+                user,
+                description,
+                created_at,
+                expires_at,
+            },
+        ))
+    }
+}

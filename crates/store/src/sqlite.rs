@@ -1,0 +1,360 @@
+//! The SQLite backend: one file in WAL mode (readers never wait for the writer), a busy timeout
+//! so writers queue instead of failing, and every write in a `BEGIN IMMEDIATE` transaction,
+//! which takes the database's write lock up front: writers (in this process or any other)
+//! run one after the other, so the audit chain cannot fork and no transaction has to upgrade a
+//! read lock half-way (which SQLite would refuse with `SQLITE_BUSY` instead of waiting).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use tidegate_core::audit::{AuditEntry, NewAuditEntry};
+use tidegate_core::request::Request;
+use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
+
+use crate::{
+    AUDIT_ROWS_PER_INSERT, RequestRow, Secrets, chain_after, decode_request, genesis, map_error,
+    sortable_time, sql_limit,
+};
+
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long a writer waits for another writer's transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often [`SqliteStore::migrate`] tries when another process migrates the same file at
+/// the same moment (SQLite's migrator takes no lock, so the loser fails and retries).
+const MIGRATE_ATTEMPTS: u32 = 5;
+
+/// How often [`SqliteStore::connect`] tries when the file is busy.
+const CONNECT_ATTEMPTS: u32 = 10;
+
+/// The store on an SQLite file (`sqlite://PATH`).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file if missing) and migrates.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let store = SqliteStore::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens without migrating.
+    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Database(format!("bad SQLite URL {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut attempt = 1;
+        loop {
+            match new_pool(options.clone(), in_memory).await {
+                Ok(pool) => return Ok(SqliteStore { pool }),
+                // Switching a new file to WAL mode can report "database is locked" at once,
+                // without waiting, when another process does the same at the same moment.
+                Err(e) if is_busy(&e) && attempt < CONNECT_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(db(e, "database")),
+            }
+        }
+    }
+
+    /// Brings the schema up to date; running it again does nothing.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut attempt = 1;
+        loop {
+            match MIGRATIONS.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= MIGRATE_ATTEMPTS => {
+                    return Err(StoreError::Database(format!("migrations: {e}")));
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// The connection pool, for tools and tests.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes every connection (waiting for the ones in use).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| db(e, "transaction"))
+    }
+}
+
+async fn new_pool(
+    options: SqliteConnectOptions,
+    in_memory: bool,
+) -> Result<SqlitePool, sqlx::Error> {
+    if in_memory {
+        // Every connection to `:memory:` would be a database of its own: keep exactly one,
+        // for as long as the pool lives.
+        SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        SqlitePoolOptions::new().max_connections(4)
+    }
+    .acquire_timeout(BUSY_TIMEOUT)
+    .connect_with(options)
+    .await
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED, with any extended code.
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
+fn db(error: sqlx::Error, what: &str) -> StoreError {
+    map_error(error, what, &Secrets::default())
+}
+
+/// Appends `entries` after the last entry. The caller holds the write lock (`BEGIN IMMEDIATE`).
+async fn append(
+    tx: &mut Transaction<'static, Sqlite>,
+    entries: &[NewAuditEntry],
+) -> Result<Vec<AuditEntry>, StoreError> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| db(e, "audit entry"))?;
+    let (seq, hash) = head.unwrap_or_else(genesis);
+    let chained = chain_after(seq, &hash, entries);
+    for chunk in chained.chunks(AUDIT_ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO audit (seq, at, actor, action, request, detail, prev_hash, hash) ",
+        );
+        insert.push_values(chunk, |mut row, e| {
+            row.push_bind(e.seq)
+                .push_bind(&e.at)
+                .push_bind(&e.actor)
+                .push_bind(&e.action)
+                .push_bind(&e.request)
+                .push_bind(&e.detail)
+                .push_bind(&e.prev_hash)
+                .push_bind(&e.hash);
+        });
+        insert
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db(e, "audit entry"))?;
+    }
+    Ok(chained)
+}
+
+fn audit_entry(row: &SqliteRow) -> Result<AuditEntry, sqlx::Error> {
+    Ok(AuditEntry {
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        request: row.try_get("request")?,
+        detail: row.try_get("detail")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert_request(
+        &self,
+        request: &Request,
+        audit: &[NewAuditEntry],
+    ) -> Result<(), StoreError> {
+        let row = RequestRow::of(request)?;
+        let created_at = sortable_time(request.created_at)?;
+        let what = format!("request {}", request.id);
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO requests \
+             (id, entitlement, requester, state, is_open, version, created_at, body) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&request.id)
+        .bind(&request.entitlement)
+        .bind(&request.requester)
+        .bind(row.state)
+        .bind(row.open)
+        .bind(request.version)
+        .bind(created_at)
+        .bind(&row.body)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db(e, &what))?;
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(|e| db(e, &what))
+    }
+
+    async fn update_request(
+        &self,
+        request: &Request,
+        audit: &[NewAuditEntry],
+    ) -> Result<(), StoreError> {
+        let row = RequestRow::of(request)?;
+        let what = format!("request {}", request.id);
+        let mut tx = self.write().await?;
+        let updated = sqlx::query(
+            "UPDATE requests SET entitlement = ?, requester = ?, state = ?, is_open = ?, \
+             version = ?, body = ? WHERE id = ? AND version = ?",
+        )
+        .bind(&request.entitlement)
+        .bind(&request.requester)
+        .bind(row.state)
+        .bind(row.open)
+        .bind(request.version)
+        .bind(&row.body)
+        .bind(&request.id)
+        .bind(request.version.wrapping_sub(1))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db(e, &what))?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await.map_err(|e| db(e, &what))?;
+            return Err(StoreError::Conflict(request.id.clone()));
+        }
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(|e| db(e, &what))
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM requests WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db(e, "request"))?;
+        body.map(|body| decode_request(id, &body)).transpose()
+    }
+
+    async fn requests(&self, filter: &RequestFilter) -> Result<Vec<Request>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT id, body FROM requests WHERE 1 = 1");
+        if !filter.states.is_empty() {
+            query.push(" AND state IN (");
+            let mut states = query.separated(", ");
+            for state in &filter.states {
+                states.push_bind(state.as_str());
+            }
+            states.push_unseparated(")");
+        }
+        if let Some(requester) = &filter.requester {
+            query.push(" AND requester = ").push_bind(requester);
+        }
+        if let Some(entitlement) = &filter.entitlement {
+            query.push(" AND entitlement = ").push_bind(entitlement);
+        }
+        if filter.open_only {
+            query.push(" AND is_open = 1");
+        }
+        query.push(" ORDER BY created_at DESC, id DESC");
+        if let Some(limit) = filter.limit {
+            query.push(" LIMIT ").push_bind(sql_limit(limit));
+        }
+        let rows: Vec<(String, String)> = query
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db(e, "request"))?;
+        rows.iter()
+            .map(|(id, body)| decode_request(id, body))
+            .collect()
+    }
+
+    async fn append_audit(&self, audit: &[NewAuditEntry]) -> Result<Vec<AuditEntry>, StoreError> {
+        if audit.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write().await?;
+        let entries = append(&mut tx, audit).await?;
+        tx.commit().await.map_err(|e| db(e, "audit entry"))?;
+        Ok(entries)
+    }
+
+    async fn audit(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, request, detail, prev_hash, hash \
+             FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(sql_limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db(e, "audit entry"))?;
+        rows.iter()
+            .map(audit_entry)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
+    }
+
+    async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&token.hash)
+        .bind(&token.user)
+        .bind(&token.description)
+        .bind(&token.created_at)
+        .bind(&token.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db(e, "an API token with this hash"))?;
+        Ok(())
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let row: Option<(String, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT hash, user_name, description, created_at, expires_at \
+             FROM api_tokens WHERE hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db(e, "API token"))?;
+        Ok(row.map(
+            |(hash, user, description, created_at, expires_at)| ApiToken {
+                hash,
+                user,
+                description,
+                created_at,
+                expires_at,
+            },
+        ))
+    }
+}
