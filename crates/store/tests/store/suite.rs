@@ -1,0 +1,687 @@
+//! The conformance tests: each runs once per backend (see `main.rs`).
+
+use std::sync::Arc;
+
+use tidegate_core::audit::{self, AuditEntry};
+use tidegate_core::request::{Request, State};
+use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
+use tidegate_store::{PostgresStore, SqliteStore};
+
+use crate::fixtures::{entry, full_request, request, t0};
+use crate::harness::{Db, Kind};
+
+/// Every audit entry, oldest first, read in pages to exercise `after` and `limit`.
+async fn all_audit(store: &dyn Store) -> Vec<AuditEntry> {
+    let mut out: Vec<AuditEntry> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |e| e.seq);
+        let page = store.audit(after, 50).await.unwrap();
+        assert!(page.len() <= 50);
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// A concrete store, which can be closed.
+enum Opened {
+    Sqlite(SqliteStore),
+    Postgres(Box<PostgresStore>),
+}
+
+impl Opened {
+    async fn open(db: &Db) -> Opened {
+        match db.kind() {
+            Kind::Sqlite => Opened::Sqlite(SqliteStore::open(db.url()).await.unwrap()),
+            Kind::Postgres => {
+                Opened::Postgres(Box::new(PostgresStore::open(db.url()).await.unwrap()))
+            }
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        match self {
+            Opened::Sqlite(s) => s,
+            Opened::Postgres(s) => &**s,
+        }
+    }
+
+    async fn migrate(&self) {
+        match self {
+            Opened::Sqlite(s) => s.migrate().await.unwrap(),
+            Opened::Postgres(s) => s.migrate().await.unwrap(),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Opened::Sqlite(s) => s.close().await,
+            Opened::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+fn json(request: &Request) -> String {
+    serde_json::to_string(request).unwrap()
+}
+
+fn ids(requests: &[Request]) -> Vec<&str> {
+    requests.iter().map(|r| r.id.as_str()).collect()
+}
+
+pub async fn request_round_trip(db: Db) {
+    let store = db.open().await;
+    assert_eq!(store.request("r-full").await.unwrap(), None);
+
+    let full = full_request("r-full");
+    let created = vec![
+        entry("request.created", Some("r-full"), r#"{"n":1}"#),
+        entry("request.break_glass", Some("r-full"), "{}"),
+    ];
+    store.insert_request(&full, &created).await.unwrap();
+    let read = store.request("r-full").await.unwrap().unwrap();
+    assert_eq!(read, full);
+    // Equal as instants is not enough: offsets and nanoseconds survive too.
+    assert_eq!(json(&read), json(&full));
+    assert_eq!(
+        read.start_at.unwrap().offset(),
+        full.start_at.unwrap().offset()
+    );
+    assert_eq!(read.created_at.nanosecond(), 123_456_789);
+
+    let listed = store.requests(&RequestFilter::default()).await.unwrap();
+    assert_eq!(listed, vec![full.clone()]);
+
+    let log = all_audit(&*store).await;
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].action, "request.created");
+    assert_eq!(log[1].action, "request.break_glass");
+    audit::verify(&log).unwrap();
+
+    // A second insert of the same id is a duplicate and writes no audit entry.
+    let err = store
+        .insert_request(&full, &[entry("request.created", Some("r-full"), "{}")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+    assert!(err.to_string().contains("r-full"), "{err}");
+    assert_eq!(all_audit(&*store).await, log);
+
+    // A minimal request (every optional field empty) round-trips too.
+    let plain = request("r-plain", "ssh", "bob@example.com", 1);
+    store.insert_request(&plain, &[]).await.unwrap();
+    let read = store.request("r-plain").await.unwrap().unwrap();
+    assert_eq!(read, plain);
+    assert_eq!(json(&read), json(&plain));
+}
+
+pub async fn filters(db: Db) {
+    let store = db.open().await;
+    let mut all = Vec::new();
+    let mut add = |r: Request| all.push(r);
+    // Created at minutes 0..7, inserted out of order below.
+    add(request("a-pending", "ssh", "alice@example.com", 0));
+    let mut r = request("b-active", "prod-db", "alice@example.com", 1);
+    r.state = State::Active;
+    r.tailnet.applied_at = Some(t0());
+    add(r);
+    let mut r = request("c-expired-unverified", "ssh", "bob@example.com", 2);
+    r.state = State::Expired;
+    r.tailnet.applied_at = Some(t0());
+    add(r); // final, but its removal is not verified: still open
+    let mut r = request("d-expired-verified", "prod-db", "bob@example.com", 3);
+    r.state = State::Expired;
+    r.tailnet.applied_at = Some(t0());
+    r.tailnet.removal_verified_at = Some(t0());
+    add(r);
+    let mut r = request("e-denied", "ssh", "carol@example.com", 4);
+    r.state = State::Denied;
+    add(r); // final, never applied: closed
+    let mut r = request("f-approved", "prod-db", "carol@example.com", 5);
+    r.state = State::Approved;
+    add(r);
+    add(request("g-pending", "prod-db", "alice@example.com", 6));
+
+    for i in [3, 0, 6, 1, 5, 2, 4] {
+        store.insert_request(&all[i], &[]).await.unwrap();
+    }
+    let list = |filter: RequestFilter| {
+        let store = Arc::clone(&store);
+        async move {
+            let found = store.requests(&filter).await.unwrap();
+            found.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+        }
+    };
+
+    let everything = list(RequestFilter::default()).await;
+    assert_eq!(
+        everything,
+        [
+            "g-pending",
+            "f-approved",
+            "e-denied",
+            "d-expired-verified",
+            "c-expired-unverified",
+            "b-active",
+            "a-pending"
+        ],
+        "newest first"
+    );
+    // The listed requests are whole.
+    let full = store.requests(&RequestFilter::default()).await.unwrap();
+    for r in &full {
+        let want = all.iter().find(|w| w.id == r.id).unwrap();
+        assert_eq!(r, want);
+    }
+
+    assert_eq!(
+        list(RequestFilter {
+            states: vec![State::Pending],
+            ..Default::default()
+        })
+        .await,
+        ["g-pending", "a-pending"]
+    );
+    assert_eq!(
+        list(RequestFilter {
+            states: vec![State::Expired, State::Denied, State::Active],
+            ..Default::default()
+        })
+        .await,
+        [
+            "e-denied",
+            "d-expired-verified",
+            "c-expired-unverified",
+            "b-active"
+        ]
+    );
+    assert_eq!(
+        list(RequestFilter {
+            requester: Some("alice@example.com".into()),
+            ..Default::default()
+        })
+        .await,
+        ["g-pending", "b-active", "a-pending"]
+    );
+    assert_eq!(
+        list(RequestFilter {
+            entitlement: Some("prod-db".into()),
+            ..Default::default()
+        })
+        .await,
+        ["g-pending", "f-approved", "d-expired-verified", "b-active"]
+    );
+    assert_eq!(
+        list(RequestFilter {
+            open_only: true,
+            ..Default::default()
+        })
+        .await,
+        [
+            "g-pending",
+            "f-approved",
+            "c-expired-unverified",
+            "b-active",
+            "a-pending"
+        ]
+    );
+    assert_eq!(
+        list(RequestFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await,
+        ["g-pending", "f-approved"]
+    );
+    assert!(
+        list(RequestFilter {
+            limit: Some(0),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    // Everything at once.
+    assert_eq!(
+        list(RequestFilter {
+            states: vec![State::Pending, State::Active, State::Approved],
+            requester: Some("alice@example.com".into()),
+            entitlement: Some("prod-db".into()),
+            open_only: true,
+            limit: Some(1),
+        })
+        .await,
+        ["g-pending"]
+    );
+    assert!(
+        list(RequestFilter {
+            requester: Some("nobody@example.com".into()),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+
+    // An update moves the filter columns with it.
+    let mut g = store.request("g-pending").await.unwrap().unwrap();
+    g.state = State::Cancelled;
+    g.version += 1;
+    store.update_request(&g, &[]).await.unwrap();
+    assert_eq!(
+        list(RequestFilter {
+            states: vec![State::Pending],
+            ..Default::default()
+        })
+        .await,
+        ["a-pending"]
+    );
+    assert!(
+        !list(RequestFilter {
+            open_only: true,
+            ..Default::default()
+        })
+        .await
+        .contains(&"g-pending".to_owned())
+    );
+    assert_eq!(
+        ids(&store
+            .requests(&RequestFilter {
+                states: vec![State::Cancelled],
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        ["g-pending"]
+    );
+}
+
+pub async fn optimistic_concurrency(db: Db) {
+    let store = db.open().await;
+    let r = request("r1", "ssh", "alice@example.com", 0);
+    store
+        .insert_request(&r, &[entry("request.created", Some("r1"), "{}")])
+        .await
+        .unwrap();
+    let log_before = all_audit(&*store).await;
+
+    // Two writers read the same version and both change it.
+    let read = store.request("r1").await.unwrap().unwrap();
+    let mut approve = read.clone();
+    approve.state = State::Approved;
+    approve.version += 1;
+    let mut cancel = read.clone();
+    cancel.state = State::Cancelled;
+    cancel.end_reason = Some("cancelled by the requester".into());
+    cancel.version += 1;
+
+    store
+        .update_request(
+            &approve,
+            &[entry("request.approved", Some("r1"), r#"{"by":"bob"}"#)],
+        )
+        .await
+        .unwrap();
+    let err = store
+        .update_request(
+            &cancel,
+            &[
+                entry("request.cancelled", Some("r1"), "{}"),
+                entry("request.note", Some("r1"), "{}"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::Conflict("r1".into()));
+
+    // The loser wrote nothing: the request is the winner's, the log has only its entry.
+    assert_eq!(store.request("r1").await.unwrap().unwrap(), approve);
+    let log = all_audit(&*store).await;
+    assert_eq!(log.len(), log_before.len() + 1);
+    assert_eq!(log.last().unwrap().action, "request.approved");
+    audit::verify(&log).unwrap();
+
+    // Skipping a version, repeating one, or updating a request that does not exist: conflict.
+    let mut skip = approve.clone();
+    skip.version += 2;
+    assert!(matches!(
+        store.update_request(&skip, &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.update_request(&approve, &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut ghost = request("ghost", "ssh", "alice@example.com", 0);
+    ghost.version = 1;
+    assert!(matches!(
+        store
+            .update_request(&ghost, &[entry("x", Some("ghost"), "{}")])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(all_audit(&*store).await, log);
+    assert_eq!(store.request("ghost").await.unwrap(), None);
+
+    // The winner's next version goes through.
+    let mut next = approve.clone();
+    next.state = State::Active;
+    next.version += 1;
+    store
+        .update_request(&next, &[entry("grant.applied", Some("r1"), "{}")])
+        .await
+        .unwrap();
+    assert_eq!(store.request("r1").await.unwrap().unwrap().version, 2);
+}
+
+/// Several tasks on two stores (two pools, as two processes would have) update requests
+/// (re-reading on conflict) and append to the log at the same time. The chain stays one
+/// chain, seqs have no gaps, every update counts once, and each request's entries are in
+/// version order.
+pub async fn concurrent_writers_keep_one_chain(db: Db) {
+    const REQUESTS: usize = 3;
+    const UPDATERS: usize = 6;
+    const UPDATES_EACH: usize = 12;
+    const APPENDERS: usize = 3;
+    const APPENDS_EACH: usize = 12;
+    const BATCH: usize = 3;
+
+    let stores = [db.open().await, db.open().await];
+    for i in 0..REQUESTS {
+        let id = format!("r{i}");
+        stores[0]
+            .insert_request(
+                &request(&id, "ssh", "alice@example.com", i as i64),
+                &[entry("request.created", Some(&id), "{}")],
+            )
+            .await
+            .unwrap();
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for u in 0..UPDATERS {
+        let store = Arc::clone(&stores[u % 2]);
+        tasks.spawn(async move {
+            let mut conflicts = 0;
+            for n in 0..UPDATES_EACH {
+                let id = format!("r{}", (u + n) % REQUESTS);
+                loop {
+                    let mut r = store.request(&id).await.unwrap().unwrap();
+                    r.tailnet.attempts += 1;
+                    r.version += 1;
+                    let detail = format!(r#"{{"version":{}}}"#, r.version);
+                    match store
+                        .update_request(&r, &[entry("grant.retry", Some(&id), &detail)])
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err(StoreError::Conflict(_)) => conflicts += 1,
+                        Err(e) => panic!("update {id}: {e}"),
+                    }
+                }
+            }
+            conflicts
+        });
+    }
+    for a in 0..APPENDERS {
+        let store = Arc::clone(&stores[a % 2]);
+        tasks.spawn(async move {
+            for n in 0..APPENDS_EACH {
+                let batch: Vec<_> = (0..BATCH)
+                    .map(|b| entry("note", None, &format!(r#"{{"a":{a},"n":{n},"b":{b}}}"#)))
+                    .collect();
+                let written = store.append_audit(&batch).await.unwrap();
+                assert_eq!(written.len(), BATCH);
+                for pair in written.windows(2) {
+                    assert_eq!(pair[1].seq, pair[0].seq + 1, "a batch is contiguous");
+                    assert_eq!(pair[1].prev_hash, pair[0].hash);
+                }
+            }
+            0
+        });
+    }
+    let mut conflicts = 0;
+    while let Some(done) = tasks.join_next().await {
+        conflicts += done.unwrap();
+    }
+    println!("{:?}: {conflicts} conflicts retried", db.kind());
+
+    let log = all_audit(&*stores[1]).await;
+    let expected = REQUESTS + UPDATERS * UPDATES_EACH + APPENDERS * APPENDS_EACH * BATCH;
+    assert_eq!(log.len(), expected);
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1, "seqs are 1, 2, 3 ... without gaps");
+    }
+    audit::verify(&log).unwrap();
+
+    let mut total = 0;
+    for i in 0..REQUESTS {
+        let id = format!("r{i}");
+        let r = stores[0].request(&id).await.unwrap().unwrap();
+        assert_eq!(
+            r.version,
+            i64::from(r.tailnet.attempts),
+            "no update was lost"
+        );
+        total += r.version;
+        let versions: Vec<String> = log
+            .iter()
+            .filter(|e| e.action == "grant.retry" && e.request.as_deref() == Some(&id))
+            .map(|e| e.detail.clone())
+            .collect();
+        let want: Vec<String> = (1..=r.version)
+            .map(|v| format!(r#"{{"version":{v}}}"#))
+            .collect();
+        assert_eq!(versions, want, "{id}'s entries are in version order");
+    }
+    assert_eq!(total as usize, UPDATERS * UPDATES_EACH);
+}
+
+pub async fn audit_detail_is_kept_byte_for_byte(db: Db) {
+    let store = db.open().await;
+    assert!(store.append_audit(&[]).await.unwrap().is_empty());
+    assert!(all_audit(&*store).await.is_empty());
+
+    let details = [
+        "{}",
+        "{ }",
+        "{\n  \"b\": 1,\n  \"a\": [1, 2.50, 1e3, -0.0, 12345678901234567890123]\n}",
+        r#"{"z":1,"a":2,"z":3}"#,
+        r#"{"text":"ünïcödé ✓ 🚀 \u00e9 \ud83d\ude80 \" \\ \/ \n \t","nul":"\u0000"}"#,
+        "  {\"padded\": true}\t\r\n",
+        "[null,true,false]",
+        "\"just a string\"",
+        "",
+    ];
+    let mut entries = Vec::new();
+    for (i, d) in details.iter().enumerate() {
+        let mut e = entry("detail.test", None, d);
+        e.request = (i % 2 == 0).then(|| format!("r{i}"));
+        e.at = format!("2026-11-22T10:00:0{i}.5+01:00");
+        e.actor = format!("actor-{i} ✓");
+        entries.push(e);
+    }
+    let written = store.append_audit(&entries[..4]).await.unwrap();
+    let written2 = store.append_audit(&entries[4..]).await.unwrap();
+    let written: Vec<AuditEntry> = written.into_iter().chain(written2).collect();
+
+    let read = all_audit(&*store).await;
+    assert_eq!(
+        read, written,
+        "what append_audit returned is what is stored"
+    );
+    assert_eq!(read.len(), details.len());
+    for ((got, want), e) in read.iter().zip(details).zip(&entries) {
+        assert_eq!(got.detail.as_bytes(), want.as_bytes());
+        assert_eq!(got.at, e.at);
+        assert_eq!(got.actor, e.actor);
+        assert_eq!(got.request, e.request);
+    }
+    assert_eq!(read[0].prev_hash, audit::GENESIS);
+    audit::verify(&read).unwrap();
+
+    // Paging: after and limit.
+    let page = store.audit(3, 2).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [4, 5],
+        "entries after seq 3, at most 2"
+    );
+    assert!(store.audit(100, 10).await.unwrap().is_empty());
+    assert!(store.audit(0, 0).await.unwrap().is_empty());
+}
+
+pub async fn tokens(db: Db) {
+    let store = db.open().await;
+    let token = ApiToken {
+        hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        user: "alice@example.com".into(),
+        description: "laptop CLI — ünïcödé".into(),
+        created_at: "2026-11-22T10:00:00Z".into(),
+        expires_at: Some("2027-11-22T10:00:00Z".into()),
+    };
+    let forever = ApiToken {
+        hash: "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752".into(),
+        user: "ci@example.com".into(),
+        description: String::new(),
+        created_at: "2026-11-22T11:00:00.123+02:00".into(),
+        expires_at: None,
+    };
+    assert_eq!(store.token(&token.hash).await.unwrap(), None);
+    store.insert_token(&token).await.unwrap();
+    store.insert_token(&forever).await.unwrap();
+    assert_eq!(store.token(&token.hash).await.unwrap(), Some(token.clone()));
+    assert_eq!(store.token(&forever.hash).await.unwrap(), Some(forever));
+
+    let mut again = token.clone();
+    again.user = "mallory@example.com".into();
+    let err = store.insert_token(&again).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+    assert_eq!(store.token(&token.hash).await.unwrap(), Some(token));
+    assert_eq!(store.token("0000").await.unwrap(), None);
+}
+
+/// Opening runs the migrations; opening again (and migrating again) changes nothing.
+pub async fn migrations_are_idempotent(db: Db) {
+    let first = db.open().await;
+    first
+        .insert_request(
+            &full_request("r1"),
+            &[entry("request.created", Some("r1"), "{}")],
+        )
+        .await
+        .unwrap();
+    let migrations = db.count("_sqlx_migrations").await;
+    assert!(migrations >= 1);
+
+    let second = db.open().await;
+    let third = Opened::open(&db).await;
+    third.migrate().await;
+    third.migrate().await;
+    third.close().await;
+    assert_eq!(db.count("_sqlx_migrations").await, migrations);
+    assert_eq!(
+        second.request("r1").await.unwrap().unwrap(),
+        full_request("r1")
+    );
+    assert_eq!(all_audit(&*second).await.len(), 1);
+    // The chain goes on where it was.
+    let more = second
+        .append_audit(&[entry("note", None, "{}")])
+        .await
+        .unwrap();
+    assert_eq!(more[0].seq, 2);
+    audit::verify(&all_audit(&*first).await).unwrap();
+}
+
+/// Several processes starting at once on an empty database: one migrates, the others wait and
+/// find nothing to do; all of them work.
+pub async fn migrations_run_concurrently(db: Db) {
+    const POOLS: usize = 4;
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..POOLS {
+        let url = db.url().to_owned();
+        opening.spawn(async move { tidegate_store::open(&url).await });
+    }
+    let mut stores = Vec::new();
+    while let Some(opened) = opening.join_next().await {
+        stores.push(opened.unwrap().unwrap());
+    }
+    assert_eq!(stores.len(), POOLS);
+    let migrations = std::fs::read_dir(match db.kind() {
+        Kind::Sqlite => concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"),
+        Kind::Postgres => concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"),
+    })
+    .unwrap()
+    .count();
+    assert_eq!(db.count("_sqlx_migrations").await, migrations as i64);
+    for (i, store) in stores.iter().enumerate() {
+        let written = store
+            .append_audit(&[entry("note", None, &format!("{{\"pool\":{i}}}"))])
+            .await
+            .unwrap();
+        assert_eq!(written[0].seq, i as i64 + 1);
+    }
+    audit::verify(&all_audit(&*stores[0]).await).unwrap();
+}
+
+/// Data outlives the store: a new store on the same database (for SQLite, the same file,
+/// which the first open created) sees everything.
+pub async fn reopened_store_keeps_its_data(db: Db) {
+    if let Some(path) = db.sqlite_path() {
+        assert!(!path.exists());
+    }
+    let token = ApiToken {
+        hash: "abc".into(),
+        user: "alice@example.com".into(),
+        description: "t".into(),
+        created_at: "2026-11-22T10:00:00Z".into(),
+        expires_at: None,
+    };
+    let log = {
+        let opened = Opened::open(&db).await;
+        let store = opened.store();
+        if let Some(path) = db.sqlite_path() {
+            assert!(path.exists(), "the SQLite file is created");
+        }
+        store
+            .insert_request(
+                &full_request("r1"),
+                &[entry("request.created", Some("r1"), r#"{"x": 1}"#)],
+            )
+            .await
+            .unwrap();
+        let mut r = request("r2", "ssh", "bob@example.com", 1);
+        store.insert_request(&r, &[]).await.unwrap();
+        r.state = State::Approved;
+        r.version = 1;
+        store
+            .update_request(&r, &[entry("request.approved", Some("r2"), "{}")])
+            .await
+            .unwrap();
+        store.insert_token(&token).await.unwrap();
+        let log = all_audit(store).await;
+        opened.close().await;
+        log
+    };
+
+    let store = db.open().await;
+    assert_eq!(
+        store.request("r1").await.unwrap().unwrap(),
+        full_request("r1")
+    );
+    let r2 = store.request("r2").await.unwrap().unwrap();
+    assert_eq!((r2.state, r2.version), (State::Approved, 1));
+    assert_eq!(
+        ids(&store.requests(&RequestFilter::default()).await.unwrap()),
+        ["r2", "r1"]
+    );
+    assert_eq!(store.token("abc").await.unwrap(), Some(token));
+    assert_eq!(all_audit(&*store).await, log);
+    let next = store
+        .append_audit(&[entry("note", None, "{}")])
+        .await
+        .unwrap();
+    assert_eq!(next[0].seq, 3);
+    assert_eq!(next[0].prev_hash, log[1].hash);
+}
