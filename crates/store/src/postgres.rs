@@ -211,17 +211,20 @@ impl Store for PostgresStore {
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
         let row = RequestRow::of(request)?;
+        let created_at = sortable_time(request.created_at)?;
         let what = format!("request {}", request.id);
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE requests SET entitlement = $1, requester = $2, state = $3, is_open = $4, \
-             version = $5, body = $6 WHERE id = $7 AND version = $8",
+             version = $5, created_at = CAST($6 AS TIMESTAMPTZ), body = $7 \
+             WHERE id = $8 AND version = $9",
         )
         .bind(&request.entitlement)
         .bind(&request.requester)
         .bind(row.state)
         .bind(row.open)
         .bind(request.version)
+        .bind(created_at)
         .bind(&row.body)
         .bind(&request.id)
         .bind(request.version.wrapping_sub(1))

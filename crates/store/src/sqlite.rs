@@ -229,17 +229,19 @@ impl Store for SqliteStore {
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
         let row = RequestRow::of(request)?;
+        let created_at = sortable_time(request.created_at)?;
         let what = format!("request {}", request.id);
         let mut tx = self.write().await?;
         let updated = sqlx::query(
             "UPDATE requests SET entitlement = ?, requester = ?, state = ?, is_open = ?, \
-             version = ?, body = ? WHERE id = ? AND version = ?",
+             version = ?, created_at = ?, body = ? WHERE id = ? AND version = ?",
         )
         .bind(&request.entitlement)
         .bind(&request.requester)
         .bind(row.state)
         .bind(row.open)
         .bind(request.version)
+        .bind(created_at)
         .bind(&row.body)
         .bind(&request.id)
         .bind(request.version.wrapping_sub(1))

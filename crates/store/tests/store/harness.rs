@@ -99,7 +99,6 @@ fn postgres_base() -> Option<String> {
              postgres://postgres@127.0.0.1:5432/test"
         ),
         _ => {
-            println!("skipped: {POSTGRES_ENV} is not set (set it to run the PostgreSQL tests)");
             eprintln!("skipped: {POSTGRES_ENV} is not set (set it to run the PostgreSQL tests)");
             None
         }
