@@ -3,8 +3,10 @@
 //! This binary is the edge: it parses arguments, reads files, prints, and maps outcomes to exit
 //! codes (0 success, 1 a policy or test failure, 2 usage or I/O errors).
 
+mod client_cmd;
 mod emulator_cmd;
 mod policy_cmd;
+mod server_cmd;
 mod table;
 
 use std::process::ExitCode;
@@ -20,6 +22,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: client_cmd::Connection,
 }
 
 #[derive(Subcommand)]
@@ -31,6 +35,41 @@ enum Command {
     },
     /// Run a local emulator of the Tailscale API v2 over a state file (for tests and demos).
     Emulator(emulator_cmd::EmulatorArgs),
+    /// Run the tidegate server (API and reconciler).
+    Serve {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Try tidegate locally: an emulated tailnet, the server on SQLite, tokens for the example
+    /// users.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Stop after this many seconds (default: at Ctrl-C).
+        #[arg(long)]
+        for_seconds: Option<u64>,
+    },
+    /// API tokens for the CLI and scripts.
+    Token {
+        #[command(subcommand)]
+        command: server_cmd::TokenCommand,
+    },
+    /// The hash-chained audit log: verify it, export it for auditors.
+    Audit {
+        #[command(subcommand)]
+        command: server_cmd::AuditCommand,
+    },
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
+}
+
+/// Runs an async command on a fresh runtime.
+fn block_on<F: std::future::Future<Output = Result<(), Failure>>>(f: F) -> Result<(), Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::from)?
+        .block_on(f)
 }
 
 /// How a command ended when it did not succeed.
@@ -53,6 +92,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy { command } => policy_cmd::run(command),
         Command::Emulator(args) => emulator_cmd::run(args),
+        Command::Serve { config } => block_on(server_cmd::serve(&config)),
+        Command::Demo {
+            listen,
+            for_seconds,
+        } => block_on(server_cmd::demo(&listen, for_seconds)),
+        Command::Token { command } => block_on(server_cmd::token(command)),
+        Command::Audit { command } => block_on(server_cmd::audit(command)),
+        Command::Client(command) => block_on(client_cmd::run(&cli.connection, command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

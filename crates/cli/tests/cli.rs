@@ -281,3 +281,279 @@ fn who_can_reach_and_explain_answer_in_tables_and_json() {
         ["office-router.example.ts.net", "staging-1.example.ts.net"]
     );
 }
+
+/// `tidegate demo` in the background: the server URL, the emulator URL and a token per user.
+struct Demo {
+    child: std::process::Child,
+    server: String,
+    emulator: String,
+    tokens: std::collections::HashMap<String, String>,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args([
+                "demo",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--for-seconds",
+                "120",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (mut server, mut emulator, mut tokens) = (
+            String::new(),
+            String::new(),
+            std::collections::HashMap::new(),
+        );
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(url) = line.trim().strip_prefix("server:") {
+                server = url.trim().to_owned();
+            } else if let Some(url) = line
+                .trim()
+                .strip_prefix("emulated tailnet (Tailscale API v2):")
+            {
+                emulator = url.trim().to_owned();
+            } else if let Some(rest) = line.trim().strip_prefix("export TIDEGATE_TOKEN=") {
+                let (token, login) = rest.split_once("# ").unwrap();
+                tokens.insert(login.trim().to_owned(), token.trim().to_owned());
+            } else if line.starts_with("Try,") {
+                break;
+            }
+        }
+        // Keep draining stdout so the demo never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        assert!(
+            !server.is_empty() && tokens.len() == 4,
+            "demo did not start: {server} {tokens:?}"
+        );
+        Demo {
+            child,
+            server,
+            emulator,
+            tokens,
+        }
+    }
+
+    /// Runs the CLI as `login`.
+    fn as_user(&self, login: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(args)
+            .env("TIDEGATE_SERVER", &self.server)
+            .env("TIDEGATE_TOKEN", &self.tokens[login])
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, login: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.as_user(login, &all);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        serde_json::from_str(&stdout(&out)).unwrap()
+    }
+
+    fn emulator_state(&self) -> serde_json::Value {
+        let url = format!("{}/emulator/state", self.emulator);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+    }
+
+    /// Waits until `show ID` satisfies `done`.
+    fn wait_for(
+        &self,
+        login: &str,
+        id: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        for _ in 0..100 {
+            let r = self.json(login, &["show", id]);
+            if done(&r) {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("request {id} never reached the expected state");
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn prod_access_members(state: &serde_json::Value) -> Vec<String> {
+    let policy = state["policy"].as_str().unwrap();
+    let doc = hujson::Document::parse(policy).unwrap();
+    let node = doc
+        .get(&[
+            hujson::Seg::Key("groups"),
+            hujson::Seg::Key("group:prod-access"),
+        ])
+        .unwrap();
+    node.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| doc.str_value(n).unwrap())
+        .collect()
+}
+
+#[test]
+fn request_approve_apply_drop_end_to_end() {
+    let demo = Demo::start();
+    let dave = "dave@example.com";
+    let alice = "alice@example.com";
+    let who = demo.as_user(dave, &["whoami"]);
+    assert_eq!(stdout(&who).trim(), dave);
+
+    let r = demo.json(
+        dave,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-4211"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["state"], "pending");
+    assert_eq!(r["requester"], dave);
+
+    // Nobody approves their own request; engineers are not approvers anyway.
+    let own = demo.as_user(dave, &["approve", &id]);
+    assert_eq!(own.status.code(), Some(1));
+    assert!(stderr(&own).contains("may not review"), "{}", stderr(&own));
+    // Bad input is refused with a clear message and no partial state.
+    let bad = demo.as_user(
+        dave,
+        &["request", "prod-ssh", "--for", "9h", "--reason", "x"],
+    );
+    assert!(
+        stderr(&bad).contains("5m to 8h, not 9h"),
+        "{}",
+        stderr(&bad)
+    );
+    let unknown = demo.as_user(dave, &["request", "root-everything", "--reason", "x"]);
+    assert!(
+        stderr(&unknown).contains("no entitlement named"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let pending = demo.as_user(alice, &["list", "--pending"]);
+    assert!(stdout(&pending).contains(&id), "{}", stdout(&pending));
+    demo.json(alice, &["approve", &id, "--comment", "go"]);
+    let active = demo.wait_for(dave, &id, |r| r["state"] == "active");
+    assert!(active["expires_at"].is_string());
+    let state = demo.emulator_state();
+    assert_eq!(prod_access_members(&state), [dave]);
+    let policy = state["policy"].as_str().unwrap();
+    assert!(
+        policy.contains("// Managed by tidegate: members come and go"),
+        "comments kept"
+    );
+
+    let dropped = demo.json(dave, &["drop", &id]);
+    assert_eq!(dropped["state"], "revoked");
+    demo.wait_for(dave, &id, |r| {
+        r["tailnet"]["removal_verified_at"].is_string()
+    });
+    assert!(prod_access_members(&demo.emulator_state()).is_empty());
+}
+
+#[test]
+fn posture_and_auth_key_grants_end_to_end() {
+    let demo = Demo::start();
+    let dave = "dave@example.com";
+    let alice = "alice@example.com";
+    // Posture on the requester's own device only.
+    let theirs = demo.as_user(
+        dave,
+        &[
+            "request",
+            "prod-db",
+            "--reason",
+            "query",
+            "--device",
+            "carol-laptop",
+        ],
+    );
+    assert!(
+        stderr(&theirs).contains("is not dave@example.com's own device"),
+        "{}",
+        stderr(&theirs)
+    );
+    let r = demo.json(
+        dave,
+        &[
+            "request",
+            "prod-db",
+            "--for",
+            "30m",
+            "--reason",
+            "query",
+            "--device",
+            "dave-desktop",
+        ],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    demo.json(alice, &["approve", &id]);
+    let active = demo.wait_for(dave, &id, |r| r["state"] == "active");
+    let state = demo.emulator_state();
+    let desktop = state["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["hostname"] == "dave-desktop")
+        .unwrap();
+    assert_eq!(
+        desktop["postureAttributes"]["custom:tidegate_db"],
+        "granted"
+    );
+    assert_eq!(
+        desktop["postureExpiries"]["custom:tidegate_db"], active["expires_at"],
+        "Tailscale's own expiry ends it"
+    );
+
+    // An auth key: alice may approve her own (self_approval = true), claims it once.
+    let k = demo.json(alice, &["request", "ci-runner-key", "--reason", "runner 7"]);
+    let key_id = k["id"].as_str().unwrap().to_owned();
+    demo.json(alice, &["approve", &key_id]);
+    let claimed = demo.as_user(alice, &["key", &key_id]);
+    assert_eq!(claimed.status.code(), Some(0), "{}", stderr(&claimed));
+    assert!(stdout(&claimed).trim().starts_with("tskey-auth-"));
+    let again = demo.as_user(alice, &["key", &key_id]);
+    assert_eq!(again.status.code(), Some(1), "shown once");
+    let revoked = demo.json(alice, &["revoke", &key_id, "--reason", "runner done"]);
+    assert_eq!(revoked["state"], "revoked");
+    let done = demo.wait_for(alice, &key_id, |r| {
+        r["tailnet"]["removal_verified_at"].is_string()
+    });
+    let kid = done["tailnet"]["key_id"].as_str().unwrap();
+    let keys = demo.emulator_state()["keys"].clone();
+    let key = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == kid)
+        .unwrap();
+    assert!(key["revoked"].is_string(), "{key}");
+}

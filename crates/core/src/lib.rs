@@ -14,6 +14,12 @@ pub mod store;
 
 pub use duration::Span;
 
+/// The clock's time to whole seconds, as requests and the audit log record it.
+pub fn now(clock: &dyn tailnet::Clock) -> time::OffsetDateTime {
+    let t = clock.now();
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
 /// RFC 3339 text for a time, as stored and shown.
 pub fn time_text(t: time::OffsetDateTime) -> String {
     tailnet::clock::rfc3339(t)

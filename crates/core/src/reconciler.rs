@@ -63,7 +63,7 @@ impl Reconciler {
     }
 
     fn now(&self) -> OffsetDateTime {
-        self.service.clock.now()
+        crate::now(self.service.clock.as_ref())
     }
 
     /// Stores a changed request with its events. A conflict (someone else changed it) is not
@@ -146,7 +146,88 @@ impl Reconciler {
         report
     }
 
-    /// All `group` grants and removals in one policy edit and write.
+    /// One read-edit-write of the policy: adds `add` members, removes `remove` members and
+    /// (where configured) drift, written with `If-Match` and re-applied on 412. Returns the
+    /// text now stored, or the error that refused the write.
+    async fn edit_policy(
+        &self,
+        managed: &BTreeMap<String, bool>,
+        add: &BTreeMap<String, BTreeSet<String>>,
+        keep: &BTreeMap<String, BTreeSet<String>>,
+        remove: &BTreeSet<(String, String)>,
+        report: &mut PassReport,
+    ) -> Result<String, tailnet::Error> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let current = self.tailnet().policy().await?;
+            let mut doc = hujson::Document::parse(&current.text).map_err(|e| {
+                tailnet::Error::Protocol(format!("the tailnet's policy file does not parse: {e}"))
+            })?;
+            let mut drift = Vec::new();
+            for (group, remove_drift) in managed {
+                let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
+                let Some(node) = doc.get(&path) else {
+                    report
+                        .errors
+                        .push(format!("{group} is not in the policy file"));
+                    continue;
+                };
+                let present: BTreeSet<String> = node
+                    .as_array()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|n| doc.str_value(n))
+                    .collect();
+                let empty = BTreeSet::new();
+                let adding = add.get(group).unwrap_or(&empty);
+                let kept = keep.get(group).unwrap_or(&empty);
+                for login in adding.difference(&present) {
+                    doc.add_string(&path, login).map_err(|e| {
+                        tailnet::Error::Protocol(format!("cannot add {login} to {group}: {e}"))
+                    })?;
+                }
+                for login in present.difference(adding) {
+                    if kept.contains(login) {
+                        continue;
+                    }
+                    let ending = remove.contains(&(group.clone(), login.clone()));
+                    if !ending {
+                        drift.push((group.clone(), login.clone()));
+                    }
+                    if ending || *remove_drift {
+                        doc.remove_string(&path, login).map_err(|e| {
+                            tailnet::Error::Protocol(format!(
+                                "cannot remove {login} from {group}: {e}"
+                            ))
+                        })?;
+                    }
+                }
+            }
+            report.drift = drift;
+            if doc.text() == current.text {
+                return Ok(current.text);
+            }
+            match self
+                .tailnet()
+                .set_policy(doc.text(), Some(&current.etag))
+                .await
+            {
+                Ok(new) => {
+                    report.policy_writes += 1;
+                    return Ok(new.text);
+                }
+                Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// All `group` grants and removals in one policy edit and write. If the tailnet refuses
+    /// that write (the policy's own tests fail), removals go out alone first, then each grant
+    /// on its own, so one refused grant never holds back a revocation or another grant.
     async fn groups(&self, mut requests: Vec<(Request, String)>, report: &mut PassReport) {
         let now = self.now();
         let managed: BTreeMap<String, bool> = self
@@ -165,112 +246,105 @@ impl Reconciler {
         if managed.is_empty() {
             return;
         }
-        let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        // Members that must stay (active grants), members to add (approved, not yet applied)
+        // and members whose grant ended.
+        let mut keep: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut add: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut remove: BTreeSet<(String, String)> = BTreeSet::new();
         for (r, group) in &requests {
             if r.wants_access(now) {
-                want.entry(group.clone())
+                keep.entry(group.clone())
                     .or_default()
                     .insert(r.requester.clone());
+                if r.state == State::Approved {
+                    add.entry(group.clone())
+                        .or_default()
+                        .insert(r.requester.clone());
+                }
+            } else if r.tailnet.applied_at.is_some() {
+                remove.insert((group.clone(), r.requester.clone()));
             }
         }
-        let mut attempts = 0;
-        let written = loop {
-            attempts += 1;
-            let current = match self.tailnet().policy().await {
-                Ok(p) => p,
-                Err(e) => {
-                    report
-                        .errors
-                        .push(format!("cannot read the policy file: {e}"));
-                    return;
-                }
-            };
-            let mut doc = match hujson::Document::parse(&current.text) {
-                Ok(d) => d,
-                Err(e) => {
-                    report
-                        .errors
-                        .push(format!("the tailnet's policy file does not parse: {e}"));
-                    return;
-                }
-            };
-            let mut drift = Vec::new();
-            let mut failed = false;
-            for (group, remove_drift) in &managed {
-                let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
-                let Some(node) = doc.get(&path) else {
-                    report
-                        .errors
-                        .push(format!("{group} is not in the policy file"));
-                    continue;
-                };
-                let present: BTreeSet<String> = node
-                    .as_array()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|n| doc.str_value(n))
-                    .collect();
-                let wanted = want.get(group).cloned().unwrap_or_default();
-                for login in wanted.difference(&present) {
-                    if let Err(e) = doc.add_string(&path, login) {
-                        report
-                            .errors
-                            .push(format!("cannot add {login} to {group}: {e}"));
-                        failed = true;
+        let want = keep.clone();
+        let result = match self
+            .edit_policy(&managed, &keep, &keep, &remove, report)
+            .await
+        {
+            Err(tailnet::Error::BadRequest { .. }) if !add.is_empty() => {
+                // Without the new grants, then each new grant alone.
+                let mut active = keep.clone();
+                for (group, logins) in &add {
+                    if let Some(members) = active.get_mut(group) {
+                        for login in logins {
+                            let still_active = requests.iter().any(|(r, g)| {
+                                g == group
+                                    && &r.requester == login
+                                    && r.state == State::Active
+                                    && r.wants_access(now)
+                            });
+                            if !still_active {
+                                members.remove(login);
+                            }
+                        }
                     }
                 }
-                let ending: BTreeSet<&String> = requests
-                    .iter()
-                    .filter(|(r, g)| {
-                        g == group && !r.wants_access(now) && r.tailnet.applied_at.is_some()
-                    })
-                    .map(|(r, _)| &r.requester)
-                    .collect();
-                for login in present.difference(&wanted) {
-                    let explained_removal = ending.contains(login);
-                    if !explained_removal {
-                        drift.push((group.clone(), login.clone()));
-                    }
-                    if (explained_removal || *remove_drift)
-                        && let Err(e) = doc.remove_string(&path, login)
-                    {
-                        report
-                            .errors
-                            .push(format!("cannot remove {login} from {group}: {e}"));
-                        failed = true;
+                let mut last = self
+                    .edit_policy(&managed, &active, &active, &remove, report)
+                    .await;
+                for (group, logins) in &add {
+                    for login in logins {
+                        let mut one = active.clone();
+                        one.entry(group.clone()).or_default().insert(login.clone());
+                        match self
+                            .edit_policy(&managed, &one, &one, &remove, report)
+                            .await
+                        {
+                            Ok(text) => {
+                                active = one;
+                                last = Ok(text);
+                            }
+                            Err(e) => {
+                                let why = match &e {
+                                    tailnet::Error::BadRequest {
+                                        message,
+                                        data: Some(d),
+                                    } => {
+                                        format!(
+                                            "the tailnet refused the policy change: {message}: {d}"
+                                        )
+                                    }
+                                    _ => format!("the tailnet refused the policy change: {e}"),
+                                };
+                                for (r, g) in requests.iter_mut() {
+                                    if g == group
+                                        && &r.requester == login
+                                        && r.state == State::Approved
+                                        && let Ok(events) = r.fail(&why, now)
+                                    {
+                                        self.save(r, &events, report).await;
+                                    }
+                                }
+                                report.errors.push(format!("{login} in {group}: {why}"));
+                            }
+                        }
                     }
                 }
+                last
             }
-            if failed {
+            other => other,
+        };
+        let written = match result {
+            Ok(text) => text,
+            Err(e) => {
+                let message = format!("policy write failed: {e}");
+                for (r, _) in requests
+                    .iter_mut()
+                    .filter(|(r, _)| r.state == State::Approved)
+                {
+                    self.note_error(r, message.clone(), report).await;
+                }
+                report.errors.push(message);
                 return;
-            }
-            report.drift = drift;
-            if doc.text() == current.text {
-                break current.text;
-            }
-            match self
-                .tailnet()
-                .set_policy(doc.text(), Some(&current.etag))
-                .await
-            {
-                Ok(new) => {
-                    report.policy_writes += 1;
-                    break new.text;
-                }
-                Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
-                    continue;
-                }
-                Err(e) => {
-                    let message = format!("policy write failed: {e}");
-                    for (r, _) in requests
-                        .iter_mut()
-                        .filter(|(r, _)| r.state == State::Approved)
-                    {
-                        self.note_error(r, message.clone(), report).await;
-                    }
-                    report.errors.push(message);
-                    return;
-                }
             }
         };
         self.report_drift(&report.drift).await;

@@ -100,7 +100,7 @@ impl Service {
 
     /// Users and groups, read from the tailnet at most every 30 seconds.
     pub async fn directory(&self) -> Result<Arc<Directory>, ServiceError> {
-        let now = self.clock.now();
+        let now = crate::now(self.clock.as_ref());
         let mut cached = self.directory.lock().await;
         if let Some((at, dir)) = cached.as_ref()
             && now - *at < DIRECTORY_TTL
@@ -192,7 +192,7 @@ impl Service {
     }
 
     async fn store_new(&self, request: &Request, events: &[Event]) -> Result<(), ServiceError> {
-        let now = self.clock.now();
+        let now = crate::now(self.clock.as_ref());
         self.store
             .insert_request(request, &audit_entries(events, now))
             .await?;
@@ -227,7 +227,7 @@ impl Service {
             requester,
             ask,
             &dir,
-            self.clock.now(),
+            crate::now(self.clock.as_ref()),
         )?;
         self.store_new(&request, &events).await?;
         Ok(request)
@@ -259,7 +259,7 @@ impl Service {
             let mut request = self.get(id).await?;
             let entitlement = self.entitlement(&request.entitlement)?.clone();
             let dir = self.directory().await?;
-            let now = self.clock.now();
+            let now = crate::now(self.clock.as_ref());
             let events = change(&mut request, &entitlement, &dir, now)?;
             request.version += 1;
             match self
@@ -353,7 +353,7 @@ impl Service {
                 format!("only {} can claim the key of {id}", request.requester),
             )));
         }
-        let now = self.clock.now();
+        let now = crate::now(self.clock.as_ref());
         if request.state != State::Approved || !request.wants_access(now) {
             return Err(ServiceError::Invalid(format!(
                 "{id} is {}: its key can only be claimed once, after approval",
