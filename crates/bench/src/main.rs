@@ -5,6 +5,7 @@
 //! plain `serde_json` parse of the same file in the same run.
 
 mod generate;
+mod grants;
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -138,7 +139,15 @@ fn main() -> Result<()> {
     let which = std::env::args().nth(1).unwrap_or_default();
     let figures = match which.as_str() {
         "policy" => policy_bench()?,
-        _ => bail!("usage: tidegate-bench policy"),
+        "grants" => {
+            let count = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(1000);
+            tokio::runtime::Runtime::new()?.block_on(grants::run(count))?
+        }
+        _ => bail!("usage: tidegate-bench policy | grants [COUNT]"),
     };
     println!("{}", serde_json::to_string_pretty(&figures)?);
     Ok(())
