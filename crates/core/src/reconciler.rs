@@ -391,17 +391,12 @@ impl Reconciler {
                     .get(group.as_str())
                     .is_some_and(|w| w.contains(&r.requester));
                 if !present || still_wanted {
-                    r.tailnet.removed_at = Some(now);
-                    r.tailnet.removal_verified_at = Some(now);
                     let detail = if still_wanted {
                         json!({"group": group, "note": "membership kept for another active grant"})
                     } else {
                         json!({"group": group})
                     };
-                    let events = [event(r, "grant.removal_verified", detail)];
-                    if self.save(r, &events, report).await {
-                        report.removed += 1;
-                    }
+                    self.mark_removed(r, detail, report).await;
                 }
             }
         }
@@ -558,16 +553,8 @@ impl Reconciler {
                 }
             }
         }
-        r.tailnet.removed_at = Some(now);
-        r.tailnet.removal_verified_at = Some(now);
-        let events = [event(
-            &r,
-            "grant.removal_verified",
-            json!({"attribute": attribute, "devices": r.devices}),
-        )];
-        if self.save(&mut r, &events, report).await {
-            report.removed += 1;
-        }
+        let detail = json!({"attribute": attribute, "devices": r.devices});
+        self.mark_removed(&mut r, detail, report).await;
     }
 
     async fn user_id(&self, login: &str) -> Result<String, String> {
@@ -613,27 +600,8 @@ impl Reconciler {
                     return;
                 }
             }
-            if let Err(e) = self.tailnet().set_user_role(&id, role).await {
-                return self
-                    .note_error(&mut r, format!("setting role {role}: {e}"), report)
-                    .await;
-            }
-            match self.tailnet().user(&id).await {
-                Ok(u) if u.role == role => {}
-                Ok(u) => {
-                    return self
-                        .note_error(
-                            &mut r,
-                            format!("role is {} after setting {role}", u.role),
-                            report,
-                        )
-                        .await;
-                }
-                Err(e) => {
-                    return self
-                        .note_error(&mut r, format!("reading {login} back: {e}"), report)
-                        .await;
-                }
+            if let Err(e) = self.set_role_verified(&id, &login, role).await {
+                return self.note_error(&mut r, e, report).await;
             }
             r.tailnet.verified_at = Some(now);
             let detail = json!({"role": role, "previous_role": r.tailnet.previous_role});
@@ -649,36 +617,38 @@ impl Reconciler {
             .previous_role
             .clone()
             .unwrap_or_else(|| "member".to_owned());
-        if let Err(e) = self.tailnet().set_user_role(&id, &restore).await {
-            return self
-                .note_error(&mut r, format!("restoring role {restore}: {e}"), report)
-                .await;
+        if let Err(e) = self.set_role_verified(&id, &login, &restore).await {
+            return self.note_error(&mut r, e, report).await;
         }
-        match self.tailnet().user(&id).await {
-            Ok(u) if u.role == restore => {}
-            Ok(u) => {
-                return self
-                    .note_error(
-                        &mut r,
-                        format!("role is {} after restoring {restore}", u.role),
-                        report,
-                    )
-                    .await;
-            }
-            Err(e) => {
-                return self
-                    .note_error(&mut r, format!("reading {login} back: {e}"), report)
-                    .await;
-            }
+        self.mark_removed(&mut r, json!({"role": restore}), report)
+            .await;
+    }
+
+    /// Sets a user's role and reads it back.
+    async fn set_role_verified(&self, id: &str, login: &str, role: &str) -> Result<(), String> {
+        self.tailnet()
+            .set_user_role(id, role)
+            .await
+            .map_err(|e| format!("setting {login}'s role to {role}: {e}"))?;
+        match self.tailnet().user(id).await {
+            Ok(u) if u.role == role => Ok(()),
+            Ok(u) => Err(format!("{login}'s role is {} after setting {role}", u.role)),
+            Err(e) => Err(format!("reading {login} back: {e}")),
         }
+    }
+
+    /// Records that access is gone from the tailnet, as just read back.
+    async fn mark_removed(
+        &self,
+        r: &mut Request,
+        detail: serde_json::Value,
+        report: &mut PassReport,
+    ) {
+        let now = self.now();
         r.tailnet.removed_at = Some(now);
         r.tailnet.removal_verified_at = Some(now);
-        let events = [event(
-            &r,
-            "grant.removal_verified",
-            json!({"role": restore}),
-        )];
-        if self.save(&mut r, &events, report).await {
+        let events = [event(r, "grant.removal_verified", detail)];
+        if self.save(r, &events, report).await {
             report.removed += 1;
         }
     }
@@ -717,16 +687,8 @@ impl Reconciler {
                     .await;
             }
         }
-        r.tailnet.removed_at = Some(now);
-        r.tailnet.removal_verified_at = Some(now);
-        let events = [event(
-            &r,
-            "grant.removal_verified",
-            json!({"key_id": key_id}),
-        )];
-        if self.save(&mut r, &events, report).await {
-            report.removed += 1;
-        }
+        self.mark_removed(&mut r, json!({"key_id": key_id}), report)
+            .await;
     }
 
     /// When the next pass is due: the earliest expiry, lapse or scheduled start, at most
