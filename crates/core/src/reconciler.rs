@@ -165,6 +165,7 @@ impl Reconciler {
                 tailnet::Error::Protocol(format!("the tailnet's policy file does not parse: {e}"))
             })?;
             let mut drift = Vec::new();
+            let mut changes: Vec<String> = Vec::new();
             for (group, remove_drift) in managed {
                 let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
                 let Some(node) = doc.get(&path) else {
@@ -183,6 +184,7 @@ impl Reconciler {
                 let adding = add.get(group).unwrap_or(&empty);
                 let kept = keep.get(group).unwrap_or(&empty);
                 for login in adding.difference(&present) {
+                    changes.push(format!("+{login} {group}"));
                     doc.add_string(&path, login).map_err(|e| {
                         tailnet::Error::Protocol(format!("cannot add {login} to {group}: {e}"))
                     })?;
@@ -196,6 +198,7 @@ impl Reconciler {
                         drift.push((group.clone(), login.clone()));
                     }
                     if ending || *remove_drift {
+                        changes.push(format!("-{login} {group}"));
                         doc.remove_string(&path, login).map_err(|e| {
                             tailnet::Error::Protocol(format!(
                                 "cannot remove {login} from {group}: {e}"
@@ -207,6 +210,15 @@ impl Reconciler {
             report.drift = drift;
             if doc.text() == current.text {
                 return Ok(current.text);
+            }
+            let detail = json!({"changes": changes, "if_match": current.etag});
+            if !self
+                .intend(None, "tailnet.policy_write", detail, report)
+                .await
+            {
+                return Err(tailnet::Error::Protocol(
+                    "the audit log is not writable".into(),
+                ));
             }
             match self
                 .tailnet()
@@ -446,6 +458,13 @@ impl Reconciler {
                 return;
             }
             let expiry = time_text(until);
+            let detail = json!({"attribute": attribute, "devices": r.devices, "expiry": expiry});
+            if !self
+                .intend(Some(&r.id), "grant.applying", detail, report)
+                .await
+            {
+                return;
+            }
             for device in &r.devices.clone() {
                 let set = self
                     .tailnet()
@@ -513,6 +532,13 @@ impl Reconciler {
             return;
         }
         if r.tailnet.applied_at.is_none() || r.tailnet.removal_verified_at.is_some() {
+            return;
+        }
+        let detail = json!({"attribute": attribute, "devices": r.devices});
+        if !self
+            .intend(Some(&r.id), "grant.removing", detail, report)
+            .await
+        {
             return;
         }
         for device in &r.devices.clone() {
@@ -600,6 +626,13 @@ impl Reconciler {
                     return;
                 }
             }
+            let detail = json!({"role": role, "previous_role": r.tailnet.previous_role});
+            if !self
+                .intend(Some(&r.id), "grant.applying", detail, report)
+                .await
+            {
+                return;
+            }
             if let Err(e) = self.set_role_verified(&id, &login, role).await {
                 return self.note_error(&mut r, e, report).await;
             }
@@ -617,11 +650,49 @@ impl Reconciler {
             .previous_role
             .clone()
             .unwrap_or_else(|| "member".to_owned());
+        if !self
+            .intend(
+                Some(&r.id),
+                "grant.removing",
+                json!({"restore_role": restore}),
+                report,
+            )
+            .await
+        {
+            return;
+        }
         if let Err(e) = self.set_role_verified(&id, &login, &restore).await {
             return self.note_error(&mut r, e, report).await;
         }
         self.mark_removed(&mut r, json!({"role": restore}), report)
             .await;
+    }
+
+    /// Writes an intended tailnet change to the audit log before it is made. If it cannot be
+    /// recorded, the change is not made (this pass).
+    async fn intend(
+        &self,
+        request: Option<&str>,
+        action: &str,
+        detail: serde_json::Value,
+        report: &mut PassReport,
+    ) -> bool {
+        let entry = crate::audit::NewAuditEntry {
+            at: time_text(self.now()),
+            actor: SYSTEM.to_owned(),
+            action: action.to_owned(),
+            request: request.map(str::to_owned),
+            detail: detail.to_string(),
+        };
+        match self.service.store.append_audit(&[entry]).await {
+            Ok(_) => true,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("cannot record {action} before making it: {e}"));
+                false
+            }
+        }
     }
 
     /// Sets a user's role and reads it back.
@@ -665,6 +736,17 @@ impl Reconciler {
         let Some(key_id) = r.tailnet.key_id.clone() else {
             return;
         };
+        if !self
+            .intend(
+                Some(&r.id),
+                "grant.removing",
+                json!({"key_id": key_id}),
+                report,
+            )
+            .await
+        {
+            return;
+        }
         match self.tailnet().delete_key(&key_id).await {
             Ok(()) | Err(tailnet::Error::NotFound(_)) => {}
             Err(e) => {
