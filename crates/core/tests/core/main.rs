@@ -216,6 +216,27 @@ async fn group_grant_is_applied_expires_on_time_and_is_verified_removed() {
         w.emu.state().policy.contains("// Managed by tidegate"),
         "comments kept"
     );
+    // The change was recorded before it was made, and its effect after.
+    let entries = w.store.audit(0, 1000).await.unwrap();
+    let seq_of = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e.action == action)
+            .map(|e| e.seq)
+            .unwrap()
+    };
+    let intent = entries
+        .iter()
+        .find(|e| e.action == "tailnet.policy_write")
+        .unwrap();
+    assert!(
+        intent
+            .detail
+            .contains("+dave@example.com group:prod-access"),
+        "{}",
+        intent.detail
+    );
+    assert!(seq_of("tailnet.policy_write") < seq_of("grant.applied"));
 
     w.advance(119);
     w.pass().await;
