@@ -458,6 +458,34 @@ fn request_approve_apply_drop_end_to_end() {
         stderr(&unknown)
     );
 
+    // Malformed bodies get a clear 400 and create nothing.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = runtime.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/requests", demo.server))
+            .bearer_auth(&demo.tokens[dave])
+            .body("{\"entitlement\": 5")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid JSON body"), "{body}");
+    let mine = demo.json(dave, &["list", "--mine"]);
+    assert_eq!(
+        mine["requests"].as_array().unwrap().len(),
+        1,
+        "only the one good request"
+    );
+    assert!(
+        mine["requests"][0]["expires_at"].is_null(),
+        "not active yet"
+    );
+
     let pending = demo.as_user(alice, &["list", "--pending"]);
     assert!(stdout(&pending).contains(&id), "{}", stdout(&pending));
     demo.json(alice, &["approve", &id, "--comment", "go"]);

@@ -160,11 +160,8 @@ pub struct Request {
         skip_serializing_if = "Option::is_none"
     )]
     pub activated_at: Option<OffsetDateTime>,
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Null until the grant is active (duration counts from activation).
+    #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
     #[serde(
         default,
