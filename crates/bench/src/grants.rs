@@ -67,17 +67,15 @@ approvers = ["group:sre"]
 reason = "optional"
 "#;
 
-/// Records when each member first appears in the group.
-async fn watch(
-    url: String,
-    start: Instant,
-    stop: Arc<tokio::sync::Notify>,
-) -> HashMap<String, Duration> {
+/// When each member first appeared in the group, as a watcher saw it.
+type Seen = Arc<std::sync::Mutex<HashMap<String, Duration>>>;
+
+/// Polls the emulator's state and records when each member first appears in the group.
+async fn watch(url: String, start: Instant, seen: Seen, stop: Arc<tokio::sync::Notify>) {
     let http = reqwest::Client::new();
-    let mut seen = HashMap::new();
     loop {
         tokio::select! {
-            _ = stop.notified() => return seen,
+            _ = stop.notified() => return,
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
         let Ok(response) = http.get(format!("{url}/emulator/state")).send().await else {
@@ -93,13 +91,38 @@ async fn watch(
             continue;
         };
         let at = start.elapsed();
-        if let Some(node) = doc.get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)]) {
+        if let Some(node) = doc.get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)])
+            && let Ok(mut seen) = seen.lock()
+        {
             for member in node.as_array().unwrap_or_default() {
                 if let Some(m) = doc.str_value(member) {
                     seen.entry(m).or_insert(at);
                 }
             }
         }
+    }
+}
+
+/// Starts a watcher; the returned closure waits (up to 10 s) until `grants` members were
+/// seen, stops the watcher and returns what it saw.
+fn watcher(
+    url: &str,
+    start: Instant,
+    grants: usize,
+) -> impl std::future::Future<Output = HashMap<String, Duration>> {
+    let seen: Seen = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let task = tokio::spawn(watch(url.to_owned(), start, seen.clone(), stop.clone()));
+    async move {
+        for _ in 0..1000 {
+            if seen.lock().map(|s| s.len() >= grants).unwrap_or(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.notify_one();
+        let _ = task.await;
+        seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
@@ -174,13 +197,10 @@ async fn coalesced(grants: usize, latency: Duration) -> Result<Value> {
     // All approved: the reconciler's pass applies them.
     let reconciler = Reconciler::new(service.clone());
     let start = Instant::now();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let watcher = tokio::spawn(watch(emu.url().to_owned(), start, stop.clone()));
+    let observed = watcher(emu.url(), start, grants);
     let report = reconciler.pass().await;
     let wall = start.elapsed();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    stop.notify_one();
-    let seen = watcher.await?;
+    let seen = observed.await;
     if !report.errors.is_empty() {
         bail!("reconciler errors: {:?}", report.errors);
     }
@@ -216,8 +236,7 @@ async fn naive(grants: usize, latency: Duration, workers: usize) -> Result<Value
     let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let watcher = tokio::spawn(watch(emu.url().to_owned(), start, stop.clone()));
+    let observed = watcher(emu.url(), start, grants);
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let (api, writes, next) = (api.clone(), writes.clone(), next.clone());
@@ -235,9 +254,7 @@ async fn naive(grants: usize, latency: Duration, workers: usize) -> Result<Value
         t.await??;
     }
     let wall = start.elapsed();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    stop.notify_one();
-    let seen = watcher.await?;
+    let seen = observed.await;
     summary(
         writes.load(std::sync::atomic::Ordering::Relaxed),
         wall,
