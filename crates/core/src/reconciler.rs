@@ -183,12 +183,11 @@ impl Reconciler {
                 let empty = BTreeSet::new();
                 let adding = add.get(group).unwrap_or(&empty);
                 let kept = keep.get(group).unwrap_or(&empty);
-                for login in adding.difference(&present) {
-                    changes.push(format!("+{login} {group}"));
-                    doc.add_string(&path, login).map_err(|e| {
-                        tailnet::Error::Protocol(format!("cannot add {login} to {group}: {e}"))
-                    })?;
-                }
+                let new: Vec<&str> = adding.difference(&present).map(String::as_str).collect();
+                changes.extend(new.iter().map(|login| format!("+{login} {group}")));
+                doc.add_strings(&path, &new).map_err(|e| {
+                    tailnet::Error::Protocol(format!("cannot add members to {group}: {e}"))
+                })?;
                 for login in present.difference(adding) {
                     if kept.contains(login) {
                         continue;

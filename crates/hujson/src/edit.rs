@@ -80,17 +80,30 @@ impl Document {
     /// Adds `value` to the string array at `path` unless it is already there. Returns whether
     /// the document changed.
     pub fn add_string(&mut self, path: &[Seg], value: &str) -> Result<bool, EditError> {
+        Ok(self.add_strings(path, &[value])? > 0)
+    }
+
+    /// Adds each of `values` not already in the string array at `path`, in one edit (one
+    /// re-parse however many are added). Returns how many were added.
+    pub fn add_strings(&mut self, path: &[Seg], values: &[&str]) -> Result<usize, EditError> {
         let array = self.container(path, "array")?;
-        let present = array
+        let present: std::collections::HashSet<String> = array
             .as_array()
             .unwrap_or_default()
             .iter()
-            .any(|e| self.str_value(e).as_deref() == Some(value));
-        if present {
-            return Ok(false);
+            .filter_map(|e| self.str_value(e))
+            .collect();
+        let mut new: Vec<String> = Vec::new();
+        for value in values {
+            let quoted = crate::quote(value);
+            if !present.contains(*value) && !new.contains(&quoted) {
+                new.push(quoted);
+            }
         }
-        self.insert_item(&array, &crate::quote(value))?;
-        Ok(true)
+        if !new.is_empty() {
+            self.insert_items(&array, &new)?;
+        }
+        Ok(new.len())
     }
 
     /// Removes every occurrence of `value` from the string array at `path`. Returns whether
@@ -272,6 +285,12 @@ impl Document {
     }
 
     fn insert_item(&mut self, container: &Node, item: &str) -> Result<(), EditError> {
+        self.insert_items(container, &[item.to_owned()])
+    }
+
+    /// Inserts items (HuJSON text each) at the end of a container, in the container's layout:
+    /// one per line with the last item's indentation, or on one line.
+    fn insert_items(&mut self, container: &Node, new: &[String]) -> Result<(), EditError> {
         let items = item_spans(container);
         let open = container.start;
         let close = container.end - 1;
@@ -280,11 +299,12 @@ impl Document {
             let inner = &self.text[open + 1..close];
             let edit = if inner.contains('\n') {
                 let indent = format!("{}{}", self.indent_at(open), self.indent_unit());
+                let item = new.join(&format!(",{nl}{indent}"));
                 (open + 1, open + 1, format!("{nl}{indent}{item}"))
             } else if inner.bytes().all(is_blank) {
-                (open + 1, close, item.to_owned())
+                (open + 1, close, new.join(", "))
             } else {
-                (open + 1, open + 1, item.to_owned())
+                (open + 1, open + 1, new.join(", "))
             };
             return self.splice(vec![edit]);
         };
@@ -293,6 +313,7 @@ impl Document {
         if multiline {
             let last_start = items[items.len() - 1].0;
             let indent = self.indent_at(last_start).to_owned();
+            let item = new.join(&format!(",{nl}{indent}"));
             let after = trailing.map_or(last_end, |c| c + 1);
             let at = self.end_of_line(after).unwrap_or(after);
             let mut edits = vec![];
@@ -314,6 +335,7 @@ impl Document {
                 Some(&(second, _)) if !self.text[items[0].1..second].contains(' ') => "",
                 _ => " ",
             };
+            let item = new.join(&format!(",{space}"));
             match trailing {
                 Some(comma) => self.splice(vec![(comma + 1, comma + 1, format!("{space}{item},"))]),
                 None => self.splice(vec![(last_end, last_end, format!(",{space}{item}"))]),

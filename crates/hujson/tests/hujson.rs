@@ -2057,3 +2057,28 @@ mod props {
         Ok(())
     }
 }
+
+#[test]
+fn adding_many_members_at_once_matches_adding_them_one_by_one() {
+    let layouts = [
+        "{\n\t\"groups\": {\n\t\t// managed\n\t\t\"group:prod\": [\n\t\t\t\"a@x.com\",\n\t\t],\n\t},\n}\n",
+        "{\"groups\": {\"group:prod\": [\"a@x.com\"]}}",
+        "{\"groups\": {\"group:prod\": []}}",
+        "{\n  \"groups\": {\n    \"group:prod\": [\n    ]\n  }\n}\n",
+    ];
+    let path = [Seg::Key("groups"), Seg::Key("group:prod")];
+    for text in layouts {
+        let mut bulk = Document::parse(text).unwrap();
+        let added = bulk
+            .add_strings(&path, &["b@x.com", "a@x.com", "c@x.com", "b@x.com"])
+            .unwrap();
+        assert_eq!(added, 2 + usize::from(!text.contains("a@x.com")), "{text}");
+        let mut one = Document::parse(text).unwrap();
+        for m in ["b@x.com", "a@x.com", "c@x.com"] {
+            one.add_string(&path, m).unwrap();
+        }
+        assert_eq!(bulk.text(), one.text(), "same bytes for {text:?}");
+        assert!(bulk.text().contains("managed") || !text.contains("managed"));
+        assert_eq!(bulk.add_strings(&path, &["a@x.com"]).unwrap(), 0);
+    }
+}
