@@ -88,11 +88,26 @@ impl Reconciler {
     }
 
     /// Notes a failed attempt on the request (kept for the UI and the next pass).
+    /// A grant that could not be applied after this many passes fails (its requester sees why);
+    /// removals are retried for as long as it takes.
+    const MAX_APPLY_ATTEMPTS: u32 = 5;
+
     async fn note_error(&self, request: &mut Request, error: String, report: &mut PassReport) {
         report.errors.push(format!("{}: {error}", request.id));
         request.tailnet.attempts += 1;
-        request.tailnet.last_error = Some(error);
-        self.save(request, &[], report).await;
+        request.tailnet.last_error = Some(error.clone());
+        let events = if request.state == State::Approved
+            && request.tailnet.attempts >= Self::MAX_APPLY_ATTEMPTS
+        {
+            let why = format!(
+                "could not be applied after {} attempts: {error}",
+                request.tailnet.attempts
+            );
+            request.fail(&why, self.now()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.save(request, &events, report).await;
     }
 
     /// One reconciliation pass.

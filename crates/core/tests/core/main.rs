@@ -525,3 +525,46 @@ async fn a_grant_the_policy_tests_refuse_fails_alone() {
     );
     assert_eq!(w.service.get(&dave).await.unwrap().state, State::Active);
 }
+
+#[tokio::test]
+async fn a_grant_that_cannot_be_applied_fails_after_a_few_passes() {
+    let w = World::new().await;
+    let r = w
+        .service
+        .create(
+            "dave@example.com",
+            NewRequest {
+                entitlement: "prod-db".into(),
+                reason: "query".into(),
+                devices: vec!["dave-desktop".into()],
+                ..NewRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    w.service
+        .approve(&r.id, "alice@example.com", "")
+        .await
+        .unwrap();
+    // The device leaves the tailnet before the grant is applied.
+    let api = ApiClient::new(ApiConfig::new(
+        w.emu.url(),
+        Credentials::ApiToken(Secret::new(TOKEN)),
+    ))
+    .unwrap();
+    reqwest::Client::new()
+        .delete(format!("{}/api/v2/device/n0004CNTRL", w.emu.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(api.device("n0004CNTRL").await.is_err());
+    for _ in 0..4 {
+        assert!(!w.reconciler.pass().await.errors.is_empty());
+        assert_eq!(w.service.get(&r.id).await.unwrap().state, State::Approved);
+    }
+    w.reconciler.pass().await;
+    let failed = w.service.get(&r.id).await.unwrap();
+    assert_eq!(failed.state, State::Failed);
+    assert!(failed.end_reason.unwrap().contains("after 5 attempts"));
+}
