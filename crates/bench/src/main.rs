@@ -4,6 +4,7 @@
 //! and measures the policy engine on it, plus a HuJSON edit of a ~1 MB policy file against a
 //! plain `serde_json` parse of the same file in the same run.
 
+mod expiry;
 mod generate;
 mod grants;
 
@@ -147,7 +148,20 @@ fn main() -> Result<()> {
                 .unwrap_or(1000);
             tokio::runtime::Runtime::new()?.block_on(grants::run(count))?
         }
-        _ => bail!("usage: tidegate-bench policy | grants [COUNT]"),
+        "expiry" => {
+            let arg = |i: usize, default: u64| -> Result<u64> {
+                Ok(std::env::args()
+                    .nth(i)
+                    .map(|n| n.parse())
+                    .transpose()?
+                    .unwrap_or(default))
+            };
+            let (count, spread) = (arg(2, 100_000)?, arg(3, 60)?);
+            tokio::runtime::Runtime::new()?.block_on(expiry::run(count as usize, spread))?
+        }
+        _ => {
+            bail!("usage: tidegate-bench policy | grants [COUNT] | expiry [COUNT] [SPREAD_SECONDS]")
+        }
     };
     println!("{}", serde_json::to_string_pretty(&figures)?);
     Ok(())
