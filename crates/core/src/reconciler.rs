@@ -203,6 +203,7 @@ impl Reconciler {
                 doc.add_strings(&path, &new).map_err(|e| {
                     tailnet::Error::Protocol(format!("cannot add members to {group}: {e}"))
                 })?;
+                let mut leaving: Vec<&str> = Vec::new();
                 for login in present.difference(adding) {
                     if kept.contains(login) {
                         continue;
@@ -213,13 +214,12 @@ impl Reconciler {
                     }
                     if ending || *remove_drift {
                         changes.push(format!("-{login} {group}"));
-                        doc.remove_string(&path, login).map_err(|e| {
-                            tailnet::Error::Protocol(format!(
-                                "cannot remove {login} from {group}: {e}"
-                            ))
-                        })?;
+                        leaving.push(login);
                     }
                 }
+                doc.remove_strings(&path, &leaving).map_err(|e| {
+                    tailnet::Error::Protocol(format!("cannot remove members from {group}: {e}"))
+                })?;
             }
             report.drift = drift;
             if doc.text() == current.text {

@@ -127,6 +127,82 @@ impl Document {
         }
     }
 
+    /// Removes every occurrence of each of `values` from the string array at `path`. When each
+    /// element to remove sits on its own line (the usual layout of a policy's groups) it is one
+    /// edit and one re-parse however many go; otherwise they go one by one. Returns how many
+    /// elements were removed.
+    pub fn remove_strings(&mut self, path: &[Seg], values: &[&str]) -> Result<usize, EditError> {
+        let wanted: std::collections::HashSet<&str> = values.iter().copied().collect();
+        let array = self.container(path, "array")?;
+        let elements = array.as_array().unwrap_or_default();
+        let doomed: Vec<usize> = elements
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                self.str_value(e)
+                    .is_some_and(|v| wanted.contains(v.as_str()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let items = item_spans(&array);
+        let bytes = self.text.as_bytes();
+        let mut edits = Vec::new();
+        let mut own_lines = true;
+        for &index in &doomed {
+            let (start, end) = items[index];
+            let line_start = self.line_start(start);
+            let after = self.comma_after(end).map_or(end, |c| c + 1);
+            let eol = match self.end_of_line(after) {
+                Some(eol) if bytes[line_start..start].iter().all(|&b| is_blank(b)) => eol,
+                _ => {
+                    own_lines = false;
+                    break;
+                }
+            };
+            let eol = eol + if bytes[eol] == b'\r' { 2 } else { 1 };
+            let mut from = line_start;
+            while from > 0 {
+                let prev = self.line_start(from - 1);
+                if prev <= array.start || !self.comment_only(prev, from) {
+                    break;
+                }
+                from = prev;
+            }
+            edits.push((from, eol, String::new()));
+        }
+        if !own_lines {
+            let mut removed = 0;
+            for value in wanted {
+                let before = self
+                    .container(path, "array")?
+                    .as_array()
+                    .map_or(0, <[Node]>::len);
+                self.remove_string(path, value)?;
+                let after = self
+                    .container(path, "array")?
+                    .as_array()
+                    .map_or(0, <[Node]>::len);
+                removed += before - after;
+            }
+            return Ok(removed);
+        }
+        // The last element goes and the list had no trailing comma: drop the comma after the
+        // new last element.
+        let last = items.len() - 1;
+        if doomed.last() == Some(&last)
+            && self.comma_after(items[last].1).is_none()
+            && let Some(keep) = (0..last).rev().find(|i| !doomed.contains(i))
+            && let Some(comma) = self.comma_after(items[keep].1)
+        {
+            edits.push((comma, comma + 1, String::new()));
+        }
+        self.splice(edits)?;
+        Ok(doomed.len())
+    }
+
     /// Appends a value (given as HuJSON text) to the array at `path`.
     pub fn append(&mut self, path: &[Seg], value_text: &str) -> Result<(), EditError> {
         check_value(value_text)?;

@@ -2082,3 +2082,40 @@ fn adding_many_members_at_once_matches_adding_them_one_by_one() {
         assert_eq!(bulk.add_strings(&path, &["a@x.com"]).unwrap(), 0);
     }
 }
+
+#[test]
+fn removing_many_members_at_once_matches_removing_them_one_by_one() {
+    let layouts = [
+        "{\n\t\"groups\": {\n\t\t\"group:prod\": [\n\t\t\t// first\n\t\t\t\"a@x.com\",\n\t\t\t\"b@x.com\",\n\t\t\t\"c@x.com\",\n\t\t\t\"d@x.com\"\n\t\t],\n\t},\n}\n",
+        "{\n\t\"groups\": {\n\t\t\"group:prod\": [\n\t\t\t\"a@x.com\",\n\t\t\t\"b@x.com\",\n\t\t\t\"c@x.com\",\n\t\t\t\"d@x.com\",\n\t\t],\n\t},\n}\n",
+        "{\"groups\": {\"group:prod\": [\"a@x.com\", \"b@x.com\", \"c@x.com\", \"d@x.com\"]}}",
+        "{\r\n  \"groups\": {\r\n    \"group:prod\": [\r\n      \"a@x.com\", // lead\r\n      \"b@x.com\",\r\n      \"c@x.com\",\r\n      \"d@x.com\"\r\n    ]\r\n  }\r\n}\r\n",
+    ];
+    let path = [Seg::Key("groups"), Seg::Key("group:prod")];
+    for sets in [
+        &["b@x.com", "d@x.com"][..],
+        &["a@x.com", "c@x.com"],
+        &["a@x.com", "b@x.com", "c@x.com", "d@x.com"],
+        &["zz@x.com"],
+    ] {
+        for text in layouts {
+            let mut bulk = Document::parse(text).unwrap();
+            let removed = bulk.remove_strings(&path, sets).unwrap();
+            let mut one = Document::parse(text).unwrap();
+            let mut expected = 0;
+            for m in sets {
+                expected += usize::from(one.remove_string(&path, m).unwrap());
+            }
+            assert_eq!(removed, expected, "{sets:?} in {text:?}");
+            let as_json = |d: &Document| -> serde_json::Value {
+                serde_json::from_str(&d.standardize()).unwrap()
+            };
+            assert_eq!(as_json(&bulk), as_json(&one), "{sets:?} in {text:?}");
+            assert_eq!(
+                bulk.text(),
+                one.text(),
+                "same bytes for {sets:?} in {text:?}"
+            );
+        }
+    }
+}
