@@ -27,6 +27,8 @@ pub struct RequestFilter {
     pub entitlement: Option<String>,
     /// Only requests the reconciler still has work on (see [`Request::open`]).
     pub open_only: bool,
+    /// Only requests due by this time (see [`Request::due_at`]); implies `open_only`.
+    pub due_before: Option<time::OffsetDateTime>,
     pub limit: Option<usize>,
 }
 
@@ -42,6 +44,30 @@ pub struct ApiToken {
 }
 
 impl Request {
+    /// When the reconciler must next look at this request: the end of a pending request's
+    /// TTL, an approved request's start, an active grant's expiry; at once (a time in the past)
+    /// for an ended grant whose removal is not yet verified, or a posture grant whose expiry
+    /// moved. `None` once nothing is left to do.
+    pub fn due_at(&self) -> Option<time::OffsetDateTime> {
+        if !self.open() {
+            return None;
+        }
+        match self.state {
+            State::Pending => Some(self.pending_until),
+            State::Approved => Some(self.start_at.unwrap_or(self.created_at)),
+            State::Active => {
+                let moved = self.tailnet.applied_until.is_some()
+                    && self.tailnet.applied_until != self.expires_at;
+                if moved {
+                    Some(self.created_at)
+                } else {
+                    self.expires_at
+                }
+            }
+            _ => Some(self.ended_at.unwrap_or(self.created_at)),
+        }
+    }
+
     /// Still needs the reconciler: not final, or final with access applied and its removal
     /// not yet verified.
     pub fn open(&self) -> bool {
@@ -76,5 +102,46 @@ pub trait Store: Send + Sync {
     async fn audit(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 
     async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError>;
+
+    /// Stores many new requests and their audit entries. Backends do it in one transaction; this
+    /// default stores them one by one.
+    async fn insert_requests(
+        &self,
+        batch: &[(Request, Vec<NewAuditEntry>)],
+    ) -> Result<(), StoreError> {
+        for (request, audit) in batch {
+            self.insert_request(request, audit).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores many changed requests with their audit entries; per request `true` if stored,
+    /// `false` on a version conflict (that one is not written, the others are). Backends do it
+    /// in one transaction; this default stores them one by one.
+    async fn update_requests(
+        &self,
+        batch: &[(Request, Vec<NewAuditEntry>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut stored = Vec::with_capacity(batch.len());
+        for (request, audit) in batch {
+            match self.update_request(request, audit).await {
+                Ok(()) => stored.push(true),
+                Err(StoreError::Conflict(_)) => stored.push(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(stored)
+    }
+
+    /// The earliest `due_at` of the open requests. This default reads them all.
+    async fn next_due(&self) -> Result<Option<time::OffsetDateTime>, StoreError> {
+        let open = self
+            .requests(&RequestFilter {
+                open_only: true,
+                ..RequestFilter::default()
+            })
+            .await?;
+        Ok(open.iter().filter_map(Request::due_at).min())
+    }
     async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
 }
