@@ -250,6 +250,7 @@ pub async fn filters(db: Db) {
             entitlement: Some("prod-db".into()),
             open_only: true,
             limit: Some(1),
+            due_before: None,
         })
         .await,
         ["g-pending"]
