@@ -39,6 +39,9 @@ pub struct Reconciler {
     service: Arc<Service>,
     /// Drift already written to the audit log, so it is reported once.
     reported_drift: tokio::sync::Mutex<BTreeSet<(String, String)>>,
+    /// (group, login) → the requests that want that membership now. Rebuilt by every full
+    /// pass and kept up to date by due passes, which see only the requests due now.
+    memberships: tokio::sync::Mutex<BTreeMap<(String, String), BTreeSet<String>>>,
 }
 
 fn event(request: &Request, action: &str, detail: serde_json::Value) -> Event {
@@ -55,6 +58,7 @@ impl Reconciler {
         Reconciler {
             service,
             reported_drift: tokio::sync::Mutex::new(BTreeSet::new()),
+            memberships: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -96,6 +100,8 @@ impl Reconciler {
         report.errors.push(format!("{}: {error}", request.id));
         request.tailnet.attempts += 1;
         request.tailnet.last_error = Some(error.clone());
+        let backoff = 2i64.saturating_pow(request.tailnet.attempts.min(6)).min(60);
+        request.tailnet.retry_at = Some(self.now() + time::Duration::seconds(backoff));
         let events = if request.state == State::Approved
             && request.tailnet.attempts >= Self::MAX_APPLY_ATTEMPTS
         {
@@ -110,29 +116,53 @@ impl Reconciler {
         self.save(request, &events, report).await;
     }
 
-    /// One reconciliation pass.
+    /// A full pass: every open request, and drift in managed groups.
     pub async fn pass(&self) -> PassReport {
+        self.pass_with(true).await
+    }
+
+    /// A pass over the requests due now only (cheap however many grants are active); drift
+    /// is left to full passes.
+    pub async fn pass_due(&self) -> PassReport {
+        self.pass_with(false).await
+    }
+
+    async fn pass_with(&self, full: bool) -> PassReport {
         let mut report = PassReport::default();
+        let now = self.now();
         let filter = RequestFilter {
             open_only: true,
+            due_before: (!full).then_some(now),
             ..RequestFilter::default()
         };
-        let mut requests = match self.service.store.requests(&filter).await {
+        let requests = match self.service.store.requests(&filter).await {
             Ok(r) => r,
             Err(e) => {
                 report.errors.push(format!("cannot read requests: {e}"));
                 return report;
             }
         };
-        let now = self.now();
-        for r in requests.iter_mut() {
+        // Time transitions, stored in one batch.
+        let mut changes = Vec::new();
+        let mut unchanged = Vec::new();
+        for mut r in requests {
             let events = match r.state {
                 State::Pending if r.pending_until <= now => r.lapse(now).ok(),
                 State::Active if r.expires_at.is_some_and(|e| e <= now) => r.expire(now).ok(),
                 _ => None,
             };
-            if let Some(events) = events {
-                self.save(r, &events, &mut report).await;
+            match events {
+                Some(events) => changes.push((r, events)),
+                None => unchanged.push(r),
+            }
+        }
+        let changed: Vec<Request> = changes.iter().map(|(r, _)| r.clone()).collect();
+        let stored = self.save_batch(changes, &mut report).await;
+        let mut requests = unchanged;
+        for (mut r, ok) in changed.into_iter().zip(stored) {
+            if ok {
+                r.version += 1;
+                requests.push(r);
             }
         }
         let mut groups = Vec::new();
@@ -153,12 +183,48 @@ impl Reconciler {
                 Strategy::AuthKey { .. } => self.authkey(r, &mut report).await,
             }
         }
-        self.groups(groups, &mut report).await;
+        self.groups(groups, full, &mut report).await;
         let now = self.now();
-        if let Ok(open) = self.service.store.requests(&filter).await {
-            report.overdue = open.iter().filter(|r| r.overdue(now)).count();
+        let overdue_filter = RequestFilter {
+            open_only: true,
+            due_before: Some(now),
+            ..RequestFilter::default()
+        };
+        if let Ok(due) = self.service.store.requests(&overdue_filter).await {
+            report.overdue = due.iter().filter(|r| r.overdue(now)).count();
         }
         report
+    }
+
+    /// Stores several changed requests (versions bumped here) with their events in one batch.
+    /// Per request: stored, or refused for a version conflict (the next pass sees the newer
+    /// version).
+    async fn save_batch(
+        &self,
+        changes: Vec<(Request, Vec<Event>)>,
+        report: &mut PassReport,
+    ) -> Vec<bool> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let now = self.now();
+        let batch: Vec<(Request, Vec<crate::audit::NewAuditEntry>)> = changes
+            .into_iter()
+            .map(|(mut r, events)| {
+                r.version += 1;
+                let entries = audit_entries(&events, now);
+                (r, entries)
+            })
+            .collect();
+        match self.service.store.update_requests(&batch).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("cannot store {} request changes: {e}", batch.len()));
+                vec![false; batch.len()]
+            }
+        }
     }
 
     /// One read-edit-write of the policy: adds `add` members, removes `remove` members and
@@ -170,6 +236,7 @@ impl Reconciler {
         add: &BTreeMap<String, BTreeSet<String>>,
         keep: &BTreeMap<String, BTreeSet<String>>,
         remove: &BTreeSet<(String, String)>,
+        drift_check: bool,
         report: &mut PassReport,
     ) -> Result<String, tailnet::Error> {
         let mut attempts = 0;
@@ -209,6 +276,9 @@ impl Reconciler {
                         continue;
                     }
                     let ending = remove.contains(&(group.clone(), login.clone()));
+                    if !ending && !drift_check {
+                        continue;
+                    }
                     if !ending {
                         drift.push((group.clone(), login.clone()));
                     }
@@ -221,7 +291,9 @@ impl Reconciler {
                     tailnet::Error::Protocol(format!("cannot remove members from {group}: {e}"))
                 })?;
             }
-            report.drift = drift;
+            if drift_check {
+                report.drift = drift;
+            }
             if doc.text() == current.text {
                 return Ok(current.text);
             }
@@ -254,7 +326,12 @@ impl Reconciler {
     /// All `group` grants and removals in one policy edit and write. If the tailnet refuses
     /// that write (the policy's own tests fail), removals go out alone first, then each grant
     /// on its own, so one refused grant never holds back a revocation or another grant.
-    async fn groups(&self, mut requests: Vec<(Request, String)>, report: &mut PassReport) {
+    async fn groups(
+        &self,
+        mut requests: Vec<(Request, String)>,
+        full: bool,
+        report: &mut PassReport,
+    ) {
         let now = self.now();
         let managed: BTreeMap<String, bool> = self
             .service
@@ -272,28 +349,46 @@ impl Reconciler {
         if managed.is_empty() {
             return;
         }
-        // Members that must stay (active grants), members to add (approved, not yet applied)
-        // and members whose grant ended.
+        // Members that must stay (active grants, from the membership index), members to add
+        // (approved, not yet applied) and members whose last grant ended.
+        let mut index = self.memberships.lock().await;
+        if full {
+            index.clear();
+        }
+        for (r, group) in &requests {
+            let key = (group.clone(), r.requester.clone());
+            if r.wants_access(now) {
+                index.entry(key).or_default().insert(r.id.clone());
+            } else if let Some(ids) = index.get_mut(&key) {
+                ids.remove(&r.id);
+                if ids.is_empty() {
+                    index.remove(&key);
+                }
+            }
+        }
         let mut keep: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (group, login) in index.keys() {
+            keep.entry(group.clone()).or_default().insert(login.clone());
+        }
+        drop(index);
         let mut add: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut remove: BTreeSet<(String, String)> = BTreeSet::new();
         for (r, group) in &requests {
             if r.wants_access(now) {
-                keep.entry(group.clone())
-                    .or_default()
-                    .insert(r.requester.clone());
                 if r.state == State::Approved {
                     add.entry(group.clone())
                         .or_default()
                         .insert(r.requester.clone());
                 }
-            } else if r.tailnet.applied_at.is_some() {
+            } else if r.tailnet.applied_at.is_some()
+                && !keep.get(group).is_some_and(|k| k.contains(&r.requester))
+            {
                 remove.insert((group.clone(), r.requester.clone()));
             }
         }
         let want = keep.clone();
         let result = match self
-            .edit_policy(&managed, &keep, &keep, &remove, report)
+            .edit_policy(&managed, &keep, &keep, &remove, full, report)
             .await
         {
             Err(tailnet::Error::BadRequest { .. }) if !add.is_empty() => {
@@ -315,14 +410,14 @@ impl Reconciler {
                     }
                 }
                 let mut last = self
-                    .edit_policy(&managed, &active, &active, &remove, report)
+                    .edit_policy(&managed, &active, &active, &remove, full, report)
                     .await;
                 for (group, logins) in &add {
                     for login in logins {
                         let mut one = active.clone();
                         one.entry(group.clone()).or_default().insert(login.clone());
                         match self
-                            .edit_policy(&managed, &one, &one, &remove, report)
+                            .edit_policy(&managed, &one, &one, &remove, full, report)
                             .await
                         {
                             Ok(text) => {
@@ -394,20 +489,28 @@ impl Reconciler {
                 .push("the policy read back does not parse".into());
             return;
         };
-        let members = |group: &str| -> BTreeSet<String> {
-            doc.get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(group)])
-                .and_then(|n| n.as_array())
-                .map(|items| items.iter().filter_map(|n| doc.str_value(n)).collect())
-                .unwrap_or_default()
-        };
+        let members: BTreeMap<&str, BTreeSet<String>> = managed
+            .keys()
+            .map(|group| {
+                let set = doc
+                    .get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(group)])
+                    .and_then(|n| n.as_array())
+                    .map(|items| items.iter().filter_map(|n| doc.str_value(n)).collect())
+                    .unwrap_or_default();
+                (group.as_str(), set)
+            })
+            .collect();
         let now = self.now();
-        for (r, group) in requests.iter_mut() {
-            let present = members(group).contains(&r.requester);
+        let mut changes = Vec::new();
+        let mut activations = Vec::new();
+        for (mut r, group) in requests {
+            let present = members
+                .get(group.as_str())
+                .is_some_and(|m| m.contains(&r.requester));
             if r.wants_access(now) && r.state == State::Approved && present {
-                if let Ok(events) = r.activate(now, json!({"group": group}))
-                    && self.save(r, &events, report).await
-                {
-                    report.applied += 1;
+                if let Ok(events) = r.activate(now, json!({"group": group})) {
+                    activations.push(true);
+                    changes.push((r, events));
                 }
             } else if !r.wants_access(now)
                 && r.tailnet.applied_at.is_some()
@@ -422,8 +525,20 @@ impl Reconciler {
                     } else {
                         json!({"group": group})
                     };
-                    self.mark_removed(r, detail, report).await;
+                    r.tailnet.removed_at = Some(now);
+                    r.tailnet.removal_verified_at = Some(now);
+                    let events = vec![event(&r, "grant.removal_verified", detail)];
+                    activations.push(false);
+                    changes.push((r, events));
                 }
+            }
+        }
+        let stored = self.save_batch(changes, report).await;
+        for (ok, activation) in stored.into_iter().zip(activations) {
+            match (ok, activation) {
+                (true, true) => report.applied += 1,
+                (true, false) => report.removed += 1,
+                _ => {}
             }
         }
     }
@@ -787,44 +902,34 @@ impl Reconciler {
             .await;
     }
 
-    /// When the next pass is due: the earliest expiry, lapse or scheduled start, at most
-    /// `tick` from now.
+    /// When the next pass is due: the earliest due time of an open request (expiry, lapse,
+    /// scheduled start, retry), at most `tick` from now.
     pub async fn next_due(&self, tick: time::Duration) -> OffsetDateTime {
         let now = self.now();
         let limit = now + tick;
-        let filter = RequestFilter {
-            open_only: true,
-            ..RequestFilter::default()
-        };
-        let Ok(open) = self.service.store.requests(&filter).await else {
-            return limit;
-        };
-        open.iter()
-            .flat_map(|r| {
-                let mut times = Vec::new();
-                match r.state {
-                    State::Pending => times.push(r.pending_until),
-                    State::Active => times.extend(r.expires_at),
-                    State::Approved => times.extend(r.start_at),
-                    _ => {}
-                }
-                // Unfinished work (errors, unverified removals) is retried on the tick.
-                times
-            })
-            .filter(|t| *t < limit)
-            .min()
-            .unwrap_or(limit)
-            .max(now)
+        match self.service.store.next_due().await {
+            Ok(Some(due)) => due.clamp(now, limit),
+            _ => limit,
+        }
     }
 
     /// Runs passes until `stop` is notified: at the next due time, when woken, or every
-    /// `tick`.
+    /// `tick`; passes over the due requests, and a full pass (with drift) every 30 seconds.
     pub async fn run(&self, tick: std::time::Duration, stop: Arc<tokio::sync::Notify>) {
+        const FULL_EVERY: time::Duration = time::Duration::seconds(30);
         let tick_time = time::Duration::try_from(tick).unwrap_or(time::Duration::seconds(10));
+        let mut last_full: Option<OffsetDateTime> = None;
         loop {
-            let _ = self.pass().await;
+            let now = self.now();
+            if last_full.is_none_or(|t| now - t >= FULL_EVERY) {
+                let _ = self.pass().await;
+                last_full = Some(now);
+            } else {
+                let _ = self.pass_due().await;
+            }
             let due = self.next_due(tick_time).await;
-            let wait = (due - self.now()).max(time::Duration::ZERO);
+            // Expiries are stored to the second: wake just after the due second begins.
+            let wait = (due - self.service.clock.now()).max(time::Duration::milliseconds(20));
             let wait = std::time::Duration::try_from(wait)
                 .unwrap_or(tick)
                 .min(tick);

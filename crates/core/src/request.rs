@@ -124,6 +124,13 @@ pub struct TailnetStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub applied_until: Option<OffsetDateTime>,
+    /// After a failed attempt, when to try again (backoff).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_at: Option<OffsetDateTime>,
     /// `authkey` strategy: the key's id (never its secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,

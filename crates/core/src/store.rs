@@ -52,7 +52,7 @@ impl Request {
         if !self.open() {
             return None;
         }
-        match self.state {
+        let due = match self.state {
             State::Pending => Some(self.pending_until),
             State::Approved => Some(self.start_at.unwrap_or(self.created_at)),
             State::Active => {
@@ -65,6 +65,11 @@ impl Request {
                 }
             }
             _ => Some(self.ended_at.unwrap_or(self.created_at)),
+        };
+        // After a failure, not before the backoff says.
+        match (due, self.tailnet.retry_at) {
+            (Some(d), Some(retry)) if retry > d => Some(retry),
+            (d, _) => d,
         }
     }
 

@@ -568,3 +568,51 @@ async fn a_grant_that_cannot_be_applied_fails_after_a_few_passes() {
     assert_eq!(failed.state, State::Failed);
     assert!(failed.end_reason.unwrap().contains("after 5 attempts"));
 }
+
+#[tokio::test]
+async fn due_passes_touch_only_what_is_due() {
+    let w = World::new().await;
+    // Dave holds two grants for the same group; the shorter one ends first.
+    let short = w.approved_prod_request("dave@example.com", "30m").await;
+    let long = w.approved_prod_request("dave@example.com", "2h").await;
+    w.pass().await;
+    assert_eq!(w.members(), ["dave@example.com"]);
+    // Someone adds carol by hand: drift, but only full passes look for it.
+    let text = w.emu.state().policy.replace(
+        "\"group:prod-access\": [\"dave@example.com\"]",
+        "\"group:prod-access\": [\"carol@example.com\", \"dave@example.com\"]",
+    );
+    assert!(text.contains("[\"carol@example.com\", \"dave"), "{text}");
+    w.admin_edit(text).await;
+
+    w.advance(30);
+    let report = w.reconciler.pass_due().await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.drift.is_empty());
+    assert_eq!(w.service.get(&short).await.unwrap().state, State::Expired);
+    assert!(
+        w.service
+            .get(&short)
+            .await
+            .unwrap()
+            .tailnet
+            .removal_verified_at
+            .is_some()
+    );
+    assert_eq!(
+        w.members(),
+        ["carol@example.com", "dave@example.com"],
+        "dave keeps the longer grant; carol is not looked at"
+    );
+    assert_eq!(w.service.get(&long).await.unwrap().state, State::Active);
+
+    w.pass().await;
+    assert_eq!(
+        w.members(),
+        ["dave@example.com"],
+        "the full pass removes the drift"
+    );
+    w.advance(90);
+    w.reconciler.pass_due().await;
+    assert!(w.members().is_empty());
+}
