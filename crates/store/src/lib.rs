@@ -4,7 +4,9 @@
 //!
 //! Both backends keep the same data:
 //! - `requests`: the columns the queries filter and sort on (id, entitlement, requester, state,
-//!   open flag, version, created_at) and the whole request as JSON text. Updates are optimistic:
+//!   open flag, version, created_at, due_at) and the whole request as JSON text. `due_at` is
+//!   [`Request::due_at`] as of the last write (a partial index over the open rows serves the
+//!   due filter and `next_due`). Updates are optimistic:
 //!   a stored change must carry the next version, else [`StoreError::Conflict`].
 //! - `audit`: the hash-chained audit log, seq 1, 2, 3 ... with no gaps. Appends are serialized
 //!   (PostgreSQL: a row lock on the chain head; SQLite: `BEGIN IMMEDIATE`) so the chain never
@@ -140,6 +142,10 @@ pub(crate) struct RequestRow {
     pub(crate) body: String,
     pub(crate) state: &'static str,
     pub(crate) open: bool,
+    /// [`sortable_time`] of `created_at`.
+    pub(crate) created_at: String,
+    /// [`sortable_time`] of [`Request::due_at`]; `None` once nothing is left to do.
+    pub(crate) due_at: Option<String>,
 }
 
 impl RequestRow {
@@ -151,6 +157,8 @@ impl RequestRow {
             body,
             state: request.state.as_str(),
             open: request.open(),
+            created_at: sortable_time(request.created_at)?,
+            due_at: request.due_at().map(sortable_time).transpose()?,
         })
     }
 }
@@ -183,6 +191,9 @@ pub(crate) fn genesis() -> (i64, String) {
 /// Audit rows per INSERT statement (8 parameters each; SQLite allows 32766 per statement).
 pub(crate) const AUDIT_ROWS_PER_INSERT: usize = 500;
 
+/// Request rows per INSERT statement in a batch insert (10 parameters each).
+pub(crate) const REQUEST_ROWS_PER_INSERT: usize = 500;
+
 /// UTC with nanoseconds, fixed width, so that text order is time order.
 const SORTABLE_TIME: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
@@ -193,6 +204,16 @@ pub(crate) fn sortable_time(t: OffsetDateTime) -> Result<String, StoreError> {
     t.to_offset(time::UtcOffset::UTC)
         .format(SORTABLE_TIME)
         .map_err(|e| StoreError::Database(format!("cannot store time {t}: {e}")))
+}
+
+/// Reads a time written by [`sortable_time`] (any number of fractional digits: PostgreSQL
+/// gives back microseconds).
+pub(crate) fn parse_sortable_time(text: &str) -> Result<OffsetDateTime, StoreError> {
+    const PARSE: &[BorrowedFormatItem<'static>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]Z");
+    time::PrimitiveDateTime::parse(text, PARSE)
+        .map(time::PrimitiveDateTime::assume_utc)
+        .map_err(|e| StoreError::Corrupt(format!("stored time {text:?} does not parse: {e}")))
 }
 
 /// A `LIMIT` for SQL.
@@ -249,6 +270,12 @@ mod tests {
         let a = sortable_time(datetime!(2026-11-22 10:00:00 UTC)).unwrap();
         let b = sortable_time(datetime!(2026-11-22 10:00:00.000000001 UTC)).unwrap();
         assert!(a < b);
+        let t = datetime!(2026-11-22 10:00:01.123456789 UTC);
+        assert_eq!(parse_sortable_time(&sortable_time(t).unwrap()).unwrap(), t);
+        assert_eq!(
+            parse_sortable_time("2026-11-22T10:00:01.123457Z").unwrap(),
+            datetime!(2026-11-22 10:00:01.123457 UTC)
+        );
     }
 
     #[test]

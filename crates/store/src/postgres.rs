@@ -22,9 +22,11 @@ use tidegate_core::audit::{AuditEntry, NewAuditEntry};
 use tidegate_core::request::Request;
 use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
 
+use time::OffsetDateTime;
+
 use crate::{
-    AUDIT_ROWS_PER_INSERT, RequestRow, Secrets, chain_after, decode_request, map_error, redact_url,
-    sortable_time, sql_limit,
+    AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
+    decode_request, map_error, parse_sortable_time, redact_url, sortable_time, sql_limit,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -174,6 +176,83 @@ fn audit_entry(row: &PgRow) -> Result<AuditEntry, sqlx::Error> {
     })
 }
 
+/// The rows of a batch, encoded before any transaction starts.
+fn batch_rows(
+    batch: &[(Request, Vec<NewAuditEntry>)],
+) -> Result<Vec<(&Request, RequestRow)>, StoreError> {
+    batch
+        .iter()
+        .map(|(request, _)| Ok((request, RequestRow::of(request)?)))
+        .collect()
+}
+
+impl PostgresStore {
+    /// Inserts request rows, [`REQUEST_ROWS_PER_INSERT`] per statement. `what` names them in a
+    /// duplicate error.
+    async fn insert_rows(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        rows: &[(&Request, RequestRow)],
+        what: &str,
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(REQUEST_ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO requests \
+                 (id, entitlement, requester, state, is_open, version, created_at, due_at, body) ",
+            );
+            insert.push_values(chunk, |mut b, (request, row)| {
+                b.push_bind(&request.id)
+                    .push_bind(&request.entitlement)
+                    .push_bind(&request.requester)
+                    .push_bind(row.state)
+                    .push_bind(row.open)
+                    .push_bind(request.version)
+                    .push_bind(&row.created_at)
+                    .push_unseparated("::timestamptz")
+                    .push_bind(&row.due_at)
+                    .push_unseparated("::timestamptz")
+                    .push_bind(&row.body);
+            });
+            insert
+                .build()
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| self.db(e, what))?;
+        }
+        Ok(())
+    }
+
+    /// Stores a changed request if the stored version is the one before it; `false` if not (a
+    /// conflict: nothing written). Holds the row lock to the end of the transaction.
+    async fn update_row(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        request: &Request,
+        row: &RequestRow,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE requests SET entitlement = $1, requester = $2, state = $3, is_open = $4, \
+             version = $5, created_at = CAST($6 AS TIMESTAMPTZ), \
+             due_at = CAST($7 AS TIMESTAMPTZ), body = $8 \
+             WHERE id = $9 AND version = $10",
+        )
+        .bind(&request.entitlement)
+        .bind(&request.requester)
+        .bind(row.state)
+        .bind(row.open)
+        .bind(request.version)
+        .bind(&row.created_at)
+        .bind(&row.due_at)
+        .bind(&row.body)
+        .bind(&request.id)
+        .bind(request.version.wrapping_sub(1))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.db(e, &format!("request {}", request.id)))?;
+        Ok(updated.rows_affected() > 0)
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn insert_request(
@@ -181,26 +260,10 @@ impl Store for PostgresStore {
         request: &Request,
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
-        let row = RequestRow::of(request)?;
-        let created_at = sortable_time(request.created_at)?;
+        let rows = [(request, RequestRow::of(request)?)];
         let what = format!("request {}", request.id);
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO requests \
-             (id, entitlement, requester, state, is_open, version, created_at, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ), $8)",
-        )
-        .bind(&request.id)
-        .bind(&request.entitlement)
-        .bind(&request.requester)
-        .bind(row.state)
-        .bind(row.open)
-        .bind(request.version)
-        .bind(created_at)
-        .bind(&row.body)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db(e, &what))?;
+        self.insert_rows(&mut tx, &rows, &what).await?;
         self.append(&mut tx, audit).await?;
         tx.commit().await.map_err(|e| self.db(e, &what))
     }
@@ -211,32 +274,79 @@ impl Store for PostgresStore {
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
         let row = RequestRow::of(request)?;
-        let created_at = sortable_time(request.created_at)?;
         let what = format!("request {}", request.id);
         let mut tx = self.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE requests SET entitlement = $1, requester = $2, state = $3, is_open = $4, \
-             version = $5, created_at = CAST($6 AS TIMESTAMPTZ), body = $7 \
-             WHERE id = $8 AND version = $9",
-        )
-        .bind(&request.entitlement)
-        .bind(&request.requester)
-        .bind(row.state)
-        .bind(row.open)
-        .bind(request.version)
-        .bind(created_at)
-        .bind(&row.body)
-        .bind(&request.id)
-        .bind(request.version.wrapping_sub(1))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.db(e, &what))?;
-        if updated.rows_affected() == 0 {
+        if !self.update_row(&mut tx, request, &row).await? {
             tx.rollback().await.map_err(|e| self.db(e, &what))?;
             return Err(StoreError::Conflict(request.id.clone()));
         }
         self.append(&mut tx, audit).await?;
         tx.commit().await.map_err(|e| self.db(e, &what))
+    }
+
+    /// One transaction: multi-row INSERTs, then the audit entries of the whole batch in batch
+    /// order (one lock of the chain head).
+    async fn insert_requests(
+        &self,
+        batch: &[(Request, Vec<NewAuditEntry>)],
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows = batch_rows(batch)?;
+        let audit: Vec<NewAuditEntry> = batch.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
+        let what = if batch.len() == 1 {
+            format!("request {}", batch[0].0.id)
+        } else {
+            "a request of the batch".to_owned()
+        };
+        let mut tx = self.begin().await?;
+        self.insert_rows(&mut tx, &rows, &what).await?;
+        self.append(&mut tx, &audit).await?;
+        tx.commit().await.map_err(|e| self.db(e, "requests"))
+    }
+
+    /// One transaction: each row updated with its version check, then the audit entries of the
+    /// stored ones in batch order (one lock of the chain head, after the row locks as in every
+    /// transaction). The rows are updated in id order, so that two batches touching the same
+    /// requests take their row locks in the same order and cannot deadlock.
+    async fn update_requests(
+        &self,
+        batch: &[(Request, Vec<NewAuditEntry>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = batch_rows(batch)?;
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        // Stable: a request given twice is updated in batch order.
+        order.sort_by(|&a, &b| rows[a].0.id.cmp(&rows[b].0.id));
+        let mut tx = self.begin().await?;
+        let mut stored = vec![false; rows.len()];
+        for i in order {
+            let (request, row) = &rows[i];
+            stored[i] = self.update_row(&mut tx, request, row).await?;
+        }
+        let audit: Vec<NewAuditEntry> = batch
+            .iter()
+            .zip(&stored)
+            .filter(|(_, ok)| **ok)
+            .flat_map(|((_, a), _)| a.iter().cloned())
+            .collect();
+        self.append(&mut tx, &audit).await?;
+        tx.commit().await.map_err(|e| self.db(e, "requests"))?;
+        Ok(stored)
+    }
+
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let due: Option<String> = sqlx::query_scalar(
+            "SELECT to_char(min(due_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM requests WHERE is_open",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "request"))?;
+        due.as_deref().map(parse_sortable_time).transpose()
     }
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {
@@ -260,10 +370,18 @@ impl Store for PostgresStore {
         if let Some(entitlement) = &filter.entitlement {
             query.push(" AND entitlement = ").push_bind(entitlement);
         }
-        if filter.open_only {
-            query.push(" AND is_open");
+        if let Some(due_before) = filter.due_before {
+            // Oldest due first, along the partial index `requests_due`.
+            query
+                .push(" AND is_open AND due_at <= CAST(")
+                .push_bind(sortable_time(due_before)?)
+                .push(" AS TIMESTAMPTZ) ORDER BY due_at, id");
+        } else {
+            if filter.open_only {
+                query.push(" AND is_open");
+            }
+            query.push(" ORDER BY created_at DESC, id DESC");
         }
-        query.push(" ORDER BY created_at DESC, id DESC");
         if let Some(limit) = filter.limit {
             query.push(" LIMIT ").push_bind(sql_limit(limit));
         }

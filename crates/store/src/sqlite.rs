@@ -16,9 +16,11 @@ use tidegate_core::audit::{AuditEntry, NewAuditEntry};
 use tidegate_core::request::Request;
 use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
 
+use time::OffsetDateTime;
+
 use crate::{
-    AUDIT_ROWS_PER_INSERT, RequestRow, Secrets, chain_after, decode_request, genesis, map_error,
-    sortable_time, sql_limit,
+    AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
+    decode_request, genesis, map_error, parse_sortable_time, sortable_time, sql_limit,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -192,6 +194,75 @@ fn audit_entry(row: &SqliteRow) -> Result<AuditEntry, sqlx::Error> {
     })
 }
 
+/// Inserts request rows, [`REQUEST_ROWS_PER_INSERT`] per statement. `what` names them in a
+/// duplicate error.
+async fn insert_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    rows: &[(&Request, RequestRow)],
+    what: &str,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(REQUEST_ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO requests \
+             (id, entitlement, requester, state, is_open, version, created_at, due_at, body) ",
+        );
+        insert.push_values(chunk, |mut b, (request, row)| {
+            b.push_bind(&request.id)
+                .push_bind(&request.entitlement)
+                .push_bind(&request.requester)
+                .push_bind(row.state)
+                .push_bind(row.open)
+                .push_bind(request.version)
+                .push_bind(&row.created_at)
+                .push_bind(&row.due_at)
+                .push_bind(&row.body);
+        });
+        insert
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db(e, what))?;
+    }
+    Ok(())
+}
+
+/// Stores a changed request if the stored version is the one before it; `false` if not (a
+/// conflict: nothing written).
+async fn update_row(
+    tx: &mut Transaction<'static, Sqlite>,
+    request: &Request,
+    row: &RequestRow,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE requests SET entitlement = ?, requester = ?, state = ?, is_open = ?, \
+         version = ?, created_at = ?, due_at = ?, body = ? WHERE id = ? AND version = ?",
+    )
+    .bind(&request.entitlement)
+    .bind(&request.requester)
+    .bind(row.state)
+    .bind(row.open)
+    .bind(request.version)
+    .bind(&row.created_at)
+    .bind(&row.due_at)
+    .bind(&row.body)
+    .bind(&request.id)
+    .bind(request.version.wrapping_sub(1))
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| db(e, &format!("request {}", request.id)))?;
+    Ok(updated.rows_affected() > 0)
+}
+
+/// The rows of a batch, encoded before any transaction starts.
+fn batch_rows(
+    batch: &[(Request, Vec<NewAuditEntry>)],
+) -> Result<Vec<(&Request, RequestRow)>, StoreError> {
+    batch
+        .iter()
+        .map(|(request, _)| Ok((request, RequestRow::of(request)?)))
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn insert_request(
@@ -199,26 +270,10 @@ impl Store for SqliteStore {
         request: &Request,
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
-        let row = RequestRow::of(request)?;
-        let created_at = sortable_time(request.created_at)?;
+        let rows = [(request, RequestRow::of(request)?)];
         let what = format!("request {}", request.id);
         let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO requests \
-             (id, entitlement, requester, state, is_open, version, created_at, body) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&request.id)
-        .bind(&request.entitlement)
-        .bind(&request.requester)
-        .bind(row.state)
-        .bind(row.open)
-        .bind(request.version)
-        .bind(created_at)
-        .bind(&row.body)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db(e, &what))?;
+        insert_rows(&mut tx, &rows, &what).await?;
         append(&mut tx, audit).await?;
         tx.commit().await.map_err(|e| db(e, &what))
     }
@@ -229,31 +284,71 @@ impl Store for SqliteStore {
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
         let row = RequestRow::of(request)?;
-        let created_at = sortable_time(request.created_at)?;
         let what = format!("request {}", request.id);
         let mut tx = self.write().await?;
-        let updated = sqlx::query(
-            "UPDATE requests SET entitlement = ?, requester = ?, state = ?, is_open = ?, \
-             version = ?, created_at = ?, body = ? WHERE id = ? AND version = ?",
-        )
-        .bind(&request.entitlement)
-        .bind(&request.requester)
-        .bind(row.state)
-        .bind(row.open)
-        .bind(request.version)
-        .bind(created_at)
-        .bind(&row.body)
-        .bind(&request.id)
-        .bind(request.version.wrapping_sub(1))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db(e, &what))?;
-        if updated.rows_affected() == 0 {
+        if !update_row(&mut tx, request, &row).await? {
             tx.rollback().await.map_err(|e| db(e, &what))?;
             return Err(StoreError::Conflict(request.id.clone()));
         }
         append(&mut tx, audit).await?;
         tx.commit().await.map_err(|e| db(e, &what))
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction: multi-row INSERTs, then the audit entries of the
+    /// whole batch in batch order.
+    async fn insert_requests(
+        &self,
+        batch: &[(Request, Vec<NewAuditEntry>)],
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows = batch_rows(batch)?;
+        let audit: Vec<NewAuditEntry> = batch.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
+        let what = if batch.len() == 1 {
+            format!("request {}", batch[0].0.id)
+        } else {
+            "a request of the batch".to_owned()
+        };
+        let mut tx = self.write().await?;
+        insert_rows(&mut tx, &rows, &what).await?;
+        append(&mut tx, &audit).await?;
+        tx.commit().await.map_err(|e| db(e, "requests"))
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction: each row updated with its version check, then the
+    /// audit entries of the stored ones, in batch order.
+    async fn update_requests(
+        &self,
+        batch: &[(Request, Vec<NewAuditEntry>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = batch_rows(batch)?;
+        let mut tx = self.write().await?;
+        let mut stored = Vec::with_capacity(rows.len());
+        for (request, row) in &rows {
+            stored.push(update_row(&mut tx, request, row).await?);
+        }
+        let audit: Vec<NewAuditEntry> = batch
+            .iter()
+            .zip(&stored)
+            .filter(|(_, ok)| **ok)
+            .flat_map(|((_, a), _)| a.iter().cloned())
+            .collect();
+        append(&mut tx, &audit).await?;
+        tx.commit().await.map_err(|e| db(e, "requests"))?;
+        Ok(stored)
+    }
+
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let due: Option<String> =
+            sqlx::query_scalar("SELECT min(due_at) FROM requests WHERE is_open = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db(e, "request"))?;
+        due.as_deref().map(parse_sortable_time).transpose()
     }
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {
@@ -281,10 +376,18 @@ impl Store for SqliteStore {
         if let Some(entitlement) = &filter.entitlement {
             query.push(" AND entitlement = ").push_bind(entitlement);
         }
-        if filter.open_only {
-            query.push(" AND is_open = 1");
+        if let Some(due_before) = filter.due_before {
+            // Oldest due first, along the partial index `requests_due`.
+            query
+                .push(" AND is_open = 1 AND due_at <= ")
+                .push_bind(sortable_time(due_before)?)
+                .push(" ORDER BY due_at, id");
+        } else {
+            if filter.open_only {
+                query.push(" AND is_open = 1");
+            }
+            query.push(" ORDER BY created_at DESC, id DESC");
         }
-        query.push(" ORDER BY created_at DESC, id DESC");
         if let Some(limit) = filter.limit {
             query.push(" LIMIT ").push_bind(sql_limit(limit));
         }
