@@ -94,6 +94,7 @@ pub fn full_request(id: &str) -> Request {
             last_error: Some("HTTP 412: policy changed".into()),
             previous_role: Some("member".into()),
             applied_until: Some(t + Duration::minutes(95)),
+            retry_at: Some(t + Duration::minutes(63)),
             key_id: Some("kAbC123CNTRL".into()),
         },
         version: 0,

@@ -40,6 +40,13 @@ conformance!(
     migrations_are_idempotent,
     migrations_run_concurrently,
     reopened_store_keeps_its_data,
+    due_filter,
+    due_at_follows_updates,
+    next_due,
+    batch_insert,
+    batch_update_skips_a_stale_version,
+    migration_backfills_due_at,
+    batch_timings,
 );
 
 #[tokio::test]

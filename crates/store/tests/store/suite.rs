@@ -686,3 +686,563 @@ pub async fn reopened_store_keeps_its_data(db: Db) {
     assert_eq!(next[0].seq, 3);
     assert_eq!(next[0].prev_hash, log[1].hash);
 }
+
+fn minutes(n: i64) -> time::Duration {
+    time::Duration::minutes(n)
+}
+
+/// The ids of the requests due by `before`, in the order listed.
+async fn due_ids(store: &dyn Store, before: time::OffsetDateTime) -> Vec<String> {
+    let found = store
+        .requests(&RequestFilter {
+            due_before: Some(before),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    found.iter().map(|r| r.id.clone()).collect()
+}
+
+/// One request in each situation the reconciler cares about, with `due_at` as computed by core.
+fn due_fixtures() -> Vec<Request> {
+    let mut all = Vec::new();
+    // Pending: due when its TTL ends (created + 24 h).
+    all.push(request("pending", "ssh", "alice@example.com", 0));
+    let mut r = request("approved-later", "ssh", "alice@example.com", 1);
+    r.state = State::Approved;
+    r.start_at = Some(t0() + minutes(120));
+    all.push(r);
+    let mut r = request("approved-now", "prod-db", "bob@example.com", 2);
+    r.state = State::Approved;
+    all.push(r); // no start: due at creation
+    let mut r = request("active", "ssh", "bob@example.com", 3);
+    r.state = State::Active;
+    r.tailnet.applied_at = Some(t0());
+    r.tailnet.applied_until = Some(t0() + minutes(180));
+    r.expires_at = Some(t0() + minutes(180));
+    all.push(r);
+    let mut r = request("active-moved", "ssh", "carol@example.com", 4);
+    r.state = State::Active;
+    r.tailnet.applied_at = Some(t0());
+    r.tailnet.applied_until = Some(t0() + minutes(60));
+    r.expires_at = Some(t0() + minutes(300));
+    all.push(r); // its expiry moved: due at once
+    let mut r = request("ended-unverified", "prod-db", "carol@example.com", 5);
+    r.state = State::Expired;
+    r.tailnet.applied_at = Some(t0());
+    r.ended_at = Some(t0() + minutes(30));
+    all.push(r);
+    let mut r = request("ended-verified", "ssh", "dave@example.com", 6);
+    r.state = State::Expired;
+    r.tailnet.applied_at = Some(t0());
+    r.tailnet.removal_verified_at = Some(t0() + minutes(31));
+    r.ended_at = Some(t0() + minutes(30));
+    all.push(r); // closed
+    let mut r = request("denied", "ssh", "dave@example.com", 7);
+    r.state = State::Denied;
+    all.push(r); // closed
+    all
+}
+
+/// What the due filter must return: open requests with `due_at <= before`, oldest due first.
+fn expected_due(all: &[Request], before: time::OffsetDateTime) -> Vec<String> {
+    let mut due: Vec<(time::OffsetDateTime, &str)> = all
+        .iter()
+        .filter_map(|r| r.due_at().map(|d| (d, r.id.as_str())))
+        .filter(|(d, _)| *d <= before)
+        .collect();
+    due.sort();
+    due.into_iter().map(|(_, id)| id.to_owned()).collect()
+}
+
+pub async fn due_filter(db: Db) {
+    let store = db.open().await;
+    let all = due_fixtures();
+    assert_eq!(all[6].due_at(), None);
+    assert_eq!(all[7].due_at(), None);
+    for r in all.iter().rev() {
+        store.insert_request(r, &[]).await.unwrap();
+    }
+
+    assert!(due_ids(&*store, t0() - minutes(1)).await.is_empty());
+    assert_eq!(
+        due_ids(&*store, t0() + minutes(4)).await,
+        ["approved-now", "active-moved"],
+        "oldest due first"
+    );
+    // Exactly at a due time (nanoseconds included) is due.
+    assert_eq!(
+        due_ids(&*store, t0() + minutes(120)).await,
+        [
+            "approved-now",
+            "active-moved",
+            "ended-unverified",
+            "approved-later"
+        ]
+    );
+    assert_eq!(
+        due_ids(&*store, t0() + minutes(120) - time::Duration::seconds(1)).await,
+        ["approved-now", "active-moved", "ended-unverified"]
+    );
+    // Every boundary, and far in the future: never a closed request.
+    let mut befores: Vec<_> = all.iter().filter_map(Request::due_at).collect();
+    befores.push(t0() + time::Duration::days(365));
+    for before in befores {
+        assert_eq!(
+            due_ids(&*store, before).await,
+            expected_due(&all, before),
+            "due by {before}"
+        );
+    }
+    assert_eq!(
+        due_ids(&*store, t0() + time::Duration::days(365))
+            .await
+            .len(),
+        6
+    );
+
+    // With the other filters.
+    let found = store
+        .requests(&RequestFilter {
+            due_before: Some(t0() + time::Duration::days(2)),
+            states: vec![State::Active, State::Pending, State::Denied],
+            requester: Some("bob@example.com".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), ["active"]);
+    let found = store
+        .requests(&RequestFilter {
+            due_before: Some(t0() + time::Duration::days(2)),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), ["approved-now", "active-moved"]);
+    // The listed requests are whole.
+    assert_eq!(found[0], all[2]);
+}
+
+pub async fn due_at_follows_updates(db: Db) {
+    let store = db.open().await;
+    let mut r = request("r1", "ssh", "alice@example.com", 0);
+    store.insert_request(&r, &[]).await.unwrap();
+    let at = t0() + minutes(60);
+    assert!(due_ids(&*store, at).await.is_empty(), "due in 24 h");
+    assert_same_time(
+        &db,
+        store.next_due().await.unwrap().unwrap(),
+        r.pending_until,
+    );
+
+    r.state = State::Approved;
+    r.start_at = Some(t0() + minutes(30));
+    r.version += 1;
+    store.update_request(&r, &[]).await.unwrap();
+    assert_eq!(due_ids(&*store, at).await, ["r1"]);
+
+    r.state = State::Active;
+    r.tailnet.applied_at = Some(t0() + minutes(30));
+    r.expires_at = Some(t0() + minutes(90));
+    r.version += 1;
+    let stored = store
+        .update_requests(&[(r.clone(), vec![entry("grant.applied", Some("r1"), "{}")])])
+        .await
+        .unwrap();
+    assert_eq!(stored, [true]);
+    assert!(due_ids(&*store, at).await.is_empty());
+    assert_eq!(due_ids(&*store, t0() + minutes(90)).await, ["r1"]);
+
+    // Ended: due at once until the removal is verified, then never again.
+    r.state = State::Expired;
+    r.ended_at = Some(t0() + minutes(90));
+    r.version += 1;
+    store.update_request(&r, &[]).await.unwrap();
+    assert_eq!(due_ids(&*store, t0() + minutes(90)).await, ["r1"]);
+    r.tailnet.removal_verified_at = Some(t0() + minutes(91));
+    r.version += 1;
+    store.update_request(&r, &[]).await.unwrap();
+    assert!(
+        due_ids(&*store, t0() + time::Duration::days(365))
+            .await
+            .is_empty()
+    );
+    assert_eq!(store.next_due().await.unwrap(), None);
+    // A conflicting update leaves due_at alone.
+    let mut stale = r.clone();
+    stale.state = State::Active;
+    stale.tailnet.removal_verified_at = None;
+    assert!(matches!(
+        store.update_request(&stale, &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.next_due().await.unwrap(), None);
+}
+
+/// `got` is `want`; PostgreSQL keeps microseconds, so there within a microsecond.
+fn assert_same_time(db: &Db, got: time::OffsetDateTime, want: time::OffsetDateTime) {
+    match db.kind() {
+        Kind::Sqlite => assert_eq!(got, want),
+        Kind::Postgres => assert!(
+            (got - want).abs() < time::Duration::microseconds(1),
+            "{got} is not {want}"
+        ),
+    }
+}
+
+pub async fn next_due(db: Db) {
+    let store = db.open().await;
+    assert_eq!(store.next_due().await.unwrap(), None);
+    let mut all = due_fixtures();
+    // Closed requests and requests due later only: the earliest open one counts.
+    all.retain(|r| !matches!(r.id.as_str(), "approved-now" | "active-moved"));
+    let batch: Vec<_> = all.iter().map(|r| (r.clone(), Vec::new())).collect();
+    store.insert_requests(&batch).await.unwrap();
+    let ended = all.iter().find(|r| r.id == "ended-unverified").unwrap();
+    let want = ended.due_at().unwrap();
+    let next = store.next_due().await.unwrap().unwrap();
+    assert_same_time(&db, next, want);
+    // What next_due says is due, the due filter finds.
+    assert_eq!(due_ids(&*store, next).await, ["ended-unverified"]);
+
+    // Its removal verified: the next one is the approved start.
+    let mut ended = ended.clone();
+    ended.tailnet.removal_verified_at = Some(t0() + minutes(40));
+    ended.version += 1;
+    store.update_request(&ended, &[]).await.unwrap();
+    let next = store.next_due().await.unwrap().unwrap();
+    assert_same_time(&db, next, t0() + minutes(120));
+}
+
+pub async fn batch_insert(db: Db) {
+    const N: usize = 10_000;
+    let store = db.open().await;
+    store.insert_requests(&[]).await.unwrap();
+    assert!(all_audit(&*store).await.is_empty());
+    let batch: Vec<_> = (0..N)
+        .map(|i| {
+            let id = format!("r{i:05}");
+            let mut audit = vec![entry(
+                "request.created",
+                Some(&id),
+                &format!("{{\"i\":{i}}}"),
+            )];
+            if i % 3 == 0 {
+                audit.push(entry("request.note", Some(&id), "{}"));
+            }
+            (
+                request(&id, "ssh", "alice@example.com", i as i64 % 1000),
+                audit,
+            )
+        })
+        .collect();
+    store.insert_requests(&batch).await.unwrap();
+    assert_eq!(db.count("requests").await, N as i64);
+
+    let log = all_audit(&*store).await;
+    let want: Vec<(Option<String>, &str)> = batch
+        .iter()
+        .flat_map(|(_, audit)| audit.iter())
+        .map(|e| (e.request.clone(), e.detail.as_str()))
+        .collect();
+    assert_eq!(log.len(), want.len());
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1);
+        assert_eq!(
+            (e.request.clone(), e.detail.as_str()),
+            want[i],
+            "batch order"
+        );
+    }
+    audit::verify(&log).unwrap();
+    assert_eq!(
+        store.request("r04321").await.unwrap().unwrap(),
+        batch[4321].0
+    );
+    assert_eq!(
+        due_ids(&*store, t0() + time::Duration::days(2)).await.len(),
+        N
+    );
+
+    // A duplicate anywhere in a batch: nothing of it is written.
+    let more: Vec<_> = ["n1", "r00007", "n2"]
+        .iter()
+        .map(|id| {
+            (
+                request(id, "ssh", "bob@example.com", 0),
+                vec![entry("request.created", Some(id), "{}")],
+            )
+        })
+        .collect();
+    let err = store.insert_requests(&more).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+    assert_eq!(db.count("requests").await, N as i64);
+    assert_eq!(store.request("n1").await.unwrap(), None);
+    assert_eq!(all_audit(&*store).await.len(), log.len());
+    // And the chain goes on after the batch.
+    let next = store
+        .append_audit(&[entry("note", None, "{}")])
+        .await
+        .unwrap();
+    assert_eq!(next[0].seq, log.len() as i64 + 1);
+    assert_eq!(next[0].prev_hash, log.last().unwrap().hash);
+}
+
+pub async fn batch_update_skips_a_stale_version(db: Db) {
+    const N: usize = 300;
+    const STALE: usize = 137;
+    let store = db.open().await;
+    let batch: Vec<_> = (0..N)
+        .map(|i| {
+            let id = format!("r{i:03}");
+            (
+                request(&id, "ssh", "alice@example.com", i as i64),
+                vec![entry("request.created", Some(&id), "{}")],
+            )
+        })
+        .collect();
+    store.insert_requests(&batch).await.unwrap();
+    // Someone else changes one of them first.
+    let mut other = batch[STALE].0.clone();
+    other.state = State::Cancelled;
+    other.version += 1;
+    store
+        .update_request(&other, &[entry("request.cancelled", Some(&other.id), "{}")])
+        .await
+        .unwrap();
+    let before = all_audit(&*store).await;
+
+    // Every request approved from the version read before, newest first (not id order), and
+    // one that does not exist.
+    let mut updates: Vec<_> = batch
+        .iter()
+        .rev()
+        .map(|(r, _)| {
+            let mut r = r.clone();
+            r.state = State::Approved;
+            r.start_at = Some(t0() + minutes(10));
+            r.version += 1;
+            let audit = vec![
+                entry("request.approved", Some(&r.id), "{\"n\":1}"),
+                entry("request.approved", Some(&r.id), "{\"n\":2}"),
+            ];
+            (r, audit)
+        })
+        .collect();
+    let mut ghost = request("ghost", "ssh", "alice@example.com", 0);
+    ghost.version = 1;
+    updates.insert(10, (ghost, vec![entry("x", Some("ghost"), "{}")]));
+    let stored = store.update_requests(&updates).await.unwrap();
+    assert_eq!(stored.len(), updates.len());
+    for ((r, _), ok) in updates.iter().zip(&stored) {
+        let skipped = r.id == "ghost" || r.id == other.id;
+        assert_eq!(*ok, !skipped, "{}", r.id);
+    }
+
+    // The stale one and the ghost are untouched, the others stored.
+    assert_eq!(store.request(&other.id).await.unwrap().unwrap(), other);
+    assert_eq!(store.request("ghost").await.unwrap(), None);
+    for (r, _) in &updates {
+        if r.id != "ghost" && r.id != other.id {
+            assert_eq!(&store.request(&r.id).await.unwrap().unwrap(), r);
+        }
+    }
+    assert_eq!(
+        due_ids(&*store, t0() + minutes(10)).await.len(),
+        N - 1,
+        "due_at moved with the update"
+    );
+
+    // The entries of the stored ones follow the chain, contiguous and in batch order.
+    let log = all_audit(&*store).await;
+    audit::verify(&log).unwrap();
+    assert_eq!(&log[..before.len()], &before[..]);
+    let new = &log[before.len()..];
+    let want: Vec<(Option<String>, String)> = updates
+        .iter()
+        .zip(&stored)
+        .filter(|(_, ok)| **ok)
+        .flat_map(|((_, audit), _)| audit.iter())
+        .map(|e| (e.request.clone(), e.detail.clone()))
+        .collect();
+    assert_eq!(new.len(), 2 * (N - 1));
+    let got: Vec<(Option<String>, String)> = new
+        .iter()
+        .map(|e| (e.request.clone(), e.detail.clone()))
+        .collect();
+    assert_eq!(got, want);
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1);
+    }
+
+    // A batch where nothing is stored writes nothing.
+    let stored = store.update_requests(&updates[..3]).await.unwrap();
+    assert_eq!(stored, [false, false, false]);
+    assert_eq!(all_audit(&*store).await.len(), log.len());
+    assert!(store.update_requests(&[]).await.unwrap().is_empty());
+}
+
+/// A database written before `due_at` existed: the migration makes every open request due at
+/// once (at its creation), and the next write stores its real due time.
+pub async fn migration_backfills_due_at(db: Db) {
+    use sqlx::migrate::Migrator;
+
+    const DUE_AT_MIGRATION: i64 = 20261122000001;
+    let dir = match db.kind() {
+        Kind::Sqlite => concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"),
+        Kind::Postgres => concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"),
+    };
+    let mut old = Migrator::new(std::path::Path::new(dir)).await.unwrap();
+    old.migrations = old
+        .migrations
+        .iter()
+        .filter(|m| m.version < DUE_AT_MIGRATION)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    assert!(!old.migrations.is_empty());
+
+    let open = request("open", "ssh", "alice@example.com", 0);
+    let mut closed = request("closed", "ssh", "alice@example.com", 1);
+    closed.state = State::Denied;
+    let created = |minutes: i64| {
+        let t = t0() + time::Duration::minutes(minutes);
+        format!(
+            "{}.{:09}Z",
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]"
+            ))
+            .unwrap(),
+            t.nanosecond()
+        )
+    };
+    let rows = [(&open, true, created(0)), (&closed, false, created(1))];
+    match db.kind() {
+        Kind::Sqlite => {
+            let conn = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url()))
+                .await
+                .unwrap();
+            old.run(&conn).await.unwrap();
+            for (r, is_open, created_at) in &rows {
+                sqlx::query(
+                    "INSERT INTO requests (id, entitlement, requester, state, is_open, version, \
+                     created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&r.id)
+                .bind(&r.entitlement)
+                .bind(&r.requester)
+                .bind(r.state.as_str())
+                .bind(is_open)
+                .bind(r.version)
+                .bind(created_at)
+                .bind(json(r))
+                .execute(&conn)
+                .await
+                .unwrap();
+            }
+            conn.close().await;
+        }
+        Kind::Postgres => {
+            let conn = sqlx::PgPool::connect(db.url()).await.unwrap();
+            old.run(&conn).await.unwrap();
+            for (r, is_open, created_at) in &rows {
+                sqlx::query(
+                    "INSERT INTO requests (id, entitlement, requester, state, is_open, version, \
+                     created_at, body) VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ), $8)",
+                )
+                .bind(&r.id)
+                .bind(&r.entitlement)
+                .bind(&r.requester)
+                .bind(r.state.as_str())
+                .bind(is_open)
+                .bind(r.version)
+                .bind(created_at)
+                .bind(json(r))
+                .execute(&conn)
+                .await
+                .unwrap();
+            }
+            conn.close().await;
+        }
+    }
+
+    let store = db.open().await;
+    // Due at creation, though core would say in 24 h; the closed one never.
+    assert_eq!(due_ids(&*store, t0()).await, ["open"]);
+    assert_same_time(&db, store.next_due().await.unwrap().unwrap(), t0());
+    assert_eq!(
+        due_ids(&*store, t0() + time::Duration::days(365)).await,
+        ["open"]
+    );
+    // Looked at and saved again: due when core says.
+    let mut r = store.request("open").await.unwrap().unwrap();
+    assert_eq!(r, open);
+    r.version += 1;
+    store.update_request(&r, &[]).await.unwrap();
+    assert!(due_ids(&*store, t0() + minutes(60)).await.is_empty());
+    assert_same_time(
+        &db,
+        store.next_due().await.unwrap().unwrap(),
+        open.pending_until,
+    );
+}
+
+/// How long the batch calls take (printed, not asserted: the machine is shared).
+pub async fn batch_timings(db: Db) {
+    const INSERT: usize = 100_000;
+    const UPDATE: usize = 2_000;
+    let store = db.open().await;
+    let batch: Vec<_> = (0..INSERT)
+        .map(|i| {
+            let id = format!("r{i:06}");
+            (
+                request(&id, "ssh", "alice@example.com", (i % 10_000) as i64),
+                vec![entry("request.created", Some(&id), "{}")],
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    store.insert_requests(&batch).await.unwrap();
+    let inserted = started.elapsed();
+
+    let updates: Vec<_> = batch
+        .iter()
+        .step_by(INSERT / UPDATE)
+        .map(|(r, _)| {
+            let mut r = r.clone();
+            r.state = State::Approved;
+            r.version += 1;
+            (
+                r.clone(),
+                vec![entry("request.approved", Some(&r.id), "{}")],
+            )
+        })
+        .collect();
+    assert_eq!(updates.len(), UPDATE);
+    let started = std::time::Instant::now();
+    let stored = store.update_requests(&updates).await.unwrap();
+    let updated = started.elapsed();
+    assert!(stored.iter().all(|ok| *ok));
+
+    let started = std::time::Instant::now();
+    let due = due_ids(&*store, t0()).await;
+    let listed = started.elapsed();
+    let started = std::time::Instant::now();
+    store.next_due().await.unwrap();
+    let next = started.elapsed();
+    let want = updates.iter().filter(|(r, _)| r.created_at == t0()).count();
+    assert_eq!(
+        due.len(),
+        want,
+        "the approved ones created at t0 are due then"
+    );
+    eprintln!(
+        "{:?}: insert_requests({INSERT}) {inserted:.2?}, update_requests({UPDATE}) \
+         {updated:.2?}, due filter {listed:.2?}, next_due {next:.2?}",
+        db.kind()
+    );
+    assert_eq!(db.count("requests").await, INSERT as i64);
+    assert_eq!(db.count("audit").await, (INSERT + UPDATE) as i64);
+}
