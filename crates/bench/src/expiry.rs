@@ -1,10 +1,16 @@
-//! `tidegate-bench expiry [COUNT] [SPREAD_SECONDS]`: active group grants expiring over a
-//! minute, revoked by the running reconciler; the lag from each grant's expiry to its removal
-//! from the tailnet (observed by polling the emulator). Midway the reconciler is stopped for
-//! ten seconds and a new one started on the same database, as after a crash; grants that
-//! expired meanwhile are reported separately, their lag counted from the restart.
+//! `tidegate-bench expiry [COUNT] [SPREAD_SECONDS]`: COUNT active group grants (default
+//! 100,000) expiring evenly over SPREAD_SECONDS (default 60), revoked by the running
+//! reconciler. Revocation lag is each grant's expiry to the moment its member is gone from the
+//! tailnet's policy, observed from outside by polling the emulator's API. Midway the
+//! reconciler is stopped (as in a crash) for ten seconds and a new one started on the same
+//! database; grants that expired while it was down are reported separately, their lag counted
+//! from the restart.
+//!
+//! Set-up writes the active grants straight to the store in one batch (each built through the
+//! real lifecycle: created, approved, activated) and starts the emulator with those members in
+//! the group, so the measurement is only about revocation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,29 +18,19 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use tailnet::{ApiClient, ApiConfig, Clock, Credentials, Secret, SystemClock, Tailnet};
 use tidegate_core::config::Config;
+use tidegate_core::entitlement::Directory;
 use tidegate_core::reconciler::Reconciler;
-use tidegate_core::service::{NewRequest, Service};
+use tidegate_core::request::{Ask, Request};
+use tidegate_core::service::{Service, audit_entries};
 
-use crate::grants::{CONFIG, GROUP, TOKEN, login, state};
+use crate::grants::{CONFIG, GROUP, TOKEN, login};
 
-/// Members of the group as the emulator holds them now.
-async fn members(http: &reqwest::Client, url: &str) -> Option<std::collections::HashSet<String>> {
-    let state: Value = http
-        .get(format!("{url}/emulator/state"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let doc = hujson::Document::parse(state["policy"].as_str()?).ok()?;
+/// The group's members in the policy the tailnet holds now.
+async fn members(api: &dyn Tailnet) -> Option<BTreeSet<String>> {
+    let policy = api.policy().await.ok()?;
+    let doc = hujson::Document::parse(&policy.text).ok()?;
     let node = doc.get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)])?;
-    Some(
-        node.as_array()?
-            .iter()
-            .filter_map(|n| doc.str_value(n))
-            .collect(),
-    )
+    Some(node.as_array()?.iter().filter_map(|n| doc.str_value(n)).collect())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -57,29 +53,35 @@ fn lags(mut values: Vec<Duration>) -> Value {
     })
 }
 
+/// The emulator's tailnet: alice, and the group holding every grantee, one per line.
+fn state(logins: &[String]) -> String {
+    let members: Vec<String> = logins.iter().map(|l| format!("\t\t\t\"{l}\",")).collect();
+    let policy = format!(
+        "// Benchmark policy.\n{{\n\t\"groups\": {{\n\t\t\"group:sre\": [\"alice@example.com\"],\n\t\t// Managed by tidegate.\n\t\t\"{GROUP}\": [\n{}\n\t\t],\n\t}},\n\t\"tagOwners\": {{\"tag:prod\": [\"group:sre\"]}},\n\t\"grants\": [\n\t\t{{\"src\": [\"{GROUP}\"], \"dst\": [\"tag:prod\"], \"ip\": [\"tcp:22\"]}},\n\t],\n}}\n",
+        members.join("\n")
+    );
+    json!({
+        "tailnet": "example.com",
+        "users": [{"id": "1", "loginName": "alice@example.com", "role": "owner"}],
+        "devices": [{"hostname": "db-1", "tags": ["tag:prod"], "user": "alice@example.com"}],
+        "policy": policy,
+        "apiTokens": [{"token": TOKEN, "user": "alice@example.com"}],
+    })
+    .to_string()
+}
+
 async fn open_service(config: &str) -> Result<Arc<Service>> {
     let config = Config::parse(config, "bench")?;
     let store = tidegate_store::open(&config.database).await?;
-    let api = ApiConfig::new(
-        &config.tailnet.api_url,
-        Credentials::ApiToken(Secret::new(TOKEN)),
-    );
+    let api = ApiConfig::new(&config.tailnet.api_url, Credentials::ApiToken(Secret::new(TOKEN)));
     let tailnet: Arc<dyn Tailnet> = Arc::new(ApiClient::new(api)?);
-    Ok(Arc::new(Service::new(
-        Arc::new(config),
-        store,
-        tailnet,
-        Arc::new(SystemClock),
-    )))
+    Ok(Arc::new(Service::new(Arc::new(config), store, tailnet, Arc::new(SystemClock))))
 }
 
 pub async fn run(count: usize, spread: u64) -> Result<Value> {
     let clock = SystemClock;
-    let emu = emulator::start(
-        emulator::State::from_json(&state(count), clock.now())?,
-        emulator::Options::default(),
-    )
-    .await?;
+    let logins: Vec<String> = (0..count).map(login).collect();
+    let emu = emulator::start(emulator::State::from_json(&state(&logins), clock.now())?, emulator::Options::default()).await?;
     let dir = std::env::temp_dir().join(format!("tidegate-expiry-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = format!("sqlite://{}", dir.join("expiry.db").display());
@@ -87,98 +89,93 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
         .replace("DATABASE", &db)
         .replace("API_URL", emu.url())
         .replace("TOKEN", TOKEN)
-        .replace(
-            "reason = \"optional\"",
-            "reason = \"optional\"\nmin_duration = \"1s\"\nmax_duration = \"1d\"",
-        );
+        .replace("reason = \"optional\"", "reason = \"optional\"\nmin_duration = \"1s\"\nmax_duration = \"1d\"");
     let service = open_service(&config).await?;
-    // Grants expire evenly over `spread` seconds, starting `lead` seconds after activation.
-    let lead = 20u64;
+    let entitlement = service.entitlement("prod-ssh")?.clone();
+
+    // Every grant through the lifecycle, stored in one batch.
     let setup_started = Instant::now();
-    for i in 0..count {
+    let directory = Directory {
+        roles: logins
+            .iter()
+            .map(|l| (l.clone(), "member".to_owned()))
+            .chain([("alice@example.com".to_owned(), "owner".to_owned())])
+            .collect(),
+        groups: BTreeMap::from([("group:sre".to_owned(), BTreeSet::from(["alice@example.com".to_owned()]))]),
+    };
+    let lead = 30 + count as u64 / 10_000;
+    let start = tidegate_core::now(&clock);
+    let mut batch = Vec::with_capacity(count);
+    for (i, login) in logins.iter().enumerate() {
         let seconds = lead + (i as u64 * spread) / count as u64;
-        let new = NewRequest {
-            entitlement: "prod-ssh".into(),
+        let ask = Ask {
             duration: Some(format!("{seconds}s").parse()?),
-            ..NewRequest::default()
+            ..Ask::default()
         };
-        let r = service.create(&login(i), new).await?;
-        service.approve(&r.id, "alice@example.com", "").await?;
+        let (mut r, mut events) = Request::create(format!("r-bench{i:07}"), &entitlement, login, ask, &directory, start)?;
+        events.extend(r.approve(&entitlement, "alice@example.com", "", &directory, start)?);
+        events.extend(r.activate(start, json!({"group": GROUP}))?);
+        batch.push((r, audit_entries(&events, start)));
     }
-    let report = Reconciler::new(service.clone()).pass().await;
-    if report.applied != count {
-        bail!(
-            "applied {} of {count}: {:?}",
-            report.applied,
-            report.errors.first()
-        );
-    }
-    let setup = setup_started.elapsed();
-    let expiries: HashMap<String, time::OffsetDateTime> = service
-        .list(&tidegate_core::store::RequestFilter::default())
-        .await?
-        .into_iter()
-        .filter_map(|r| Some((r.requester.clone(), r.expires_at?)))
+    let expiries: HashMap<String, time::OffsetDateTime> = batch
+        .iter()
+        .filter_map(|(r, _): &(Request, _)| Some((r.requester.clone(), r.expires_at?)))
         .collect();
+    service.store.insert_requests(&batch).await?;
+    drop(batch);
+    let setup = setup_started.elapsed();
 
     // Run the reconciler; stop it for ten seconds midway; start a new one on the same database.
     let stop = Arc::new(tokio::sync::Notify::new());
-    let first = Reconciler::new(service.clone());
-    let first_stop = stop.clone();
-    let running = tokio::spawn(async move { first.run(Duration::from_secs(1), first_stop).await });
-    let http = reqwest::Client::new();
-    let mut removed: HashMap<String, time::OffsetDateTime> = HashMap::new();
-    let crash_at = Instant::now() + Duration::from_secs(lead + spread / 2);
-    let mut restarted_at: Option<time::OffsetDateTime> = None;
+    let reconciler = Reconciler::new(service.clone());
+    let stop1 = stop.clone();
+    let first = tokio::spawn(async move { reconciler.run(Duration::from_secs(1), stop1).await });
+    let api = ApiClient::new(ApiConfig::new(emu.url(), Credentials::ApiToken(Secret::new(TOKEN))))?;
+    let crash_at = start + time::Duration::seconds((lead + spread / 2) as i64);
+    let deadline = Instant::now() + Duration::from_secs(lead + spread + 60);
+    let (mut down_since, mut restarted_at) = (None, None);
     let mut second: Option<tokio::task::JoinHandle<()>> = None;
-    let deadline = Instant::now() + Duration::from_secs(lead + spread + 30);
-    let mut down_since: Option<time::OffsetDateTime> = None;
+    let mut removed: HashMap<String, time::OffsetDateTime> = HashMap::new();
     while removed.len() < count && Instant::now() < deadline {
-        if down_since.is_none() && restarted_at.is_none() && Instant::now() >= crash_at {
-            stop.notify_waiters();
-            running.abort();
-            down_since = Some(clock.now());
+        let now = clock.now();
+        if down_since.is_none() && now >= crash_at {
+            first.abort();
+            down_since = Some(now);
         }
         if let Some(since) = down_since
             && restarted_at.is_none()
-            && clock.now() - since >= time::Duration::seconds(10)
+            && now - since >= time::Duration::seconds(10)
         {
-            let service = open_service(&config).await?;
-            let reconciler = Reconciler::new(service);
+            let reconciler = Reconciler::new(open_service(&config).await?);
             let stop2 = stop.clone();
             restarted_at = Some(clock.now());
-            second = Some(tokio::spawn(async move {
-                reconciler.run(Duration::from_secs(1), stop2).await
-            }));
+            second = Some(tokio::spawn(async move { reconciler.run(Duration::from_secs(1), stop2).await }));
         }
-        if let Some(now_members) = members(&http, emu.url()).await {
-            let now = clock.now();
-            for (login, _) in expiries.iter() {
-                if !now_members.contains(login) {
-                    removed.entry(login.clone()).or_insert(now);
+        if let Some(present) = members(&api).await {
+            let seen = clock.now();
+            for login in expiries.keys() {
+                if !present.contains(login) {
+                    removed.entry(login.clone()).or_insert(seen);
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     stop.notify_waiters();
     if let Some(task) = second {
         task.abort();
     }
     if removed.len() < count {
-        bail!(
-            "only {} of {count} grants were removed in time",
-            removed.len()
-        );
+        bail!("only {} of {count} grants were removed before the deadline", removed.len());
     }
     let (mut normal, mut after_restart) = (Vec::new(), Vec::new());
     for (login, expiry) in &expiries {
         let gone = removed[login];
         match (down_since, restarted_at) {
             (Some(down), Some(up)) if *expiry >= down && *expiry < up => {
-                after_restart.push(std::time::Duration::try_from(gone - up).unwrap_or_default())
+                after_restart.push(Duration::try_from(gone - up).unwrap_or_default())
             }
-            _ => normal.push(std::time::Duration::try_from(gone - *expiry).unwrap_or_default()),
+            _ => normal.push(Duration::try_from(gone - *expiry).unwrap_or_default()),
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
