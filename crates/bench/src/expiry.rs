@@ -30,7 +30,12 @@ async fn members(api: &dyn Tailnet) -> Option<BTreeSet<String>> {
     let policy = api.policy().await.ok()?;
     let doc = hujson::Document::parse(&policy.text).ok()?;
     let node = doc.get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)])?;
-    Some(node.as_array()?.iter().filter_map(|n| doc.str_value(n)).collect())
+    Some(
+        node.as_array()?
+            .iter()
+            .filter_map(|n| doc.str_value(n))
+            .collect(),
+    )
 }
 
 fn ms(d: Duration) -> f64 {
@@ -73,15 +78,27 @@ fn state(logins: &[String]) -> String {
 async fn open_service(config: &str) -> Result<Arc<Service>> {
     let config = Config::parse(config, "bench")?;
     let store = tidegate_store::open(&config.database).await?;
-    let api = ApiConfig::new(&config.tailnet.api_url, Credentials::ApiToken(Secret::new(TOKEN)));
+    let api = ApiConfig::new(
+        &config.tailnet.api_url,
+        Credentials::ApiToken(Secret::new(TOKEN)),
+    );
     let tailnet: Arc<dyn Tailnet> = Arc::new(ApiClient::new(api)?);
-    Ok(Arc::new(Service::new(Arc::new(config), store, tailnet, Arc::new(SystemClock))))
+    Ok(Arc::new(Service::new(
+        Arc::new(config),
+        store,
+        tailnet,
+        Arc::new(SystemClock),
+    )))
 }
 
 pub async fn run(count: usize, spread: u64) -> Result<Value> {
     let clock = SystemClock;
     let logins: Vec<String> = (0..count).map(login).collect();
-    let emu = emulator::start(emulator::State::from_json(&state(&logins), clock.now())?, emulator::Options::default()).await?;
+    let emu = emulator::start(
+        emulator::State::from_json(&state(&logins), clock.now())?,
+        emulator::Options::default(),
+    )
+    .await?;
     let dir = std::env::temp_dir().join(format!("tidegate-expiry-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = format!("sqlite://{}", dir.join("expiry.db").display());
@@ -89,7 +106,10 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
         .replace("DATABASE", &db)
         .replace("API_URL", emu.url())
         .replace("TOKEN", TOKEN)
-        .replace("reason = \"optional\"", "reason = \"optional\"\nmin_duration = \"1s\"\nmax_duration = \"1d\"");
+        .replace(
+            "reason = \"optional\"",
+            "reason = \"optional\"\nmin_duration = \"1s\"\nmax_duration = \"1d\"",
+        );
     let service = open_service(&config).await?;
     let entitlement = service.entitlement("prod-ssh")?.clone();
 
@@ -101,7 +121,10 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
             .map(|l| (l.clone(), "member".to_owned()))
             .chain([("alice@example.com".to_owned(), "owner".to_owned())])
             .collect(),
-        groups: BTreeMap::from([("group:sre".to_owned(), BTreeSet::from(["alice@example.com".to_owned()]))]),
+        groups: BTreeMap::from([(
+            "group:sre".to_owned(),
+            BTreeSet::from(["alice@example.com".to_owned()]),
+        )]),
     };
     let lead = 30 + count as u64 / 10_000;
     let start = tidegate_core::now(&clock);
@@ -112,7 +135,14 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
             duration: Some(format!("{seconds}s").parse()?),
             ..Ask::default()
         };
-        let (mut r, mut events) = Request::create(format!("r-bench{i:07}"), &entitlement, login, ask, &directory, start)?;
+        let (mut r, mut events) = Request::create(
+            format!("r-bench{i:07}"),
+            &entitlement,
+            login,
+            ask,
+            &directory,
+            start,
+        )?;
         events.extend(r.approve(&entitlement, "alice@example.com", "", &directory, start)?);
         events.extend(r.activate(start, json!({"group": GROUP}))?);
         batch.push((r, audit_entries(&events, start)));
@@ -130,7 +160,10 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
     let reconciler = Reconciler::new(service.clone());
     let stop1 = stop.clone();
     let first = tokio::spawn(async move { reconciler.run(Duration::from_secs(1), stop1).await });
-    let api = ApiClient::new(ApiConfig::new(emu.url(), Credentials::ApiToken(Secret::new(TOKEN))))?;
+    let api = ApiClient::new(ApiConfig::new(
+        emu.url(),
+        Credentials::ApiToken(Secret::new(TOKEN)),
+    ))?;
     let crash_at = start + time::Duration::seconds((lead + spread / 2) as i64);
     let deadline = Instant::now() + Duration::from_secs(lead + spread + 60);
     let (mut down_since, mut restarted_at) = (None, None);
@@ -149,7 +182,9 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
             let reconciler = Reconciler::new(open_service(&config).await?);
             let stop2 = stop.clone();
             restarted_at = Some(clock.now());
-            second = Some(tokio::spawn(async move { reconciler.run(Duration::from_secs(1), stop2).await }));
+            second = Some(tokio::spawn(async move {
+                reconciler.run(Duration::from_secs(1), stop2).await
+            }));
         }
         if let Some(present) = members(&api).await {
             let seen = clock.now();
@@ -159,14 +194,17 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.notify_waiters();
     if let Some(task) = second {
         task.abort();
     }
     if removed.len() < count {
-        bail!("only {} of {count} grants were removed before the deadline", removed.len());
+        bail!(
+            "only {} of {count} grants were removed before the deadline",
+            removed.len()
+        );
     }
     let (mut normal, mut after_restart) = (Vec::new(), Vec::new());
     for (login, expiry) in &expiries {

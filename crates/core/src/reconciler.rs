@@ -914,9 +914,9 @@ impl Reconciler {
     }
 
     /// Runs passes until `stop` is notified: at the next due time, when woken, or every
-    /// `tick`; passes over the due requests, and a full pass (with drift) every 30 seconds.
+    /// `tick`; passes over the due requests, and a full pass (drift, the membership index) every 5 minutes.
     pub async fn run(&self, tick: std::time::Duration, stop: Arc<tokio::sync::Notify>) {
-        const FULL_EVERY: time::Duration = time::Duration::seconds(30);
+        const FULL_EVERY: time::Duration = time::Duration::minutes(5);
         let tick_time = time::Duration::try_from(tick).unwrap_or(time::Duration::seconds(10));
         let mut last_full: Option<OffsetDateTime> = None;
         loop {
