@@ -32,6 +32,9 @@ pub struct PassReport {
     pub errors: Vec<String>,
 }
 
+/// The longest wait before retrying a failed tailnet change for a request.
+const MAX_BACKOFF_SECONDS: i64 = 60;
+
 /// How many times one pass re-reads and re-applies the policy after a 412.
 const MAX_POLICY_ATTEMPTS: usize = 8;
 
@@ -100,7 +103,9 @@ impl Reconciler {
         report.errors.push(format!("{}: {error}", request.id));
         request.tailnet.attempts += 1;
         request.tailnet.last_error = Some(error.clone());
-        let backoff = 2i64.saturating_pow(request.tailnet.attempts.min(6)).min(60);
+        let backoff = 2i64
+            .saturating_pow(request.tailnet.attempts.min(6))
+            .min(MAX_BACKOFF_SECONDS);
         request.tailnet.retry_at = Some(self.now() + time::Duration::seconds(backoff));
         let events = if request.state == State::Approved
             && request.tailnet.attempts >= Self::MAX_APPLY_ATTEMPTS
@@ -185,9 +190,10 @@ impl Reconciler {
         }
         self.groups(groups, full, &mut report).await;
         let now = self.now();
+        // Overdue grants are due now, or within the longest retry backoff.
         let overdue_filter = RequestFilter {
             open_only: true,
-            due_before: Some(now),
+            due_before: Some(now + time::Duration::seconds(MAX_BACKOFF_SECONDS + 1)),
             ..RequestFilter::default()
         };
         if let Ok(due) = self.service.store.requests(&overdue_filter).await {
