@@ -571,6 +571,69 @@ impl Reconciler {
         *reported = current;
     }
 
+    /// Sets a posture attribute (with its expiry) on each device, then reads every device back.
+    async fn set_posture_verified(
+        &self,
+        devices: &[String],
+        attribute: &str,
+        value: &serde_json::Value,
+        expiry: &str,
+        comment: &str,
+    ) -> Result<(), String> {
+        for device in devices {
+            self.tailnet()
+                .set_posture_attribute(
+                    device,
+                    attribute,
+                    value.clone(),
+                    Some(expiry),
+                    Some(comment),
+                )
+                .await
+                .map_err(|e| format!("setting {attribute} on {device}: {e}"))?;
+        }
+        for device in devices {
+            let attrs = self
+                .tailnet()
+                .posture_attributes(device)
+                .await
+                .map_err(|e| format!("reading {device}'s attributes: {e}"))?;
+            if attrs.attributes.get(attribute) != Some(value) {
+                return Err(format!("{attribute} did not stick on {device}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a posture attribute from each device (already gone is fine), then reads every
+    /// device back.
+    async fn remove_posture_verified(
+        &self,
+        devices: &[String],
+        attribute: &str,
+    ) -> Result<(), String> {
+        for device in devices {
+            match self
+                .tailnet()
+                .delete_posture_attribute(device, attribute)
+                .await
+            {
+                Ok(()) | Err(tailnet::Error::NotFound(_)) => {}
+                Err(e) => return Err(format!("removing {attribute} from {device}: {e}")),
+            }
+        }
+        for device in devices {
+            match self.tailnet().posture_attributes(device).await {
+                Ok(attrs) if attrs.attributes.contains_key(attribute) => {
+                    return Err(format!("{attribute} is still on {device}"));
+                }
+                Ok(_) | Err(tailnet::Error::NotFound(_)) => {}
+                Err(e) => return Err(format!("reading {device}'s attributes: {e}")),
+            }
+        }
+        Ok(())
+    }
+
     async fn posture(
         &self,
         mut r: Request,
@@ -600,57 +663,18 @@ impl Reconciler {
             {
                 return;
             }
-            for device in &r.devices.clone() {
-                let set = self
-                    .tailnet()
-                    .set_posture_attribute(
-                        device,
-                        attribute,
-                        value.clone(),
-                        Some(&expiry),
-                        Some(&comment),
-                    )
-                    .await;
-                if let Err(e) = set {
-                    self.note_error(
-                        &mut r,
-                        format!("setting {attribute} on {device}: {e}"),
-                        report,
-                    )
-                    .await;
-                    return;
-                }
-            }
-            for device in &r.devices.clone() {
-                match self.tailnet().posture_attributes(device).await {
-                    Ok(attrs) if attrs.attributes.get(attribute) == Some(value) => {}
-                    Ok(_) => {
-                        self.note_error(
-                            &mut r,
-                            format!("{attribute} did not stick on {device}"),
-                            report,
-                        )
-                        .await;
-                        return;
-                    }
-                    Err(e) => {
-                        self.note_error(
-                            &mut r,
-                            format!("reading {device}'s attributes: {e}"),
-                            report,
-                        )
-                        .await;
-                        return;
-                    }
-                }
+            let set = self
+                .set_posture_verified(&r.devices, attribute, value, &expiry, &comment)
+                .await;
+            if let Err(e) = set {
+                return self.note_error(&mut r, e, report).await;
             }
             r.tailnet.applied_until = Some(until);
             r.tailnet.verified_at = Some(now);
             let events = if r.state == State::Approved {
-                match r.activate(
-                    now,
-                    json!({"attribute": attribute, "devices": r.devices, "expiry": expiry}),
-                ) {
+                let detail =
+                    json!({"attribute": attribute, "devices": r.devices, "expiry": expiry});
+                match r.activate(now, detail) {
                     Ok(events) => events,
                     Err(_) => return,
                 }
@@ -671,50 +695,14 @@ impl Reconciler {
         }
         let detail = json!({"attribute": attribute, "devices": r.devices});
         if !self
-            .intend(Some(&r.id), "grant.removing", detail, report)
+            .intend(Some(&r.id), "grant.removing", detail.clone(), report)
             .await
         {
             return;
         }
-        for device in &r.devices.clone() {
-            match self
-                .tailnet()
-                .delete_posture_attribute(device, attribute)
-                .await
-            {
-                Ok(()) | Err(tailnet::Error::NotFound(_)) => {}
-                Err(e) => {
-                    self.note_error(
-                        &mut r,
-                        format!("removing {attribute} from {device}: {e}"),
-                        report,
-                    )
-                    .await;
-                    return;
-                }
-            }
+        if let Err(e) = self.remove_posture_verified(&r.devices, attribute).await {
+            return self.note_error(&mut r, e, report).await;
         }
-        for device in &r.devices.clone() {
-            match self.tailnet().posture_attributes(device).await {
-                Ok(attrs) if !attrs.attributes.contains_key(attribute) => {}
-                Err(tailnet::Error::NotFound(_)) => {}
-                Ok(_) => {
-                    self.note_error(&mut r, format!("{attribute} is still on {device}"), report)
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    self.note_error(
-                        &mut r,
-                        format!("reading {device}'s attributes: {e}"),
-                        report,
-                    )
-                    .await;
-                    return;
-                }
-            }
-        }
-        let detail = json!({"attribute": attribute, "devices": r.devices});
         self.mark_removed(&mut r, detail, report).await;
     }
 
