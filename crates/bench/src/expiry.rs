@@ -29,13 +29,8 @@ use crate::grants::{CONFIG, GROUP, TOKEN, login};
 async fn members(api: &dyn Tailnet) -> Option<BTreeSet<String>> {
     let policy = api.policy().await.ok()?;
     let doc = hujson::Document::parse(&policy.text).ok()?;
-    let node = doc.get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)])?;
-    Some(
-        node.as_array()?
-            .iter()
-            .filter_map(|n| doc.str_value(n))
-            .collect(),
-    )
+    let members = doc.strings(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)])?;
+    Some(members.into_iter().collect())
 }
 
 fn ms(d: Duration) -> f64 {

@@ -91,13 +91,11 @@ async fn watch(url: String, start: Instant, seen: Seen, stop: Arc<tokio::sync::N
             continue;
         };
         let at = start.elapsed();
-        if let Some(node) = doc.get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)])
+        if let Some(members) = doc.strings(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)])
             && let Ok(mut seen) = seen.lock()
         {
-            for member in node.as_array().unwrap_or_default() {
-                if let Some(m) = doc.str_value(member) {
-                    seen.entry(m).or_insert(at);
-                }
+            for m in members {
+                seen.entry(m).or_insert(at);
             }
         }
     }

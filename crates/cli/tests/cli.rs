@@ -408,17 +408,11 @@ impl Drop for Demo {
 fn prod_access_members(state: &serde_json::Value) -> Vec<String> {
     let policy = state["policy"].as_str().unwrap();
     let doc = hujson::Document::parse(policy).unwrap();
-    let node = doc
-        .get(&[
-            hujson::Seg::Key("groups"),
-            hujson::Seg::Key("group:prod-access"),
-        ])
-        .unwrap();
-    node.as_array()
-        .unwrap()
-        .iter()
-        .map(|n| doc.str_value(n).unwrap())
-        .collect()
+    doc.strings(&[
+        hujson::Seg::Key("groups"),
+        hujson::Seg::Key("group:prod-access"),
+    ])
+    .unwrap()
 }
 
 #[test]

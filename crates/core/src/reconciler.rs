@@ -256,18 +256,13 @@ impl Reconciler {
             let mut changes: Vec<String> = Vec::new();
             for (group, remove_drift) in managed {
                 let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
-                let Some(node) = doc.get(&path) else {
-                    report
-                        .errors
-                        .push(format!("{group} is not in the policy file"));
+                let Some(members) = doc.strings(&path) else {
+                    report.errors.push(format!(
+                        "{group} is not a list of logins in the policy file"
+                    ));
                     continue;
                 };
-                let present: BTreeSet<String> = node
-                    .as_array()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|n| doc.str_value(n))
-                    .collect();
+                let present: BTreeSet<String> = members.into_iter().collect();
                 let empty = BTreeSet::new();
                 let adding = add.get(group).unwrap_or(&empty);
                 let kept = keep.get(group).unwrap_or(&empty);
@@ -499,10 +494,10 @@ impl Reconciler {
             .keys()
             .map(|group| {
                 let set = doc
-                    .get(&[hujson::Seg::Key("groups"), hujson::Seg::Key(group)])
-                    .and_then(|n| n.as_array())
-                    .map(|items| items.iter().filter_map(|n| doc.str_value(n)).collect())
-                    .unwrap_or_default();
+                    .strings(&[hujson::Seg::Key("groups"), hujson::Seg::Key(group)])
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
                 (group.as_str(), set)
             })
             .collect();

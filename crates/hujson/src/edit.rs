@@ -48,6 +48,16 @@ impl Document {
         Some(node)
     }
 
+    /// The strings of the array at `path` (a policy group's members, say); `None` if there is
+    /// no array there or it holds something other than strings.
+    pub fn strings(&self, path: &[Seg]) -> Option<Vec<String>> {
+        self.get(path)?
+            .as_array()?
+            .iter()
+            .map(|n| self.str_value(n))
+            .collect()
+    }
+
     fn container(&self, path: &[Seg], expected: &'static str) -> Result<Node, EditError> {
         let node = self.get(path).ok_or_else(|| EditError::NotFound {
             path: path_string(path),

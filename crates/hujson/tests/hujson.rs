@@ -2119,3 +2119,17 @@ fn removing_many_members_at_once_matches_removing_them_one_by_one() {
         }
     }
 }
+
+#[test]
+fn strings_reads_a_string_array() {
+    let doc =
+        Document::parse("{\"g\": [\"a\", /* c */ \"b\\u0041\"], \"mixed\": [\"a\", 1], \"o\": {}}")
+            .unwrap();
+    assert_eq!(
+        doc.strings(&[Seg::Key("g")]),
+        Some(vec!["a".to_owned(), "bA".to_owned()])
+    );
+    assert_eq!(doc.strings(&[Seg::Key("mixed")]), None);
+    assert_eq!(doc.strings(&[Seg::Key("o")]), None);
+    assert_eq!(doc.strings(&[Seg::Key("missing")]), None);
+}

@@ -123,17 +123,11 @@ impl World {
     fn members(&self) -> Vec<String> {
         let policy = self.emu.state().policy;
         let doc = hujson::Document::parse(&policy).unwrap();
-        let node = doc
-            .get(&[
-                hujson::Seg::Key("groups"),
-                hujson::Seg::Key("group:prod-access"),
-            ])
-            .unwrap();
-        node.as_array()
-            .unwrap()
-            .iter()
-            .map(|n| doc.str_value(n).unwrap())
-            .collect()
+        doc.strings(&[
+            hujson::Seg::Key("groups"),
+            hujson::Seg::Key("group:prod-access"),
+        ])
+        .unwrap()
     }
 
     async fn control(&self, path: &str, body: serde_json::Value) {
