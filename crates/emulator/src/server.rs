@@ -222,31 +222,11 @@ impl Ctx {
 }
 
 fn subscribed(subscription: &str, kind: &str) -> bool {
-    const MANAGEMENT: &[&str] = &[
-        "nodeCreated",
-        "nodeNeedsApproval",
-        "nodeApproved",
-        "nodeKeyExpiringInOneDay",
-        "nodeKeyExpired",
-        "nodeDeleted",
-        "nodeSigned",
-        "nodeNeedsSignature",
-        "policyUpdate",
-        "userCreated",
-        "userNeedsApproval",
-        "userSuspended",
-        "userRestored",
-        "userDeleted",
-        "userApproved",
-        "userRoleUpdated",
-    ];
+    use crate::api::webhooks::{MANAGEMENT_EVENTS, MISCONFIGURATION_EVENTS};
     subscription == kind
-        || (subscription == "categoryTailnetManagement" && MANAGEMENT.contains(&kind))
+        || (subscription == "categoryTailnetManagement" && MANAGEMENT_EVENTS.contains(&kind))
         || (subscription == "categoryDeviceMisconfigurations"
-            && matches!(
-                kind,
-                "subnetIPForwardingNotEnabled" | "exitNodeIPForwardingNotEnabled"
-            ))
+            && MISCONFIGURATION_EVENTS.contains(&kind))
 }
 
 /// The emulator shared by every connection.

@@ -13,7 +13,8 @@ use crate::server::{App, AuditSpec};
 use crate::state::random_token;
 use crate::webhooks::Outgoing;
 
-pub(crate) const EVENTS: &[&str] = &[
+/// Events of the `categoryTailnetManagement` subscription.
+pub(crate) const MANAGEMENT_EVENTS: &[&str] = &[
     "nodeCreated",
     "nodeNeedsApproval",
     "nodeApproved",
@@ -30,11 +31,25 @@ pub(crate) const EVENTS: &[&str] = &[
     "userDeleted",
     "userApproved",
     "userRoleUpdated",
+];
+
+/// Events of the `categoryDeviceMisconfigurations` subscription.
+pub(crate) const MISCONFIGURATION_EVENTS: &[&str] = &[
     "subnetIPForwardingNotEnabled",
     "exitNodeIPForwardingNotEnabled",
+];
+
+const CATEGORIES: &[&str] = &[
     "categoryTailnetManagement",
     "categoryDeviceMisconfigurations",
 ];
+
+/// A subscription the API accepts: an event or a category.
+fn known_subscription(s: &str) -> bool {
+    MANAGEMENT_EVENTS.contains(&s)
+        || MISCONFIGURATION_EVENTS.contains(&s)
+        || CATEGORIES.contains(&s)
+}
 
 const PROVIDERS: &[&str] = &["", "slack", "mattermost", "googlechat", "discord"];
 
@@ -59,7 +74,7 @@ fn not_found(id: &str) -> ApiError {
 }
 
 fn check_subscriptions(subs: &[String]) -> Result<Vec<String>, ApiError> {
-    if let Some(bad) = subs.iter().find(|s| !EVENTS.contains(&s.as_str())) {
+    if let Some(bad) = subs.iter().find(|s| !known_subscription(s)) {
         return Err(ApiError::bad_request(format!(
             "unknown subscription {bad:?}"
         )));
