@@ -26,19 +26,7 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
 async fn open_store(url: &str) -> Result<Arc<dyn Store>, Failure> {
     tidegate_store::open(url)
         .await
-        .map_err(|e| Failure::Usage(format!("database {}: {e}", redact_url(url))))
-}
-
-/// A database URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+        .map_err(|e| Failure::Usage(format!("database {}: {e}", tidegate_store::redact_url(url))))
 }
 
 fn tailnet_client(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Tailnet>, Failure> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -357,8 +357,7 @@ async fn openapi() -> impl IntoResponse {
     Json(openapi::document())
 }
 
-async fn not_found(headers: HeaderMap) -> ApiError {
-    let _ = headers;
+async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no such endpoint; see /api/openapi.json",

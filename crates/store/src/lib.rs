@@ -111,7 +111,7 @@ fn url_password(url: &str) -> Option<&str> {
 }
 
 /// `url` with its password replaced by `***`, for messages.
-pub(crate) fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     Secrets::of_url(url).redact(url.to_owned())
 }
 
