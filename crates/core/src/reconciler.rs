@@ -189,15 +189,11 @@ impl Reconciler {
             }
         }
         self.groups(groups, full, &mut report).await;
-        let now = self.now();
-        // Overdue grants are due now, or within the longest retry backoff.
-        let overdue_filter = RequestFilter {
-            open_only: true,
-            due_before: Some(now + time::Duration::seconds(MAX_BACKOFF_SECONDS + 1)),
-            ..RequestFilter::default()
-        };
-        if let Ok(due) = self.service.store.requests(&overdue_filter).await {
-            report.overdue = due.iter().filter(|r| r.overdue(now)).count();
+        match self.service.store.count_overdue(self.now()).await {
+            Ok(n) => report.overdue = n as usize,
+            Err(e) => report
+                .errors
+                .push(format!("cannot count overdue revocations: {e}")),
         }
         report
     }

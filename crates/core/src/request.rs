@@ -702,8 +702,20 @@ impl Request {
 
     /// Past its end, but removal from the tailnet is not yet verified.
     pub fn overdue(&self, now: OffsetDateTime) -> bool {
-        let ended = self.state.is_final() || self.expires_at.is_some_and(|e| e <= now);
-        ended && self.tailnet.applied_at.is_some() && self.tailnet.removal_verified_at.is_none()
+        self.access_ends_at().is_some_and(|end| end <= now)
+    }
+
+    /// When access that is in the tailnet must be gone: the expiry of an active grant, the
+    /// end of a finished one; `None` when nothing is applied or its removal is verified.
+    pub fn access_ends_at(&self) -> Option<OffsetDateTime> {
+        if self.tailnet.applied_at.is_none() || self.tailnet.removal_verified_at.is_some() {
+            return None;
+        }
+        if self.state.is_final() {
+            Some(self.ended_at.unwrap_or(self.created_at))
+        } else {
+            self.expires_at
+        }
     }
 }
 

@@ -148,5 +148,17 @@ pub trait Store: Send + Sync {
             .await?;
         Ok(open.iter().filter_map(Request::due_at).min())
     }
+
+    /// How many requests are [`Request::overdue`] at `now`: access past its end and not yet
+    /// verified gone. This default reads every open request.
+    async fn count_overdue(&self, now: time::OffsetDateTime) -> Result<u64, StoreError> {
+        let open = self
+            .requests(&RequestFilter {
+                open_only: true,
+                ..RequestFilter::default()
+            })
+            .await?;
+        Ok(open.iter().filter(|r| r.overdue(now)).count() as u64)
+    }
     async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
 }

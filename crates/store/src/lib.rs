@@ -146,6 +146,8 @@ pub(crate) struct RequestRow {
     pub(crate) created_at: String,
     /// [`sortable_time`] of [`Request::due_at`]; `None` once nothing is left to do.
     pub(crate) due_at: Option<String>,
+    /// [`sortable_time`] of [`Request::access_ends_at`].
+    pub(crate) access_ends_at: Option<String>,
 }
 
 impl RequestRow {
@@ -159,6 +161,7 @@ impl RequestRow {
             open: request.open(),
             created_at: sortable_time(request.created_at)?,
             due_at: request.due_at().map(sortable_time).transpose()?,
+            access_ends_at: request.access_ends_at().map(sortable_time).transpose()?,
         })
     }
 }

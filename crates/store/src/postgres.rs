@@ -198,7 +198,8 @@ impl PostgresStore {
         for chunk in rows.chunks(REQUEST_ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Postgres>::new(
                 "INSERT INTO requests \
-                 (id, entitlement, requester, state, is_open, version, created_at, due_at, body) ",
+                 (id, entitlement, requester, state, is_open, version, created_at, due_at, \
+                 access_ends_at, body) ",
             );
             insert.push_values(chunk, |mut b, (request, row)| {
                 b.push_bind(&request.id)
@@ -210,6 +211,8 @@ impl PostgresStore {
                     .push_bind(&row.created_at)
                     .push_unseparated("::timestamptz")
                     .push_bind(&row.due_at)
+                    .push_unseparated("::timestamptz")
+                    .push_bind(&row.access_ends_at)
                     .push_unseparated("::timestamptz")
                     .push_bind(&row.body);
             });
@@ -233,8 +236,8 @@ impl PostgresStore {
         let updated = sqlx::query(
             "UPDATE requests SET entitlement = $1, requester = $2, state = $3, is_open = $4, \
              version = $5, created_at = CAST($6 AS TIMESTAMPTZ), \
-             due_at = CAST($7 AS TIMESTAMPTZ), body = $8 \
-             WHERE id = $9 AND version = $10",
+             due_at = CAST($7 AS TIMESTAMPTZ), access_ends_at = CAST($8 AS TIMESTAMPTZ), \
+             body = $9 WHERE id = $10 AND version = $11",
         )
         .bind(&request.entitlement)
         .bind(&request.requester)
@@ -243,6 +246,7 @@ impl PostgresStore {
         .bind(request.version)
         .bind(&row.created_at)
         .bind(&row.due_at)
+        .bind(&row.access_ends_at)
         .bind(&row.body)
         .bind(&request.id)
         .bind(request.version.wrapping_sub(1))
@@ -347,6 +351,17 @@ impl Store for PostgresStore {
         .await
         .map_err(|e| self.db(e, "request"))?;
         due.as_deref().map(parse_sortable_time).transpose()
+    }
+
+    async fn count_overdue(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM requests WHERE is_open AND access_ends_at <= CAST($1 AS TIMESTAMPTZ)",
+        )
+        .bind(sortable_time(now)?)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "request"))?;
+        Ok(count.max(0) as u64)
     }
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {

@@ -204,7 +204,8 @@ async fn insert_rows(
     for chunk in rows.chunks(REQUEST_ROWS_PER_INSERT) {
         let mut insert = QueryBuilder::<Sqlite>::new(
             "INSERT INTO requests \
-             (id, entitlement, requester, state, is_open, version, created_at, due_at, body) ",
+             (id, entitlement, requester, state, is_open, version, created_at, due_at, \
+             access_ends_at, body) ",
         );
         insert.push_values(chunk, |mut b, (request, row)| {
             b.push_bind(&request.id)
@@ -215,6 +216,7 @@ async fn insert_rows(
                 .push_bind(request.version)
                 .push_bind(&row.created_at)
                 .push_bind(&row.due_at)
+                .push_bind(&row.access_ends_at)
                 .push_bind(&row.body);
         });
         insert
@@ -235,7 +237,8 @@ async fn update_row(
 ) -> Result<bool, StoreError> {
     let updated = sqlx::query(
         "UPDATE requests SET entitlement = ?, requester = ?, state = ?, is_open = ?, \
-         version = ?, created_at = ?, due_at = ?, body = ? WHERE id = ? AND version = ?",
+         version = ?, created_at = ?, due_at = ?, access_ends_at = ?, body = ? \
+         WHERE id = ? AND version = ?",
     )
     .bind(&request.entitlement)
     .bind(&request.requester)
@@ -244,6 +247,7 @@ async fn update_row(
     .bind(request.version)
     .bind(&row.created_at)
     .bind(&row.due_at)
+    .bind(&row.access_ends_at)
     .bind(&row.body)
     .bind(&request.id)
     .bind(request.version.wrapping_sub(1))
@@ -349,6 +353,17 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| db(e, "request"))?;
         due.as_deref().map(parse_sortable_time).transpose()
+    }
+
+    async fn count_overdue(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM requests WHERE is_open = 1 AND access_ends_at <= ?",
+        )
+        .bind(sortable_time(now)?)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db(e, "request"))?;
+        Ok(count.max(0) as u64)
     }
 
     async fn request(&self, id: &str) -> Result<Option<Request>, StoreError> {

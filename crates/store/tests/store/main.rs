@@ -46,6 +46,8 @@ conformance!(
     batch_insert,
     batch_update_skips_a_stale_version,
     migration_backfills_due_at,
+    overdue_count,
+    migration_backfills_access_ends_at,
     batch_timings,
 );
 

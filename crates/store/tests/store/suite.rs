@@ -1084,12 +1084,11 @@ pub async fn batch_update_skips_a_stale_version(db: Db) {
     assert!(store.update_requests(&[]).await.unwrap().is_empty());
 }
 
-/// A database written before `due_at` existed: the migration makes every open request due at
-/// once (at its creation), and the next write stores its real due time.
-pub async fn migration_backfills_due_at(db: Db) {
+/// Migrates a fresh database only up to (not including) migration `below`, and stores `rows`
+/// (request, open flag) with the columns that existed then.
+async fn store_before_migration(db: &Db, below: i64, rows: &[(&Request, bool)]) {
     use sqlx::migrate::Migrator;
 
-    const DUE_AT_MIGRATION: i64 = 20261122000001;
     let dir = match db.kind() {
         Kind::Sqlite => concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"),
         Kind::Postgres => concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"),
@@ -1098,17 +1097,13 @@ pub async fn migration_backfills_due_at(db: Db) {
     old.migrations = old
         .migrations
         .iter()
-        .filter(|m| m.version < DUE_AT_MIGRATION)
+        .filter(|m| m.version < below)
         .cloned()
         .collect::<Vec<_>>()
         .into();
     assert!(!old.migrations.is_empty());
-
-    let open = request("open", "ssh", "alice@example.com", 0);
-    let mut closed = request("closed", "ssh", "alice@example.com", 1);
-    closed.state = State::Denied;
-    let created = |minutes: i64| {
-        let t = t0() + time::Duration::minutes(minutes);
+    let created = |t: time::OffsetDateTime| {
+        let t = t.to_offset(time::UtcOffset::UTC);
         format!(
             "{}.{:09}Z",
             t.format(time::macros::format_description!(
@@ -1118,14 +1113,13 @@ pub async fn migration_backfills_due_at(db: Db) {
             t.nanosecond()
         )
     };
-    let rows = [(&open, true, created(0)), (&closed, false, created(1))];
     match db.kind() {
         Kind::Sqlite => {
             let conn = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url()))
                 .await
                 .unwrap();
             old.run(&conn).await.unwrap();
-            for (r, is_open, created_at) in &rows {
+            for (r, is_open) in rows {
                 sqlx::query(
                     "INSERT INTO requests (id, entitlement, requester, state, is_open, version, \
                      created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1136,7 +1130,7 @@ pub async fn migration_backfills_due_at(db: Db) {
                 .bind(r.state.as_str())
                 .bind(is_open)
                 .bind(r.version)
-                .bind(created_at)
+                .bind(created(r.created_at))
                 .bind(json(r))
                 .execute(&conn)
                 .await
@@ -1147,7 +1141,7 @@ pub async fn migration_backfills_due_at(db: Db) {
         Kind::Postgres => {
             let conn = sqlx::PgPool::connect(db.url()).await.unwrap();
             old.run(&conn).await.unwrap();
-            for (r, is_open, created_at) in &rows {
+            for (r, is_open) in rows {
                 sqlx::query(
                     "INSERT INTO requests (id, entitlement, requester, state, is_open, version, \
                      created_at, body) VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS TIMESTAMPTZ), $8)",
@@ -1158,7 +1152,7 @@ pub async fn migration_backfills_due_at(db: Db) {
                 .bind(r.state.as_str())
                 .bind(is_open)
                 .bind(r.version)
-                .bind(created_at)
+                .bind(created(r.created_at))
                 .bind(json(r))
                 .execute(&conn)
                 .await
@@ -1167,6 +1161,15 @@ pub async fn migration_backfills_due_at(db: Db) {
             conn.close().await;
         }
     }
+}
+
+/// A database written before `due_at` existed: the migration makes every open request due at
+/// once (at its creation), and the next write stores its real due time.
+pub async fn migration_backfills_due_at(db: Db) {
+    let open = request("open", "ssh", "alice@example.com", 0);
+    let mut closed = request("closed", "ssh", "alice@example.com", 1);
+    closed.state = State::Denied;
+    store_before_migration(&db, 20261122000001, &[(&open, true), (&closed, false)]).await;
 
     let store = db.open().await;
     // Due at creation, though core would say in 24 h; the closed one never.
@@ -1187,6 +1190,62 @@ pub async fn migration_backfills_due_at(db: Db) {
         store.next_due().await.unwrap().unwrap(),
         open.pending_until,
     );
+}
+
+/// The overdue count the store gives is [`Request::overdue`] over the stored requests.
+async fn assert_overdue_counts(store: &dyn Store, all: &[Request]) {
+    let mut times: Vec<_> = all.iter().filter_map(Request::access_ends_at).collect();
+    times.extend(times.clone().iter().map(|t| *t - time::Duration::seconds(1)));
+    times.push(t0() - time::Duration::days(1));
+    times.push(t0() + time::Duration::days(365));
+    for now in times {
+        let want = all.iter().filter(|r| r.overdue(now)).count() as u64;
+        assert_eq!(store.count_overdue(now).await.unwrap(), want, "overdue at {now}");
+    }
+}
+
+pub async fn overdue_count(db: Db) {
+    let store = db.open().await;
+    let all = due_fixtures();
+    for r in &all {
+        store.insert_request(r, &[]).await.unwrap();
+    }
+    // "active" is overdue from its expiry (t0 + 180 min), "ended-unverified" from its end.
+    assert_eq!(store.count_overdue(t0()).await.unwrap(), 0);
+    assert_eq!(store.count_overdue(t0() + minutes(30)).await.unwrap(), 1);
+    assert_eq!(store.count_overdue(t0() + minutes(300)).await.unwrap(), 3);
+    assert_overdue_counts(&*store, &all).await;
+
+    // Verified gone: no longer overdue, in single and batch updates alike.
+    let mut changed = Vec::new();
+    for id in ["active", "ended-unverified"] {
+        let mut r = all.iter().find(|r| r.id == id).unwrap().clone();
+        r.tailnet.removal_verified_at = Some(t0() + minutes(400));
+        r.version += 1;
+        changed.push(r);
+    }
+    store.update_request(&changed[0], &[]).await.unwrap();
+    let stored = store
+        .update_requests(&[(changed[1].clone(), Vec::new())])
+        .await
+        .unwrap();
+    assert_eq!(stored, [true]);
+    assert_eq!(store.count_overdue(t0() + minutes(300)).await.unwrap(), 1);
+    let now: Vec<Request> = all
+        .iter()
+        .map(|r| changed.iter().find(|c| c.id == r.id).unwrap_or(r).clone())
+        .collect();
+    assert_overdue_counts(&*store, &now).await;
+}
+
+/// A database written before `access_ends_at` existed: the migration computes it from each
+/// request's JSON, so overdue counts are right at once.
+pub async fn migration_backfills_access_ends_at(db: Db) {
+    let all = due_fixtures();
+    let rows: Vec<(&Request, bool)> = all.iter().map(|r| (r, r.open())).collect();
+    store_before_migration(&db, 20261123000001, &rows).await;
+    let store = db.open().await;
+    assert_overdue_counts(&*store, &all).await;
 }
 
 /// How long the batch calls take (printed, not asserted: the machine is shared).
