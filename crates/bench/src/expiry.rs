@@ -3,8 +3,9 @@
 //! reconciler. Revocation lag is each grant's expiry to the moment its member is gone from the
 //! tailnet's policy, observed from outside by polling the emulator's API. Midway the
 //! reconciler is stopped (as in a crash) for ten seconds and a new one started on the same
-//! database; grants that expired while it was down are reported separately, their lag counted
-//! from the restart.
+//! database; grants still in the tailnet at the restart that were due before it (expired
+//! during the outage, or just before it and not yet removed) are reported separately, their
+//! lag counted from the restart.
 //!
 //! Set-up writes the active grants straight to the store in one batch (each built through the
 //! real lifecycle: created, approved, activated) and starts the emulator with those members in
@@ -205,7 +206,9 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
     for (login, expiry) in &expiries {
         let gone = removed[login];
         match (down_since, restarted_at) {
-            (Some(down), Some(up)) if *expiry >= down && *expiry < up => {
+            // Still there at the restart: waiting for the new reconciler, whether it expired
+            // during the outage or just before it.
+            (Some(_), Some(up)) if *expiry < up && gone >= up => {
                 after_restart.push(Duration::try_from(gone - up).unwrap_or_default())
             }
             _ => normal.push(Duration::try_from(gone - *expiry).unwrap_or_default()),

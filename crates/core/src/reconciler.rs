@@ -343,7 +343,8 @@ impl Reconciler {
                 _ => None,
             })
             .collect();
-        if managed.is_empty() {
+        // A due pass with nothing due has nothing to change: no need to read the policy.
+        if managed.is_empty() || (requests.is_empty() && !full) {
             return;
         }
         // Members that must stay (active grants, from the membership index), members to add

@@ -197,6 +197,28 @@ pub(crate) const AUDIT_ROWS_PER_INSERT: usize = 500;
 /// Request rows per INSERT statement in a batch insert (10 parameters each).
 pub(crate) const REQUEST_ROWS_PER_INSERT: usize = 500;
 
+/// The rows of a batch update in statements of at most [`REQUEST_ROWS_PER_INSERT`] rows, in
+/// batch order, with no request twice in one statement (a request given twice is updated
+/// twice, in order, as if one by one). Indices into the batch.
+pub(crate) fn update_chunks(rows: &[(&Request, RequestRow)]) -> Vec<Vec<usize>> {
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for (i, (request, _)) in rows.iter().enumerate() {
+        let full = chunks
+            .last()
+            .is_none_or(|c| c.len() >= REQUEST_ROWS_PER_INSERT);
+        if full || ids.contains(request.id.as_str()) {
+            chunks.push(Vec::new());
+            ids.clear();
+        }
+        ids.insert(&request.id);
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(i);
+        }
+    }
+    chunks
+}
+
 /// UTC with nanoseconds, fixed width, so that text order is time order.
 const SORTABLE_TIME: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");

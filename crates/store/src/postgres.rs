@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 use crate::{
     AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
     decode_request, map_error, parse_sortable_time, redact_url, sortable_time, sql_limit,
+    update_chunks,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -225,35 +226,63 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Stores a changed request if the stored version is the one before it; `false` if not (a
-    /// conflict: nothing written). Holds the row lock to the end of the transaction.
-    async fn update_row(
+    /// Stores changed requests (the rows at `chunk`, no id twice), each if the stored version
+    /// is the one before it; per row whether it was stored (`false`: a conflict, nothing
+    /// written for it). Locks the rows in id order first, so concurrent batches cannot
+    /// deadlock, and holds the locks to the end of the transaction.
+    async fn update_rows(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        request: &Request,
-        row: &RequestRow,
-    ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE requests SET entitlement = $1, requester = $2, state = $3, is_open = $4, \
-             version = $5, created_at = CAST($6 AS TIMESTAMPTZ), \
-             due_at = CAST($7 AS TIMESTAMPTZ), access_ends_at = CAST($8 AS TIMESTAMPTZ), \
-             body = $9 WHERE id = $10 AND version = $11",
-        )
-        .bind(&request.entitlement)
-        .bind(&request.requester)
-        .bind(row.state)
-        .bind(row.open)
-        .bind(request.version)
-        .bind(&row.created_at)
-        .bind(&row.due_at)
-        .bind(&row.access_ends_at)
-        .bind(&row.body)
-        .bind(&request.id)
-        .bind(request.version.wrapping_sub(1))
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| self.db(e, &format!("request {}", request.id)))?;
-        Ok(updated.rows_affected() > 0)
+        rows: &[(&Request, RequestRow)],
+        chunk: &[usize],
+    ) -> Result<Vec<bool>, StoreError> {
+        let what = match chunk {
+            [i] => format!("request {}", rows[*i].0.id),
+            _ => "requests".to_owned(),
+        };
+        let ids: Vec<&str> = chunk.iter().map(|&i| rows[i].0.id.as_str()).collect();
+        sqlx::query("SELECT id FROM requests WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&ids)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.db(e, &what))?;
+        let mut update = QueryBuilder::<Postgres>::new(
+            "UPDATE requests AS r SET entitlement = v.entitlement, requester = v.requester, \
+             state = v.state, is_open = v.is_open, version = v.version, \
+             created_at = v.created_at, due_at = v.due_at, access_ends_at = v.access_ends_at, \
+             body = v.body FROM (",
+        );
+        update.push_values(chunk, |mut b, &i| {
+            let (request, row) = &rows[i];
+            b.push_bind(&request.id)
+                .push_bind(&request.entitlement)
+                .push_bind(&request.requester)
+                .push_bind(row.state)
+                .push_bind(row.open)
+                .push_bind(request.version)
+                .push_bind(&row.created_at)
+                .push_unseparated("::timestamptz")
+                .push_bind(&row.due_at)
+                .push_unseparated("::timestamptz")
+                .push_bind(&row.access_ends_at)
+                .push_unseparated("::timestamptz")
+                .push_bind(&row.body);
+        });
+        update.push(
+            ") AS v (id, entitlement, requester, state, is_open, version, created_at, due_at, \
+             access_ends_at, body) WHERE r.id = v.id AND r.version = v.version - 1 \
+             RETURNING r.id",
+        );
+        let updated: Vec<String> = update
+            .build_query_scalar()
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| self.db(e, &what))?;
+        let updated: std::collections::HashSet<String> = updated.into_iter().collect();
+        Ok(chunk
+            .iter()
+            .map(|&i| updated.contains(&rows[i].0.id))
+            .collect())
     }
 }
 
@@ -277,10 +306,10 @@ impl Store for PostgresStore {
         request: &Request,
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
-        let row = RequestRow::of(request)?;
+        let rows = [(request, RequestRow::of(request)?)];
         let what = format!("request {}", request.id);
         let mut tx = self.begin().await?;
-        if !self.update_row(&mut tx, request, &row).await? {
+        if self.update_rows(&mut tx, &rows, &[0]).await? != [true] {
             tx.rollback().await.map_err(|e| self.db(e, &what))?;
             return Err(StoreError::Conflict(request.id.clone()));
         }
@@ -310,10 +339,9 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(|e| self.db(e, "requests"))
     }
 
-    /// One transaction: each row updated with its version check, then the audit entries of the
-    /// stored ones in batch order (one lock of the chain head, after the row locks as in every
-    /// transaction). The rows are updated in id order, so that two batches touching the same
-    /// requests take their row locks in the same order and cannot deadlock.
+    /// One transaction: multi-row UPDATEs, each row with its version check, then the audit
+    /// entries of the stored ones in batch order (one lock of the chain head, after the row
+    /// locks as in every transaction).
     async fn update_requests(
         &self,
         batch: &[(Request, Vec<NewAuditEntry>)],
@@ -322,14 +350,13 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let rows = batch_rows(batch)?;
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        // Stable: a request given twice is updated in batch order.
-        order.sort_by(|&a, &b| rows[a].0.id.cmp(&rows[b].0.id));
         let mut tx = self.begin().await?;
         let mut stored = vec![false; rows.len()];
-        for i in order {
-            let (request, row) = &rows[i];
-            stored[i] = self.update_row(&mut tx, request, row).await?;
+        for chunk in update_chunks(&rows) {
+            let done = self.update_rows(&mut tx, &rows, &chunk).await?;
+            for (i, ok) in chunk.iter().zip(done) {
+                stored[*i] = ok;
+            }
         }
         let audit: Vec<NewAuditEntry> = batch
             .iter()

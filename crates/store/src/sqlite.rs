@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use crate::{
     AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
     decode_request, genesis, map_error, parse_sortable_time, sortable_time, sql_limit,
+    update_chunks,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -228,33 +229,52 @@ async fn insert_rows(
     Ok(())
 }
 
-/// Stores a changed request if the stored version is the one before it; `false` if not (a
-/// conflict: nothing written).
-async fn update_row(
+/// Stores changed requests (the rows at `chunk`, no id twice), each if the stored version is
+/// the one before it, in one statement; per row whether it was stored (`false`: a conflict,
+/// nothing written for it).
+async fn update_rows(
     tx: &mut Transaction<'static, Sqlite>,
-    request: &Request,
-    row: &RequestRow,
-) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE requests SET entitlement = ?, requester = ?, state = ?, is_open = ?, \
-         version = ?, created_at = ?, due_at = ?, access_ends_at = ?, body = ? \
-         WHERE id = ? AND version = ?",
-    )
-    .bind(&request.entitlement)
-    .bind(&request.requester)
-    .bind(row.state)
-    .bind(row.open)
-    .bind(request.version)
-    .bind(&row.created_at)
-    .bind(&row.due_at)
-    .bind(&row.access_ends_at)
-    .bind(&row.body)
-    .bind(&request.id)
-    .bind(request.version.wrapping_sub(1))
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| db(e, &format!("request {}", request.id)))?;
-    Ok(updated.rows_affected() > 0)
+    rows: &[(&Request, RequestRow)],
+    chunk: &[usize],
+) -> Result<Vec<bool>, StoreError> {
+    let mut update = QueryBuilder::<Sqlite>::new(
+        "WITH v (id, entitlement, requester, state, is_open, version, created_at, due_at, \
+         access_ends_at, body) AS (",
+    );
+    update.push_values(chunk, |mut b, &i| {
+        let (request, row) = &rows[i];
+        b.push_bind(&request.id)
+            .push_bind(&request.entitlement)
+            .push_bind(&request.requester)
+            .push_bind(row.state)
+            .push_bind(row.open)
+            .push_bind(request.version)
+            .push_bind(&row.created_at)
+            .push_bind(&row.due_at)
+            .push_bind(&row.access_ends_at)
+            .push_bind(&row.body);
+    });
+    update.push(
+        ") UPDATE requests SET entitlement = v.entitlement, requester = v.requester, \
+         state = v.state, is_open = v.is_open, version = v.version, created_at = v.created_at, \
+         due_at = v.due_at, access_ends_at = v.access_ends_at, body = v.body \
+         FROM v WHERE requests.id = v.id AND requests.version = v.version - 1 \
+         RETURNING requests.id",
+    );
+    let what = match chunk {
+        [i] => format!("request {}", rows[*i].0.id),
+        _ => "requests".to_owned(),
+    };
+    let updated: Vec<String> = update
+        .build_query_scalar()
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| db(e, &what))?;
+    let updated: std::collections::HashSet<String> = updated.into_iter().collect();
+    Ok(chunk
+        .iter()
+        .map(|&i| updated.contains(&rows[i].0.id))
+        .collect())
 }
 
 /// The rows of a batch, encoded before any transaction starts.
@@ -287,10 +307,10 @@ impl Store for SqliteStore {
         request: &Request,
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
-        let row = RequestRow::of(request)?;
+        let rows = [(request, RequestRow::of(request)?)];
         let what = format!("request {}", request.id);
         let mut tx = self.write().await?;
-        if !update_row(&mut tx, request, &row).await? {
+        if update_rows(&mut tx, &rows, &[0]).await? != [true] {
             tx.rollback().await.map_err(|e| db(e, &what))?;
             return Err(StoreError::Conflict(request.id.clone()));
         }
@@ -320,8 +340,8 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(|e| db(e, "requests"))
     }
 
-    /// One `BEGIN IMMEDIATE` transaction: each row updated with its version check, then the
-    /// audit entries of the stored ones, in batch order.
+    /// One `BEGIN IMMEDIATE` transaction: multi-row UPDATEs, each row with its version check,
+    /// then the audit entries of the stored ones, in batch order.
     async fn update_requests(
         &self,
         batch: &[(Request, Vec<NewAuditEntry>)],
@@ -331,9 +351,11 @@ impl Store for SqliteStore {
         }
         let rows = batch_rows(batch)?;
         let mut tx = self.write().await?;
-        let mut stored = Vec::with_capacity(rows.len());
-        for (request, row) in &rows {
-            stored.push(update_row(&mut tx, request, row).await?);
+        let mut stored = vec![false; rows.len()];
+        for chunk in update_chunks(&rows) {
+            for (i, ok) in chunk.iter().zip(update_rows(&mut tx, &rows, &chunk).await?) {
+                stored[*i] = ok;
+            }
         }
         let audit: Vec<NewAuditEntry> = batch
             .iter()

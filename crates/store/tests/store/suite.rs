@@ -1195,12 +1195,21 @@ pub async fn migration_backfills_due_at(db: Db) {
 /// The overdue count the store gives is [`Request::overdue`] over the stored requests.
 async fn assert_overdue_counts(store: &dyn Store, all: &[Request]) {
     let mut times: Vec<_> = all.iter().filter_map(Request::access_ends_at).collect();
-    times.extend(times.clone().iter().map(|t| *t - time::Duration::seconds(1)));
+    times.extend(
+        times
+            .clone()
+            .iter()
+            .map(|t| *t - time::Duration::seconds(1)),
+    );
     times.push(t0() - time::Duration::days(1));
     times.push(t0() + time::Duration::days(365));
     for now in times {
         let want = all.iter().filter(|r| r.overdue(now)).count() as u64;
-        assert_eq!(store.count_overdue(now).await.unwrap(), want, "overdue at {now}");
+        assert_eq!(
+            store.count_overdue(now).await.unwrap(),
+            want,
+            "overdue at {now}"
+        );
     }
 }
 
