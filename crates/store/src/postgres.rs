@@ -229,7 +229,8 @@ impl PostgresStore {
     /// Stores changed requests (the rows at `chunk`, no id twice), each if the stored version
     /// is the one before it; per row whether it was stored (`false`: a conflict, nothing
     /// written for it). Locks the rows in id order first, so concurrent batches cannot
-    /// deadlock, and holds the locks to the end of the transaction.
+    /// deadlock, and holds the locks to the end of the transaction. Entitlement, requester and
+    /// creation time never change after creation, so they and their indexes are left alone.
     async fn update_rows(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -247,21 +248,16 @@ impl PostgresStore {
             .await
             .map_err(|e| self.db(e, &what))?;
         let mut update = QueryBuilder::<Postgres>::new(
-            "UPDATE requests AS r SET entitlement = v.entitlement, requester = v.requester, \
-             state = v.state, is_open = v.is_open, version = v.version, \
-             created_at = v.created_at, due_at = v.due_at, access_ends_at = v.access_ends_at, \
+            "UPDATE requests AS r SET state = v.state, is_open = v.is_open, \
+             version = v.version, due_at = v.due_at, access_ends_at = v.access_ends_at, \
              body = v.body FROM (",
         );
         update.push_values(chunk, |mut b, &i| {
             let (request, row) = &rows[i];
             b.push_bind(&request.id)
-                .push_bind(&request.entitlement)
-                .push_bind(&request.requester)
                 .push_bind(row.state)
                 .push_bind(row.open)
                 .push_bind(request.version)
-                .push_bind(&row.created_at)
-                .push_unseparated("::timestamptz")
                 .push_bind(&row.due_at)
                 .push_unseparated("::timestamptz")
                 .push_bind(&row.access_ends_at)
@@ -269,8 +265,8 @@ impl PostgresStore {
                 .push_bind(&row.body);
         });
         update.push(
-            ") AS v (id, entitlement, requester, state, is_open, version, created_at, due_at, \
-             access_ends_at, body) WHERE r.id = v.id AND r.version = v.version - 1 \
+            ") AS v (id, state, is_open, version, due_at, access_ends_at, body) \
+             WHERE r.id = v.id AND r.version = v.version - 1 \
              RETURNING r.id",
         );
         let updated: Vec<String> = update

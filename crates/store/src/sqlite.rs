@@ -231,32 +231,28 @@ async fn insert_rows(
 
 /// Stores changed requests (the rows at `chunk`, no id twice), each if the stored version is
 /// the one before it, in one statement; per row whether it was stored (`false`: a conflict,
-/// nothing written for it).
+/// nothing written for it). Entitlement, requester and creation time never change after
+/// creation, so they and their indexes are left alone.
 async fn update_rows(
     tx: &mut Transaction<'static, Sqlite>,
     rows: &[(&Request, RequestRow)],
     chunk: &[usize],
 ) -> Result<Vec<bool>, StoreError> {
     let mut update = QueryBuilder::<Sqlite>::new(
-        "WITH v (id, entitlement, requester, state, is_open, version, created_at, due_at, \
-         access_ends_at, body) AS (",
+        "WITH v (id, state, is_open, version, due_at, access_ends_at, body) AS (",
     );
     update.push_values(chunk, |mut b, &i| {
         let (request, row) = &rows[i];
         b.push_bind(&request.id)
-            .push_bind(&request.entitlement)
-            .push_bind(&request.requester)
             .push_bind(row.state)
             .push_bind(row.open)
             .push_bind(request.version)
-            .push_bind(&row.created_at)
             .push_bind(&row.due_at)
             .push_bind(&row.access_ends_at)
             .push_bind(&row.body);
     });
     update.push(
-        ") UPDATE requests SET entitlement = v.entitlement, requester = v.requester, \
-         state = v.state, is_open = v.is_open, version = v.version, created_at = v.created_at, \
+        ") UPDATE requests SET state = v.state, is_open = v.is_open, version = v.version, \
          due_at = v.due_at, access_ends_at = v.access_ends_at, body = v.body \
          FROM v WHERE requests.id = v.id AND requests.version = v.version - 1 \
          RETURNING requests.id",
