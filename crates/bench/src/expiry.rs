@@ -11,7 +11,7 @@
 //! real lifecycle: created, approved, activated) and starts the emulator with those members in
 //! the group, so the measurement is only about revocation.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use tidegate_core::service::{Service, audit_entries};
 use crate::grants::{CONFIG, GROUP, TOKEN, login};
 
 /// The group's members in the policy the tailnet holds now.
-async fn members(api: &dyn Tailnet) -> Option<BTreeSet<String>> {
+async fn members(api: &dyn Tailnet) -> Option<HashSet<String>> {
     let policy = api.policy().await.ok()?;
     let doc = hujson::Document::parse(&policy.text).ok()?;
     let members = doc.strings(&[hujson::Seg::Key("groups"), hujson::Seg::Key(GROUP)])?;
@@ -164,6 +164,13 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(lead + spread + 60);
     let (mut down_since, mut restarted_at) = (None, None);
     let mut second: Option<tokio::task::JoinHandle<()>> = None;
+    // The watcher must not starve what it measures: each poll looks only at the grants past
+    // their expiry and still present, and counts the others.
+    let mut by_expiry: Vec<(time::OffsetDateTime, &str)> =
+        expiries.iter().map(|(l, e)| (*e, l.as_str())).collect();
+    by_expiry.sort();
+    let mut next_expiring = 0;
+    let mut expired_present: Vec<&str> = Vec::new();
     let mut removed: HashMap<String, time::OffsetDateTime> = HashMap::new();
     while removed.len() < count && Instant::now() < deadline {
         let now = clock.now();
@@ -184,11 +191,26 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
         }
         if let Some(present) = members(&api).await {
             let seen = clock.now();
-            for login in expiries.keys() {
-                if !present.contains(login) {
-                    removed.entry(login.clone()).or_insert(seen);
-                }
+            while let Some((expiry, login)) = by_expiry.get(next_expiring)
+                && *expiry <= seen
+            {
+                expired_present.push(login);
+                next_expiring += 1;
             }
+            let unexpired = by_expiry.len() - next_expiring;
+            if present.len() < unexpired {
+                bail!(
+                    "{} members left the group before their grant expired",
+                    unexpired - present.len()
+                );
+            }
+            expired_present.retain(|login| {
+                let gone = !present.contains(*login);
+                if gone {
+                    removed.insert((*login).to_owned(), seen);
+                }
+                !gone
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
