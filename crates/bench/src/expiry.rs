@@ -37,8 +37,11 @@ async fn policy_members(api: &dyn Tailnet) -> Option<(String, usize)> {
 
 /// The logins on the member lines of the benchmark's group.
 fn member_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix(MEMBER_INDENT)?.strip_suffix("\",")?.strip_prefix('"'))
+    text.lines().filter_map(|line| {
+        line.strip_prefix(MEMBER_INDENT)?
+            .strip_suffix("\",")?
+            .strip_prefix('"')
+    })
 }
 
 const MEMBER_INDENT: &str = "\t\t\t";

@@ -9,6 +9,7 @@ use clap::Subcommand;
 use tailnet::{ApiClient, ApiConfig, Clock, SystemClock, Tailnet};
 use tidegate_core::config::Config;
 use tidegate_core::entitlement::check_against_policy;
+use tidegate_core::leader::{self, Metrics};
 use tidegate_core::reconciler::Reconciler;
 use tidegate_core::service::Service;
 use tidegate_core::store::Store;
@@ -74,7 +75,7 @@ impl Running {
     }
 }
 
-/// Starts the API and the reconciler.
+/// Starts the API, and the reconciler whenever this process holds the leader lock.
 pub async fn start(
     config: Config,
     store: Arc<dyn Store>,
@@ -84,17 +85,28 @@ pub async fn start(
 ) -> Result<Running, Failure> {
     startup_check(&config, tailnet.as_ref()).await?;
     let url = format!("http://{}", listener.local_addr().map_err(usage)?);
+    let lock = store
+        .leader_lock()
+        .await
+        .map_err(|e| Failure::Usage(format!("leader lock: {e}")))?;
     let service = Arc::new(Service::new(Arc::new(config), store, tailnet, clock));
-    let reconciler = Reconciler::new(service.clone());
+    let metrics = Arc::new(Metrics::default());
+    let reconciler = Arc::new(
+        Reconciler::new(service.clone())
+            .fenced(lock.clone())
+            .observed(metrics.clone()),
+    );
     let stop = Arc::new(tokio::sync::Notify::new());
-    let reconcile_stop = stop.clone();
-    let reconcile = tokio::spawn(async move {
-        reconciler
-            .run(std::time::Duration::from_secs(5), reconcile_stop)
-            .await
-    });
+    let reconcile = tokio::spawn(leader::run(
+        reconciler,
+        lock,
+        metrics.clone(),
+        std::time::Duration::from_secs(5),
+        stop.clone(),
+    ));
     let app = tidegate_server::router(tidegate_server::AppState {
         service: service.clone(),
+        metrics,
     });
     let http = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod duration;
 pub mod entitlement;
+pub mod leader;
 pub mod reconciler;
 pub mod request;
 pub mod service;

@@ -15,6 +15,7 @@ use tailnet::Tailnet;
 use time::OffsetDateTime;
 
 use crate::entitlement::Strategy;
+use crate::leader::{LeaderLock, Metrics};
 use crate::request::{Event, Request, SYSTEM, State};
 use crate::service::{Service, audit_entries};
 use crate::store::{RequestFilter, StoreError};
@@ -45,6 +46,10 @@ pub struct Reconciler {
     /// (group, login) → the requests that want that membership now. Rebuilt by every full
     /// pass and kept up to date by due passes, which see only the requests due now.
     memberships: tokio::sync::Mutex<BTreeMap<(String, String), BTreeSet<String>>>,
+    /// Checked right before every tailnet change: a replica that is no longer the leader
+    /// makes none.
+    fence: Option<Arc<dyn LeaderLock>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn event(request: &Request, action: &str, detail: serde_json::Value) -> Event {
@@ -62,7 +67,21 @@ impl Reconciler {
             service,
             reported_drift: tokio::sync::Mutex::new(BTreeSet::new()),
             memberships: tokio::sync::Mutex::new(BTreeMap::new()),
+            fence: None,
+            metrics: None,
         }
+    }
+
+    /// Makes no tailnet change unless `lock` is still held when it is about to be made.
+    pub fn fenced(mut self, lock: Arc<dyn LeaderLock>) -> Reconciler {
+        self.fence = Some(lock);
+        self
+    }
+
+    /// Reports each pass's duration to `metrics`.
+    pub fn observed(mut self, metrics: Arc<Metrics>) -> Reconciler {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn tailnet(&self) -> &dyn Tailnet {
@@ -300,7 +319,7 @@ impl Reconciler {
                 .await
             {
                 return Err(tailnet::Error::Protocol(
-                    "the audit log is not writable".into(),
+                    "not recorded in the audit log first, or no longer the leader: not made".into(),
                 ));
             }
             match self
@@ -792,6 +811,14 @@ impl Reconciler {
         detail: serde_json::Value,
         report: &mut PassReport,
     ) -> bool {
+        if let Some(fence) = &self.fence
+            && !fence.held().await
+        {
+            report.errors.push(format!(
+                "{action} not made: this replica is no longer the leader"
+            ));
+            return false;
+        }
         let entry = crate::audit::NewAuditEntry {
             at: time_text(self.now()),
             actor: SYSTEM.to_owned(),
@@ -907,11 +934,15 @@ impl Reconciler {
         let mut last_full: Option<OffsetDateTime> = None;
         loop {
             let now = self.now();
+            let started = std::time::Instant::now();
             if last_full.is_none_or(|t| now - t >= FULL_EVERY) {
                 let _ = self.pass().await;
                 last_full = Some(now);
             } else {
                 let _ = self.pass_due().await;
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_pass(started.elapsed());
             }
             let due = self.next_due(tick_time).await;
             // Expiries are stored to the second: wake just after the due second begins.

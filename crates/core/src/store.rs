@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::audit::{AuditEntry, NewAuditEntry};
+use crate::leader::{LeaderLock, SoleProcess};
 use crate::request::{Request, State};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,4 +164,21 @@ pub trait Store: Send + Sync {
         Ok(open.iter().filter(|r| r.overdue(now)).count() as u64)
     }
     async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Open requests by state (requests that need nothing more are not counted).
+    async fn count_open_by_state(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
+
+    /// How many entries the audit log holds (the last one's `seq`).
+    async fn audit_length(&self) -> Result<i64, StoreError>;
+
+    /// The database answers and every migration this build knows is applied.
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Leadership among the processes sharing this store. This default suits a store only one
+    /// process uses: always held.
+    async fn leader_lock(&self) -> Result<Arc<dyn LeaderLock>, StoreError> {
+        Ok(Arc::new(SoleProcess))
+    }
 }

@@ -1,6 +1,7 @@
 //! tidegate's HTTP API: JSON endpoints for requests, reviews, grants and the audit log,
 //! authenticated with API tokens (stored hashed), and its OpenAPI document.
 
+mod metrics;
 mod openapi;
 pub mod tokens;
 
@@ -25,6 +26,8 @@ pub use openapi::document as openapi_document;
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
+    /// Leadership and reconciler figures of this replica.
+    pub metrics: Arc<tidegate_core::leader::Metrics>,
 }
 
 /// An error as the API answers it: a status and `{"error": "..."}`.
@@ -368,6 +371,8 @@ async fn not_found() -> ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/openapi.json", get(openapi))
         .route("/api/whoami", get(whoami))
         .route("/api/entitlements", get(entitlements))

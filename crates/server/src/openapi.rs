@@ -52,6 +52,8 @@ pub fn document() -> Value {
                  "description": "Just-in-time access for Tailscale tailnets. Authenticate with `Authorization: Bearer <token>` (`tidegate token create`)."},
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness: the database answers and its migrations are applied", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, with the reason"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "responses": {"200": {"description": "metrics"}}}},
             "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}},
             "/api/whoami": {"get": op("Who the token belongs to", None, "WhoAmI")},
             "/api/entitlements": {"get": op("Entitlements the caller may request", None, "EntitlementList")},

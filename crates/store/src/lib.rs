@@ -219,6 +219,27 @@ pub(crate) fn update_chunks(rows: &[(&Request, RequestRow)]) -> Vec<Vec<usize>> 
     chunks
 }
 
+/// `Ok` if every migration of `migrator` is among the `applied` versions; otherwise which are
+/// missing.
+pub(crate) fn missing_migrations(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[i64],
+) -> Result<(), StoreError> {
+    let missing: Vec<String> = migrator
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Database(format!(
+            "migrations not applied: {}",
+            missing.join(", ")
+        )))
+    }
+}
+
 /// UTC with nanoseconds, fixed width, so that text order is time order.
 const SORTABLE_TIME: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");

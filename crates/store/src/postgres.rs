@@ -12,13 +12,16 @@
 //! them: processes starting together migrate one after the other, and the later ones find
 //! nothing left to do. The connection is closed afterwards, so the lock never outlives the run.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
 use tidegate_core::audit::{AuditEntry, NewAuditEntry};
+use tidegate_core::leader::LeaderLock;
 use tidegate_core::request::Request;
 use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
 
@@ -26,8 +29,8 @@ use time::OffsetDateTime;
 
 use crate::{
     AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
-    decode_request, map_error, parse_sortable_time, redact_url, sortable_time, sql_limit,
-    update_chunks,
+    decode_request, map_error, missing_migrations, parse_sortable_time, redact_url, sortable_time,
+    sql_limit, update_chunks,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -376,6 +379,42 @@ impl Store for PostgresStore {
         due.as_deref().map(parse_sortable_time).transpose()
     }
 
+    async fn count_open_by_state(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM requests WHERE is_open GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db(e, "request"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(state, n)| (state, n.max(0) as u64))
+            .collect())
+    }
+
+    async fn audit_length(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM audit")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "audit entry"))
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.db(e, "database"))?;
+        missing_migrations(&MIGRATIONS, &applied)
+    }
+
+    async fn leader_lock(&self) -> Result<Arc<dyn LeaderLock>, StoreError> {
+        Ok(Arc::new(AdvisoryLock {
+            options: self.options.clone(),
+            secrets: self.secrets.clone(),
+            conn: tokio::sync::Mutex::new(None),
+        }))
+    }
+
     async fn count_overdue(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM requests WHERE is_open AND access_ends_at <= CAST($1 AS TIMESTAMPTZ)",
@@ -493,5 +532,92 @@ impl Store for PostgresStore {
                 expires_at,
             },
         ))
+    }
+}
+
+/// Leadership as a session-level advisory lock held on a connection of its own (not a pooled
+/// one), keyed by the schema so deployments sharing a database do not contend. Chosen over a
+/// lease row because PostgreSQL itself ends the hold when the holder dies: a killed process's
+/// connection closes and the lock is free at once, with no lease to wait out and no clock to
+/// trust. A leader checks its connection every second and before each tailnet change; if the
+/// connection is gone, so is the lock, and it stops.
+struct AdvisoryLock {
+    options: PgConnectOptions,
+    secrets: Secrets,
+    /// The connection holding (or trying for) the lock, and whether it holds it.
+    conn: tokio::sync::Mutex<Option<(PgConnection, bool)>>,
+}
+
+/// How long a lock check may take before the connection counts as lost.
+const LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+const LOCK_KEY: &str = "hashtextextended('tidegate leader ' || current_schema(), 0)";
+
+#[async_trait::async_trait]
+impl LeaderLock for AdvisoryLock {
+    async fn try_acquire(&self) -> Result<bool, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some((_, true)) = slot.as_ref() {
+            return Ok(true);
+        }
+        if slot.is_none() {
+            let conn = tokio::time::timeout(
+                LOCK_CHECK_TIMEOUT,
+                PgConnection::connect_with(&self.options),
+            )
+            .await
+            .map_err(|_| StoreError::Database("connecting for the leader lock timed out".into()))?
+            .map_err(|e| map_error(e, "database", &self.secrets))?;
+            *slot = Some((conn, false));
+        }
+        let Some((conn, holding)) = slot.as_mut() else {
+            return Ok(false);
+        };
+        let query = format!("SELECT pg_try_advisory_lock({LOCK_KEY})");
+        match tokio::time::timeout(
+            LOCK_CHECK_TIMEOUT,
+            sqlx::query_scalar::<_, bool>(&query).fetch_one(&mut *conn),
+        )
+        .await
+        {
+            Ok(Ok(got)) => {
+                *holding = got;
+                Ok(got)
+            }
+            Ok(Err(e)) => {
+                *slot = None;
+                Err(map_error(e, "leader lock", &self.secrets))
+            }
+            Err(_) => {
+                *slot = None;
+                Err(StoreError::Database(
+                    "the leader lock check timed out".into(),
+                ))
+            }
+        }
+    }
+
+    async fn held(&self) -> bool {
+        let mut slot = self.conn.lock().await;
+        let Some((conn, true)) = slot.as_mut() else {
+            return false;
+        };
+        // A session lock lasts as long as its session: the session answering is the lock held.
+        let alive = matches!(
+            tokio::time::timeout(LOCK_CHECK_TIMEOUT, conn.ping()).await,
+            Ok(Ok(()))
+        );
+        if !alive {
+            // Dropping the connection closes it; should the server still have the session, it
+            // releases the lock when it notices.
+            *slot = None;
+        }
+        alive
+    }
+
+    async fn release(&self) {
+        if let Some((conn, _)) = self.conn.lock().await.take() {
+            let _ = tokio::time::timeout(LOCK_CHECK_TIMEOUT, conn.close()).await;
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! run one after the other, so the audit chain cannot fork and no transaction has to upgrade a
 //! read lock half-way (which SQLite would refuse with `SQLITE_BUSY` instead of waiting).
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -20,8 +21,8 @@ use time::OffsetDateTime;
 
 use crate::{
     AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
-    decode_request, genesis, map_error, parse_sortable_time, sortable_time, sql_limit,
-    update_chunks,
+    decode_request, genesis, map_error, missing_migrations, parse_sortable_time, sortable_time,
+    sql_limit, update_chunks,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -371,6 +372,34 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| db(e, "request"))?;
         due.as_deref().map(parse_sortable_time).transpose()
+    }
+
+    async fn count_open_by_state(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM requests WHERE is_open = 1 GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db(e, "request"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(state, n)| (state, n.max(0) as u64))
+            .collect())
+    }
+
+    async fn audit_length(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM audit")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db(e, "audit entry"))
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db(e, "database"))?;
+        missing_migrations(&MIGRATIONS, &applied)
     }
 
     async fn count_overdue(&self, now: OffsetDateTime) -> Result<u64, StoreError> {

@@ -6,6 +6,7 @@
 //! was not processed), honouring `Retry-After`; 5xx, timeouts and dropped connections only for
 //! idempotent requests. Delays are exponential with full jitter.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +99,8 @@ pub struct ApiClient {
     http: reqwest::Client,
     config: ApiConfig,
     token: tokio::sync::Mutex<Option<Token>>,
+    /// Attempts by outcome: the HTTP status, or "error" when no answer came.
+    calls: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// A request body.
@@ -220,6 +223,7 @@ impl ApiClient {
             http,
             config,
             token: tokio::sync::Mutex::new(None),
+            calls: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -281,6 +285,7 @@ impl ApiClient {
                 .form(&form)
                 .send()
                 .await;
+            self.count_call(sent.as_ref().ok().map(reqwest::Response::status));
             let error = match sent {
                 Err(e) => self.transport_error(e),
                 Ok(response) => {
@@ -369,7 +374,9 @@ impl ApiClient {
                     .header(CONTENT_TYPE, *content_type)
                     .body(text.clone()),
             };
-            let error = match request.send().await {
+            let sent = request.send().await;
+            self.count_call(sent.as_ref().ok().map(reqwest::Response::status));
+            let error = match sent {
                 Err(e) => self.transport_error(e),
                 Ok(response) => {
                     let status = response.status();
@@ -396,6 +403,13 @@ impl ApiClient {
                 }
                 _ => return Err(error),
             }
+        }
+    }
+
+    fn count_call(&self, status: Option<StatusCode>) {
+        let outcome = status.map_or_else(|| "error".to_owned(), |s| s.as_u16().to_string());
+        if let Ok(mut calls) = self.calls.lock() {
+            *calls.entry(outcome).or_default() += 1;
         }
     }
 
@@ -450,6 +464,10 @@ struct Devices {
 
 #[async_trait::async_trait]
 impl Tailnet for ApiClient {
+    fn call_counts(&self) -> BTreeMap<String, u64> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
     async fn policy(&self) -> Result<PolicyText> {
         let call =
             Call::new(Method::GET, self.tailnet_path("/acl")).header(ACCEPT, "application/hujson");

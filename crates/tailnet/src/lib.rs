@@ -21,6 +21,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The operations tidegate needs from a tailnet. Devices are named by `nodeId` or numeric `id`.
 #[async_trait::async_trait]
 pub trait Tailnet: Send + Sync {
+    /// Calls made so far by outcome (HTTP status, or "error" when no answer came), for
+    /// metrics; empty where not counted.
+    fn call_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
+    }
     /// The policy file as stored (HuJSON, byte for byte) and its ETag.
     async fn policy(&self) -> Result<PolicyText>;
     /// Replaces the policy. With `if_match`, only if it is still that version

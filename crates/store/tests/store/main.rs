@@ -48,6 +48,8 @@ conformance!(
     migration_backfills_due_at,
     overdue_count,
     migration_backfills_access_ends_at,
+    counts_and_readiness,
+    leader_lock,
     batch_timings,
 );
 

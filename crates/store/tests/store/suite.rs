@@ -1314,3 +1314,106 @@ pub async fn batch_timings(db: Db) {
     assert_eq!(db.count("requests").await, INSERT as i64);
     assert_eq!(db.count("audit").await, (INSERT + UPDATE) as i64);
 }
+
+/// What `/metrics` and `/readyz` read: open requests by state, the audit log's length, and
+/// readiness.
+pub async fn counts_and_readiness(db: Db) {
+    let store = db.open().await;
+    store.ready().await.unwrap();
+    assert!(store.count_open_by_state().await.unwrap().is_empty());
+    assert_eq!(store.audit_length().await.unwrap(), 0);
+    let all = due_fixtures();
+    for r in &all {
+        store
+            .insert_request(r, &[entry("request.created", Some(&r.id), "{}")])
+            .await
+            .unwrap();
+    }
+    let mut want: std::collections::BTreeMap<String, u64> = Default::default();
+    for r in all.iter().filter(|r| r.open()) {
+        *want.entry(r.state.as_str().to_owned()).or_default() += 1;
+    }
+    assert_eq!(store.count_open_by_state().await.unwrap(), want);
+    assert_eq!(want.get("active"), Some(&2));
+    assert_eq!(store.audit_length().await.unwrap(), all.len() as i64);
+
+    // A database missing a migration is not ready, and says which.
+    let last = match db.kind() {
+        Kind::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(db.url()).await.unwrap();
+            let v: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ?")
+                .bind(v)
+                .execute(&pool)
+                .await
+                .unwrap();
+            v
+        }
+        Kind::Postgres => {
+            let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+            let v: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+                .bind(v)
+                .execute(&pool)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let err = store.ready().await.unwrap_err().to_string();
+    assert!(err.contains(&last.to_string()), "{err}");
+}
+
+/// One leader at a time; PostgreSQL frees the lock when the holder's connection ends, and the
+/// holder sees it lost.
+pub async fn leader_lock(db: Db) {
+    let a = db.open().await.leader_lock().await.unwrap();
+    let b = db.open().await.leader_lock().await.unwrap();
+    if db.kind() == Kind::Sqlite {
+        // One process per SQLite file: the lock is always this process's.
+        assert!(a.held().await && a.try_acquire().await.unwrap());
+        assert!(b.try_acquire().await.unwrap());
+        return;
+    }
+    assert!(!a.held().await, "not held before it is taken");
+    assert!(a.try_acquire().await.unwrap());
+    assert!(a.held().await);
+    assert!(!b.try_acquire().await.unwrap(), "two leaders");
+    assert!(a.try_acquire().await.unwrap(), "taking it again keeps it");
+    // Released: the other takes it.
+    a.release().await;
+    assert!(!a.held().await);
+    assert!(b.try_acquire().await.unwrap());
+    assert!(!a.try_acquire().await.unwrap());
+    // The holder's connection cut from the server side: it knows at its next check, and the
+    // lock is free for the other.
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND database = \
+         (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND pid <> pg_backend_pid() AND objid = \
+         (hashtextextended('tidegate leader ' || current_schema(), 0) & 4294967295)::oid",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true]);
+    let mut lost = false;
+    for _ in 0..50 {
+        if !b.held().await {
+            lost = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(lost, "the holder must notice its connection is gone");
+    assert!(a.try_acquire().await.unwrap());
+    a.release().await;
+}
