@@ -39,6 +39,9 @@ enum Command {
     Serve {
         #[arg(long)]
         config: std::path::PathBuf,
+        /// Listen here instead of the config's `[server] listen` (replicas on one machine).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Try tidegate locally: an emulated tailnet, the server on SQLite, tokens for the example
     /// users.
@@ -92,7 +95,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy { command } => policy_cmd::run(command),
         Command::Emulator(args) => emulator_cmd::run(args),
-        Command::Serve { config } => block_on(server_cmd::serve(&config)),
+        Command::Serve { config, listen } => block_on(server_cmd::serve(&config, listen)),
         Command::Demo {
             listen,
             for_seconds,

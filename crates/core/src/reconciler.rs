@@ -113,6 +113,42 @@ impl Reconciler {
         }
     }
 
+    /// A grant made in the tailnet while its request changed under it (revoked or cancelled
+    /// through another door): the activation lost the race for the row. If the stored request
+    /// no longer wants access, it is marked applied now, so its removal follows in the next
+    /// pass like any other; if it still does, the next pass activates it.
+    async fn applied_meanwhile(
+        &self,
+        applied: &Request,
+        detail: serde_json::Value,
+        report: &mut PassReport,
+    ) {
+        for _ in 0..3 {
+            let mut stored = match self.service.store.request(&applied.id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("{}: cannot re-read: {e}", applied.id));
+                    return;
+                }
+            };
+            if !stored.state.is_final() || stored.tailnet.applied_at.is_some() {
+                return;
+            }
+            stored.tailnet = applied.tailnet.clone();
+            stored.tailnet.retry_at = None;
+            let mut detail = detail.clone();
+            detail["note"] = json!("applied while the request was being ended; removal follows");
+            let events = vec![event(&stored, "grant.applied", detail)];
+            if self.save(&mut stored, &events, report).await {
+                self.service.wake.notify_one();
+                return;
+            }
+        }
+    }
+
     /// Notes a failed attempt on the request (kept for the UI and the next pass).
     /// A grant that could not be applied after this many passes fails (its requester sees why);
     /// removals are retried for as long as it takes.
@@ -526,7 +562,7 @@ impl Reconciler {
                 .is_some_and(|m| m.contains(&r.requester));
             if r.wants_access(now) && r.state == State::Approved && present {
                 if let Ok(events) = r.activate(now, json!({"group": group})) {
-                    activations.push(true);
+                    activations.push(Some((r.clone(), group.clone())));
                     changes.push((r, events));
                 }
             } else if !r.wants_access(now)
@@ -545,7 +581,7 @@ impl Reconciler {
                     r.tailnet.removed_at = Some(now);
                     r.tailnet.removal_verified_at = Some(now);
                     let events = vec![event(&r, "grant.removal_verified", detail)];
-                    activations.push(false);
+                    activations.push(None);
                     changes.push((r, events));
                 }
             }
@@ -553,9 +589,13 @@ impl Reconciler {
         let stored = self.save_batch(changes, report).await;
         for (ok, activation) in stored.into_iter().zip(activations) {
             match (ok, activation) {
-                (true, true) => report.applied += 1,
-                (true, false) => report.removed += 1,
-                _ => {}
+                (true, Some(_)) => report.applied += 1,
+                (true, None) => report.removed += 1,
+                (false, Some((applied, group))) => {
+                    self.applied_meanwhile(&applied, json!({"group": group}), report)
+                        .await
+                }
+                (false, None) => {}
             }
         }
     }
@@ -696,8 +736,14 @@ impl Reconciler {
                     json!({"attribute": attribute, "expiry": expiry}),
                 )]
             };
-            if self.save(&mut r, &events, report).await && r.state == State::Active {
-                report.applied += 1;
+            let activating = events.iter().any(|e| e.action == "grant.applied");
+            if self.save(&mut r, &events, report).await {
+                if r.state == State::Active {
+                    report.applied += 1;
+                }
+            } else if activating {
+                let detail = json!({"attribute": attribute, "devices": r.devices});
+                self.applied_meanwhile(&r, detail, report).await;
             }
             return;
         }
@@ -772,10 +818,12 @@ impl Reconciler {
             }
             r.tailnet.verified_at = Some(now);
             let detail = json!({"role": role, "previous_role": r.tailnet.previous_role});
-            if let Ok(events) = r.activate(now, detail)
-                && self.save(&mut r, &events, report).await
-            {
-                report.applied += 1;
+            if let Ok(events) = r.activate(now, detail.clone()) {
+                if self.save(&mut r, &events, report).await {
+                    report.applied += 1;
+                } else {
+                    self.applied_meanwhile(&r, detail, report).await;
+                }
             }
             return;
         }

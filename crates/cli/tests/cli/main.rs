@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod chaos;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
