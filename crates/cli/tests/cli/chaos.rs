@@ -43,11 +43,14 @@ struct Schema {
 
 impl Schema {
     async fn create(base: &str) -> Schema {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("tidegate_chaos_{}_{nanos}", std::process::id());
+        // A random suffix, so runs never share a schema.
+        let suffix = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        let name = format!("tidegate_chaos_{suffix:016x}");
         let pool = sqlx::PgPool::connect(base).await.unwrap();
         sqlx::query(&format!("CREATE SCHEMA {name}"))
             .execute(&pool)
@@ -423,6 +426,18 @@ async fn chaos(base: &str) {
         [first_leader],
         "exactly one leader"
     );
+    for r in &cluster.replicas {
+        let ready: Value = cluster
+            .http
+            .get(format!("{}/readyz", r.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ready["status"], "ready");
+    }
 
     // The stream: a request per user, through replica k % 3, approved through the next one;
     // some short (they expire during the faults), some long (still active at the end), some

@@ -609,6 +609,14 @@ fn http_get(url: &str) -> Option<serde_json::Value> {
     runtime.block_on(async { reqwest::get(url).await.ok()?.json().await.ok() })
 }
 
+fn http_text(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+}
+
 /// A standalone emulator process and a server config pointing at it.
 struct Deployment {
     dir: PathBuf,
@@ -738,6 +746,30 @@ fn grants_are_removed_after_a_kill_9_and_restart() {
     let id = r["id"].as_str().unwrap().to_owned();
     d.cli(&alice, &["approve", &id]);
     wait_until("the grant to apply", || d.members() == ["dave@example.com"]);
+    let ready = http_get(&format!("{}/readyz", d.server_url())).unwrap();
+    assert_eq!(ready["status"], "ready");
+    let metrics = http_text(&format!("{}/metrics", d.server_url()));
+    for line in [
+        "tidegate_leader 1",
+        "tidegate_grants_active 1",
+        "tidegate_revocations_overdue 0",
+        "# TYPE tidegate_reconcile_duration_seconds histogram",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line:?} in\n{metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tidegate_tailnet_api_calls_total{status=\"200\"} ")),
+        "{metrics}"
+    );
+    let chain: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidegate_audit_chain_length "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(chain >= 4, "{chain}");
 
     server.kill().unwrap(); // SIGKILL: no shutdown, no cleanup
     server.wait().unwrap();

@@ -610,3 +610,76 @@ async fn due_passes_touch_only_what_is_due() {
     w.reconciler.pass_due().await;
     assert!(w.members().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_revoked_while_it_is_being_applied_is_still_removed() {
+    let w = World::new().await;
+    let id = w.approved_prod_request("dave@example.com", "2h").await;
+    // The policy write takes a while; the request is revoked through another door meanwhile.
+    w.control(
+        "faults",
+        json!({"delayMs": 1500, "path": "/tailnet/-/acl", "method": "POST", "count": 1}),
+    )
+    .await;
+    let reconciler = Arc::new(Reconciler::new(w.service.clone()));
+    let passing = reconciler.clone();
+    let pass = tokio::spawn(async move { passing.pass_due().await });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    w.service
+        .revoke(&id, "alice@example.com", "not needed after all")
+        .await
+        .unwrap();
+    pass.await.unwrap();
+    assert_eq!(w.members(), ["dave@example.com"], "the write went through");
+    let r = w.service.get(&id).await.unwrap();
+    assert_eq!(r.state, State::Revoked);
+    assert!(
+        r.tailnet.applied_at.is_some() && r.open(),
+        "known to be applied, so its removal is owed: {r:?}"
+    );
+    // A due pass (no drift check) removes it.
+    let report = reconciler.pass_due().await;
+    assert_eq!(report.removed, 1, "{report:?}");
+    assert!(w.members().is_empty());
+    assert!(!w.service.get(&id).await.unwrap().open());
+    w.audit_verifies().await;
+}
+
+/// A lock the test holds or takes away.
+struct TestLock(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl tidegate_core::leader::LeaderLock for TestLock {
+    async fn try_acquire(&self) -> Result<bool, tidegate_core::store::StoreError> {
+        Ok(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    async fn held(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    async fn release(&self) {}
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_leadership_changes_nothing() {
+    let w = World::new().await;
+    let lock = Arc::new(TestLock(std::sync::atomic::AtomicBool::new(false)));
+    let reconciler = Reconciler::new(w.service.clone()).fenced(lock.clone());
+    let id = w.approved_prod_request("dave@example.com", "1h").await;
+    let report = reconciler.pass().await;
+    assert_eq!(report.policy_writes, 0);
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains("no longer the leader")),
+        "{:?}",
+        report.errors
+    );
+    assert!(w.members().is_empty());
+    assert_eq!(w.service.get(&id).await.unwrap().state, State::Approved);
+
+    lock.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let report = reconciler.pass().await;
+    assert_eq!((report.applied, report.policy_writes), (1, 1));
+    assert_eq!(w.members(), ["dave@example.com"]);
+}
