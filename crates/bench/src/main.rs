@@ -7,6 +7,7 @@
 mod expiry;
 mod generate;
 mod grants;
+mod replicas;
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -159,8 +160,27 @@ fn main() -> Result<()> {
             let (count, spread) = (arg(2, 100_000)?, arg(3, 60)?);
             tokio::runtime::Runtime::new()?.block_on(expiry::run(count as usize, spread))?
         }
+        "failover" => {
+            let kills = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(20);
+            tokio::runtime::Runtime::new()?.block_on(replicas::failover(kills))?
+        }
+        "throughput" => {
+            let seconds = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(10);
+            tokio::runtime::Runtime::new()?.block_on(replicas::throughput(seconds))?
+        }
         _ => {
-            bail!("usage: tidegate-bench policy | grants [COUNT] | expiry [COUNT] [SPREAD_SECONDS]")
+            bail!(
+                "usage: tidegate-bench policy | grants [COUNT] | expiry [COUNT] [SPREAD_SECONDS] \
+                 | failover [KILLS] | throughput [SECONDS]"
+            )
         }
     };
     println!("{}", serde_json::to_string_pretty(&figures)?);
