@@ -82,6 +82,7 @@ pub async fn start(
     tailnet: Arc<dyn Tailnet>,
     clock: Arc<dyn Clock>,
     listener: tokio::net::TcpListener,
+    demo_logins: Vec<String>,
 ) -> Result<Running, Failure> {
     startup_check(&config, tailnet.as_ref()).await?;
     let url = format!("http://{}", listener.local_addr().map_err(usage)?);
@@ -109,9 +110,15 @@ pub async fn start(
     let app = tidegate_server::router(tidegate_server::AppState {
         service: service.clone(),
         metrics,
+        demo_logins,
     });
     let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        // The peer address decides whether `tailscale serve`'s identity headers are believed.
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
     });
     Ok(Running {
         url,
@@ -131,7 +138,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Fai
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", config.listen)))?;
-    let running = start(config, store, tailnet, clock, listener).await?;
+    let running = start(config, store, tailnet, clock, listener, Vec::new()).await?;
     println!("tidegate serving on {}", running.url);
     let _ = tokio::signal::ctrl_c().await;
     running.stop().await;
@@ -371,9 +378,21 @@ pub async fn demo(listen: &str, for_seconds: Option<u64>) -> Result<(), Failure>
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {listen}: {e}")))?;
-    let running = start(config, store.clone(), tailnet, clock.clone(), listener).await?;
+    let running = start(
+        config,
+        store.clone(),
+        tailnet,
+        clock.clone(),
+        listener,
+        logins.clone(),
+    )
+    .await?;
     println!("tidegate demo");
     println!("  server:   {}", running.url);
+    println!(
+        "  web UI:   {}/login  (demo: sign in as any example user)",
+        running.url
+    );
     println!("  emulated tailnet (Tailscale API v2): {}", emu.url());
     println!("  database: {database}");
     println!();

@@ -30,6 +30,23 @@ struct RawConfig {
     tailnet: RawTailnet,
     #[serde(default, rename = "entitlement")]
     entitlements: Vec<RawEntitlement>,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    /// Addresses of the proxy (`tailscale serve`) whose identity headers are trusted.
+    #[serde(default)]
+    trusted_proxy: Vec<String>,
+}
+
+/// How people sign in to the web UI.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// `Tailscale-User-Login` is believed only from these peers.
+    pub trusted_proxy: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -111,6 +128,7 @@ pub struct Config {
     pub public_url: Option<String>,
     pub tailnet: TailnetSettings,
     pub entitlements: Vec<Entitlement>,
+    pub auth: AuthSettings,
 }
 
 /// Resolves a secret given inline, as an environment variable name, or as a file path.
@@ -240,6 +258,21 @@ impl Config {
                 .unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
             database,
             public_url: raw.server.public_url,
+            auth: AuthSettings {
+                trusted_proxy: raw
+                    .auth
+                    .trusted_proxy
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        text.parse().map_err(|_| {
+                            invalid(format!(
+                                "auth.trusted_proxy[{i}]: {text:?} is not an IP address"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
             tailnet: TailnetSettings {
                 api_url: t
                     .api_url

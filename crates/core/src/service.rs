@@ -134,6 +134,16 @@ impl Service {
         Ok(dir.matches(&Selector::Role("admin".into()), login))
     }
 
+    /// Whether `who` may review `request` now: pending, not yet reviewed by them, an approver
+    /// of its entitlement, and not their own unless self-approval is allowed.
+    pub fn may_review(&self, request: &Request, who: &str, dir: &Directory) -> bool {
+        request.state == State::Pending
+            && !request.reviews.iter().any(|rev| rev.reviewer == who)
+            && self.entitlement(&request.entitlement).is_ok_and(|e| {
+                dir.matches_any(&e.approvers, who) && (e.self_approval || request.requester != who)
+            })
+    }
+
     /// Entitlements `login` may request.
     pub async fn entitlements_for(&self, login: &str) -> Result<Vec<Entitlement>, ServiceError> {
         let dir = self.directory().await?;

@@ -110,6 +110,10 @@ pub trait Store: Send + Sync {
     async fn audit(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 
     async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError>;
+    /// Removes a token (or web session); `false` if there was none.
+    async fn delete_token(&self, hash: &str) -> Result<bool, StoreError>;
+    /// The audit entries about one request, oldest first.
+    async fn audit_of_request(&self, request: &str) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Stores many new requests and their audit entries. Backends do it in one transaction; this
     /// default stores them one by one.

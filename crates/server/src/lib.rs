@@ -4,6 +4,7 @@
 mod metrics;
 mod openapi;
 pub mod tokens;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// Leadership and reconciler figures of this replica.
     pub metrics: Arc<tidegate_core::leader::Metrics>,
+    /// Demo mode only: the example users anyone may sign in as. Empty otherwise.
+    pub demo_logins: Vec<String>,
 }
 
 /// An error as the API answers it: a status and `{"error": "..."}`.
@@ -231,13 +234,7 @@ async fn list(
     let mut requests = app.service.list(&filter).await?;
     if q.review {
         let dir = app.service.directory().await?;
-        requests.retain(|r| {
-            r.state == RequestState::Pending
-                && !r.reviews.iter().any(|rev| rev.reviewer == who)
-                && app.service.entitlement(&r.entitlement).is_ok_and(|e| {
-                    dir.matches_any(&e.approvers, &who) && (e.self_approval || r.requester != who)
-                })
-        });
+        requests.retain(|r| app.service.may_review(r, &who, &dir));
     }
     let now = app.service.clock.now();
     Ok(Json(
@@ -385,6 +382,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/requests/{id}/extend", post(extend))
         .route("/api/requests/{id}/key", post(claim_key))
         .route("/api/audit", get(audit))
+        .merge(web::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(state)
 }

@@ -24,10 +24,13 @@ pub async fn create(
     now: time::OffsetDateTime,
 ) -> Result<String, StoreError> {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut rng = rand::thread_rng();
-    let body: String = (0..40)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect();
+    // The thread's RNG is not Send: done with it before the await below.
+    let body: String = {
+        let mut rng = rand::thread_rng();
+        (0..40)
+            .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+            .collect()
+    };
     let secret = format!("{PREFIX}{body}");
     store
         .insert_token(&ApiToken {

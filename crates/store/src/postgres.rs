@@ -498,6 +498,30 @@ impl Store for PostgresStore {
             .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
     }
 
+    async fn audit_of_request(&self, request: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, request, detail, prev_hash, hash \
+             FROM audit WHERE request = $1 ORDER BY seq",
+        )
+        .bind(request)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "audit entry"))?;
+        rows.iter()
+            .map(audit_entry)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
+    }
+
+    async fn delete_token(&self, hash: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM api_tokens WHERE hash = $1")
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "API token"))?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
     async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at) \

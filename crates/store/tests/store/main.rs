@@ -50,6 +50,7 @@ conformance!(
     migration_backfills_access_ends_at,
     counts_and_readiness,
     leader_lock,
+    request_trail_and_token_removal,
     batch_timings,
 );
 

@@ -1417,3 +1417,44 @@ pub async fn leader_lock(db: Db) {
     assert!(a.try_acquire().await.unwrap());
     a.release().await;
 }
+
+/// A request's own audit trail, and tokens (web sessions) that end.
+pub async fn request_trail_and_token_removal(db: Db) {
+    let store = db.open().await;
+    let r = request("r1", "ssh", "alice@example.com", 0);
+    let other = request("r2", "ssh", "bob@example.com", 1);
+    store
+        .insert_request(&r, &[entry("request.created", Some("r1"), "{}")])
+        .await
+        .unwrap();
+    store
+        .insert_request(&other, &[entry("request.created", Some("r2"), "{}")])
+        .await
+        .unwrap();
+    store
+        .append_audit(&[
+            entry("drift.detected", None, "{}"),
+            entry("request.approved", Some("r1"), "{\"by\":1}"),
+        ])
+        .await
+        .unwrap();
+    let trail = store.audit_of_request("r1").await.unwrap();
+    let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["request.created", "request.approved"]);
+    assert!(trail[0].seq < trail[1].seq);
+    assert_eq!(trail[1].detail, "{\"by\":1}");
+    assert!(store.audit_of_request("nope").await.unwrap().is_empty());
+
+    let token = tidegate_core::store::ApiToken {
+        hash: "ab".repeat(32),
+        user: "alice@example.com".into(),
+        description: "web session".into(),
+        created_at: "2026-11-22T10:00:00Z".into(),
+        expires_at: Some("2026-11-23T10:00:00Z".into()),
+    };
+    store.insert_token(&token).await.unwrap();
+    assert!(store.token(&token.hash).await.unwrap().is_some());
+    assert!(store.delete_token(&token.hash).await.unwrap());
+    assert!(store.token(&token.hash).await.unwrap().is_none());
+    assert!(!store.delete_token(&token.hash).await.unwrap());
+}

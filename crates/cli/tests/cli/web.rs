@@ -1,0 +1,299 @@
+//! The web UI over HTTP as a browser sends it: sign-in (demo and `tailscale serve` headers),
+//! the request → approve → active → drop round trip through forms, CSRF refusals, security
+//! headers.
+
+use std::collections::HashMap;
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+
+use crate::{Demo, Deployment, prod_access_members, wait_until};
+
+/// A browser-like client for one user: keeps its session cookie, does not follow redirects.
+struct Browser {
+    http: reqwest::blocking::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new(base: &str) -> Browser {
+        Browser::with(base, reqwest::blocking::Client::builder())
+    }
+
+    fn with(base: &str, builder: reqwest::blocking::ClientBuilder) -> Browser {
+        Browser {
+            http: builder
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            cookie: None,
+        }
+    }
+
+    fn keep_cookie(&mut self, r: &reqwest::blocking::Response) {
+        if let Some(set) = r.headers().get(SET_COOKIE) {
+            let set = set.to_str().unwrap();
+            let pair = set.split(';').next().unwrap();
+            self.cookie = Some(pair.to_owned());
+        }
+    }
+
+    fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("Cookie", c);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().unwrap();
+        self.keep_cookie(&r);
+        r
+    }
+
+    fn get(&mut self, path: &str) -> (StatusCode, String) {
+        let r = self.get_with(path, &[]);
+        (r.status(), r.text().unwrap())
+    }
+
+    fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::blocking::Response {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .form(&form.iter().copied().collect::<HashMap<_, _>>());
+        if let Some(c) = &self.cookie {
+            req = req.header("Cookie", c);
+        }
+        let r = req.send().unwrap();
+        self.keep_cookie(&r);
+        r
+    }
+
+    fn sign_in_demo(&mut self, login: &str) {
+        let r = self.post("/login", &[("user", login), ("next", "/")]);
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let cookie = r.headers()[SET_COOKIE].to_str().unwrap();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+            "{cookie}"
+        );
+    }
+}
+
+/// The CSRF token in a page's first form.
+fn csrf(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    page[at..at + page[at..].find('"').unwrap()].to_owned()
+}
+
+fn location(r: &reqwest::blocking::Response) -> String {
+    r.headers()[LOCATION].to_str().unwrap().to_owned()
+}
+
+#[test]
+fn request_approve_and_drop_through_the_web_ui() {
+    let demo = Demo::start();
+    let mut dave = Browser::new(&demo.server);
+
+    // Not signed in: to the sign-in page, and back afterwards.
+    let r = dave.get_with("/", &[]);
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), "/login?next=/");
+    let r = dave.get_with("/login", &[]);
+    let csp = r.headers()[CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let page = r.text().unwrap();
+    assert!(page.contains("<option>dave@example.com</option>"), "{page}");
+    assert!(!page.contains("<script"));
+    dave.sign_in_demo("dave@example.com");
+
+    // The request form, labelled, with what the grant gives computed from the policy.
+    let (status, page) = dave.get("/request?entitlement=prod-ssh");
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for label in ["Entitlement", "Duration", "Reason"] {
+        assert!(
+            page.contains(&format!(">{label}</label>")),
+            "{label} in {page}"
+        );
+    }
+    assert!(page.contains("What it gives"), "{page}");
+    assert!(
+        page.contains("TCP 22, 5432 to"),
+        "the engine's statement of new access: {page}"
+    );
+    let token = csrf(&page);
+
+    // A form without this session's CSRF token is refused, and nothing is created.
+    let forged = dave.post(
+        "/request",
+        &[
+            ("csrf", "0000"),
+            ("entitlement", "prod-ssh"),
+            ("duration", "1h"),
+            ("reason", "x"),
+        ],
+    );
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(
+        demo.json("dave@example.com", &["list", "--mine"])["requests"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // A bad duration: the form again, with the error in the page.
+    let bad = dave.post(
+        "/request",
+        &[
+            ("csrf", &token),
+            ("entitlement", "prod-ssh"),
+            ("duration", "forever"),
+            ("reason", "x"),
+        ],
+    );
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let text = bad.text().unwrap();
+    assert!(text.contains("role=\"alert\">Duration:"), "{text}");
+
+    let r = dave.post(
+        "/request",
+        &[
+            ("csrf", &token),
+            ("entitlement", "prod-ssh"),
+            ("duration", "1h"),
+            ("reason", "INC-4211 <disk full>"),
+        ],
+    );
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let detail = location(&r);
+    let id = detail.strip_prefix("/requests/").unwrap().to_owned();
+
+    // Alice approves from her Approvals page.
+    let mut alice = Browser::new(&demo.server);
+    alice.sign_in_demo("alice@example.com");
+    let (_, page) = alice.get("/approvals");
+    assert!(
+        page.contains(&id) && page.contains("INC-4211 &lt;disk full&gt;"),
+        "{page}"
+    );
+    assert!(page.contains(">Approve</button>") && page.contains(">Deny</button>"));
+    assert!(page.contains("TCP 22, 5432 to"), "{page}");
+    let r = alice.post(
+        &format!("/requests/{id}/act"),
+        &[
+            ("csrf", &csrf(&page)),
+            ("action", "approve"),
+            ("comment", "ok"),
+        ],
+    );
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // Dave cannot approve his own request: not offered, and refused if forced.
+    let (_, page) = dave.get("/approvals");
+    assert!(!page.contains(&id));
+
+    wait_until("the grant to be active", || {
+        dave.get("/").1.contains(">Drop</button>")
+    });
+    assert_eq!(
+        prod_access_members(&demo.emulator_state()),
+        ["dave@example.com"]
+    );
+    let (_, page) = dave.get("/");
+    assert!(page.contains("Expires <time"), "{page}");
+    let r = dave.post(
+        &format!("/requests/{id}/act"),
+        &[("csrf", &csrf(&page)), ("action", "drop")],
+    );
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    wait_until("the drop to reach the tailnet", || {
+        prod_access_members(&demo.emulator_state()).is_empty()
+    });
+
+    // The timeline tells the whole story.
+    wait_until("the removal to be verified", || {
+        dave.get(&detail).1.contains("grant.removal verified")
+    });
+    let (_, page) = dave.get(&detail);
+    for step in [
+        "request.created",
+        "request.approved",
+        "grant.applied",
+        "grant.dropped",
+    ] {
+        assert!(page.contains(step), "{step} in {page}");
+    }
+
+    // Admin is for admins.
+    assert_eq!(dave.get("/admin").0, StatusCode::FORBIDDEN);
+    let (status, page) = alice.get("/admin");
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("prod-ssh") && page.contains("Overdue revocations"));
+
+    // Signing out ends the session on the server too.
+    let (_, page) = dave.get("/");
+    let signed_in = dave.cookie.clone();
+    let r = dave.post("/logout", &[("csrf", &csrf(&page))]);
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    dave.cookie = signed_in; // a copy of the old cookie no longer works
+    assert_eq!(dave.get_with("/", &[]).status(), StatusCode::SEE_OTHER);
+}
+
+#[test]
+fn tailscale_identity_headers_are_believed_only_from_the_trusted_proxy() {
+    let d = Deployment::new("web-proxy", |t| {
+        format!("{t}\n[auth]\ntrusted_proxy = [\"127.0.0.1\"]\n")
+    });
+    let mut server = d.serve();
+    let base = d.server_url();
+
+    // Through the proxy: signed in as the login it vouches for.
+    let mut via_proxy = Browser::new(&base);
+    let header = [
+        ("Tailscale-User-Login", "carol@example.com"),
+        ("Tailscale-User-Name", "Carol"),
+    ];
+    let r = via_proxy.get_with("/login?next=/request", &header);
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), "/request");
+    let r = via_proxy.get_with("/", &header);
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().unwrap().contains("carol@example.com"));
+    // The proxy now speaks for someone else: carol's session is not theirs.
+    let r = via_proxy.get_with("/", &[("Tailscale-User-Login", "alice@example.com")]);
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+
+    // The same header from another address is a forgery: no session, no identity.
+    let mut elsewhere = Browser::with(
+        &base,
+        reqwest::blocking::Client::builder()
+            .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()),
+    );
+    let r = elsewhere.get_with("/login", &[("Tailscale-User-Login", "alice@example.com")]);
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    assert!(elsewhere.cookie.is_none());
+    assert_eq!(
+        elsewhere
+            .get_with("/admin", &[("Tailscale-User-Login", "alice@example.com")])
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+    // And demo sign-in does not exist outside the demo.
+    let r = elsewhere.post("/login", &[("user", "alice@example.com")]);
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

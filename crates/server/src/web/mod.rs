@@ -1,0 +1,867 @@
+//! The web UI: server-rendered pages that work without JavaScript. `/` my access, `/request`,
+//! `/approvals`, `/requests/{id}`, `/admin`, `/login`. Every form carries the session's CSRF
+//! token; every page goes out with a strict Content-Security-Policy (no script at all, styles
+//! from `/static/app.css` only) and `frame-ancestors 'none'`.
+
+mod preview;
+pub mod session;
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tidegate_core::entitlement::{Entitlement, Strategy};
+use tidegate_core::request::{Request, State as RequestState};
+use tidegate_core::store::RequestFilter;
+
+use crate::AppState;
+use session::Viewer;
+
+const CSS: &str = include_str!("app.css");
+
+/// Text made safe for HTML text and attribute values.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A page's answer: HTML, or a message page with a status (never a stack trace).
+pub struct Page(StatusCode, String);
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        (self.0, Html(self.1)).into_response()
+    }
+}
+
+fn layout(title: &str, viewer: Option<&Viewer>, body: &str) -> String {
+    let nav = match viewer {
+        Some(v) => format!(
+            "<nav aria-label=\"Main\"><a href=\"/\">My access</a> <a href=\"/request\">Request</a> \
+             <a href=\"/approvals\">Approvals</a> <a href=\"/admin\">Admin</a>\
+             <form method=\"post\" action=\"/logout\" class=\"inline\">{}\
+             <span class=\"who\">{}</span> <button type=\"submit\">Sign out</button></form></nav>",
+            csrf_field(v),
+            esc(&v.login)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · tidegate</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\
+         <body><header><a class=\"brand\" href=\"/\">tidegate</a>{nav}</header>\
+         <main id=\"main\"><h1>{}</h1>{body}</main></body></html>\n",
+        esc(title),
+        esc(title)
+    )
+}
+
+fn csrf_field(v: &Viewer) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(&v.csrf)
+    )
+}
+
+fn message(status: StatusCode, title: &str, viewer: Option<&Viewer>, text: &str) -> Page {
+    Page(
+        status,
+        layout(
+            title,
+            viewer,
+            &format!("<p class=\"error\" role=\"alert\">{}</p>", esc(text)),
+        ),
+    )
+}
+
+/// Refuses a form whose CSRF token is not this session's.
+fn check_csrf(viewer: &Viewer, given: &str) -> Result<(), Page> {
+    let same = given.len() == viewer.csrf.len()
+        && given
+            .bytes()
+            .zip(viewer.csrf.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            Some(viewer),
+            "This form is stale or did not come from tidegate (CSRF check failed). Reload the page and try again.",
+        ))
+    }
+}
+
+fn service_error(viewer: &Viewer, e: impl std::fmt::Display, status: StatusCode) -> Page {
+    message(status, "Could not do that", Some(viewer), &e.to_string())
+}
+
+/// "in 1 h 12 min" / "3 min ago".
+pub fn relative(t: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
+    let d = t - now;
+    let secs = d.whole_seconds().abs();
+    if secs < 5 {
+        return "just now".to_owned();
+    }
+    let text = if secs < 60 {
+        format!("{secs} s")
+    } else if secs < 3600 {
+        format!("{} min", secs / 60)
+    } else if secs < 86_400 {
+        let m = (secs % 3600) / 60;
+        if m == 0 {
+            format!("{} h", secs / 3600)
+        } else {
+            format!("{} h {m} min", secs / 3600)
+        }
+    } else {
+        format!("{} d {} h", secs / 86_400, (secs % 86_400) / 3600)
+    };
+    if d.is_negative() {
+        format!("{text} ago")
+    } else {
+        format!("in {text}")
+    }
+}
+
+/// A time in UTC with its relative form; the viewer's zone is applied by `<time>` readers.
+fn when(t: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
+    let text = tidegate_core::time_text(t);
+    format!(
+        "<time datetime=\"{text}\" title=\"{text}\">{}</time>",
+        esc(&relative(t, now))
+    )
+}
+
+fn state_badge(r: &Request) -> String {
+    format!(
+        "<span class=\"state state-{0}\">{0}</span>",
+        r.state.as_str()
+    )
+}
+
+fn request_row(r: &Request, now: time::OffsetDateTime) -> String {
+    let timing = match (r.state, r.expires_at) {
+        (RequestState::Active, Some(end)) => format!("expires {}", when(end, now)),
+        (RequestState::Pending, _) => format!("asked {}", when(r.created_at, now)),
+        _ => format!("for {}", r.duration),
+    };
+    format!(
+        "<li><a href=\"/requests/{id}\">{ent}</a> {badge} <span class=\"muted\">{timing}</span>\
+         <div class=\"reason\">{reason}</div></li>",
+        id = esc(&r.id),
+        ent = esc(&r.entitlement),
+        badge = state_badge(r),
+        reason = esc(&r.reason)
+    )
+}
+
+/// The web UI's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(my_access))
+        .route("/request", get(request_form).post(request_submit))
+        .route("/approvals", get(approvals))
+        .route("/requests/{id}", get(detail))
+        .route("/requests/{id}/act", post(act))
+        .route("/admin", get(admin))
+        .route("/login", get(login_page).post(login_submit))
+        .route("/logout", post(logout))
+        .route("/static/app.css", get(css))
+}
+
+/// Security headers on every answer.
+pub async fn security_headers(request: axum::extract::Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        CSS,
+    )
+}
+
+async fn my_access(State(app): State<AppState>, viewer: Viewer) -> Page {
+    let now = app.service.clock.now();
+    let mine = match app
+        .service
+        .list(&RequestFilter {
+            requester: Some(viewer.login.clone()),
+            limit: Some(200),
+            ..RequestFilter::default()
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return service_error(&viewer, e, StatusCode::SERVICE_UNAVAILABLE),
+    };
+    let mut body = String::new();
+    let active: Vec<&Request> = mine
+        .iter()
+        .filter(|r| r.state == RequestState::Active)
+        .collect();
+    body.push_str("<section aria-labelledby=\"active\"><h2 id=\"active\">Active grants</h2>");
+    if active.is_empty() {
+        body.push_str("<p class=\"muted\">None. <a href=\"/request\">Request access</a>.</p>");
+    }
+    for r in &active {
+        let _ = write!(
+            body,
+            "<article class=\"card\"><h3><a href=\"/requests/{id}\">{ent}</a></h3>\
+             <p>Expires {exp}</p><p class=\"reason\">{reason}</p>\
+             <form method=\"post\" action=\"/requests/{id}/act\">{csrf}\
+             <button type=\"submit\" name=\"action\" value=\"drop\">Drop</button></form>\
+             <form method=\"post\" action=\"/requests/{id}/act\">{csrf}\
+             <label for=\"extend-{id}\">Duration</label>\
+             <input id=\"extend-{id}\" name=\"duration\" value=\"1h\" size=\"5\" required>\
+             <button type=\"submit\" name=\"action\" value=\"extend\">Extend</button></form></article>",
+            id = esc(&r.id),
+            ent = esc(&r.entitlement),
+            exp = r.expires_at.map_or_else(String::new, |e| when(e, now)),
+            reason = esc(&r.reason),
+            csrf = csrf_field(&viewer),
+        );
+    }
+    body.push_str("</section>");
+    let open: Vec<&Request> = mine
+        .iter()
+        .filter(|r| matches!(r.state, RequestState::Pending | RequestState::Approved))
+        .collect();
+    body.push_str("<section aria-labelledby=\"pending\"><h2 id=\"pending\">Waiting</h2><ul>");
+    if open.is_empty() {
+        body.push_str("<li class=\"muted\">Nothing waiting.</li>");
+    }
+    for r in open {
+        body.push_str(&request_row(r, now));
+    }
+    body.push_str(
+        "</ul></section><section aria-labelledby=\"past\"><h2 id=\"past\">Recent</h2><ul>",
+    );
+    for r in mine.iter().filter(|r| r.state.is_final()).take(20) {
+        body.push_str(&request_row(r, now));
+    }
+    body.push_str("</ul></section>");
+    Page(StatusCode::OK, layout("My access", Some(&viewer), &body))
+}
+
+#[derive(Deserialize, Default)]
+struct RequestQuery {
+    entitlement: Option<String>,
+    duration: Option<String>,
+    reason: Option<String>,
+    device: Option<String>,
+}
+
+async fn eligible(app: &AppState, viewer: &Viewer) -> Result<Vec<Entitlement>, Page> {
+    app.service
+        .entitlements_for(&viewer.login)
+        .await
+        .map_err(|e| service_error(viewer, e, StatusCode::SERVICE_UNAVAILABLE))
+}
+
+async fn request_form(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<RequestQuery>,
+) -> Page {
+    let entitlements = match eligible(&app, &viewer).await {
+        Ok(e) => e,
+        Err(page) => return page,
+    };
+    render_request_form(&app, &viewer, &entitlements, &q, None).await
+}
+
+async fn render_request_form(
+    app: &AppState,
+    viewer: &Viewer,
+    entitlements: &[Entitlement],
+    q: &RequestQuery,
+    error: Option<&str>,
+) -> Page {
+    if entitlements.is_empty() {
+        return message(
+            StatusCode::OK,
+            "Request access",
+            Some(viewer),
+            "There is nothing you are eligible to request.",
+        );
+    }
+    let chosen = q
+        .entitlement
+        .as_deref()
+        .and_then(|n| entitlements.iter().find(|e| e.name == n))
+        .unwrap_or(&entitlements[0]);
+    let mut body = String::new();
+    if let Some(error) = error {
+        let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", esc(error));
+    }
+    let _ = write!(
+        body,
+        "<form method=\"get\" action=\"/request\" class=\"stack\">\
+         <label for=\"entitlement\">Entitlement</label><select id=\"entitlement\" name=\"entitlement\">"
+    );
+    for e in entitlements {
+        let _ = write!(
+            body,
+            "<option value=\"{0}\"{1}>{0}: {2}</option>",
+            esc(&e.name),
+            if e.name == chosen.name {
+                " selected"
+            } else {
+                ""
+            },
+            esc(&e.description)
+        );
+    }
+    let duration = q
+        .duration
+        .clone()
+        .unwrap_or_else(|| chosen.default_duration.to_string());
+    let _ = write!(
+        body,
+        "</select><button type=\"submit\">Preview</button></form>\
+         <form method=\"post\" action=\"/request\" class=\"stack\">{csrf}\
+         <input type=\"hidden\" name=\"entitlement\" value=\"{name}\">\
+         <label for=\"duration\">Duration</label>\
+         <input id=\"duration\" name=\"duration\" value=\"{duration}\" required \
+         aria-describedby=\"duration-hint\">\
+         <small id=\"duration-hint\">Between {min} and {max}, e.g. 90s, 15m, 2h, 1d.</small>\
+         <label for=\"reason\">Reason</label>\
+         <textarea id=\"reason\" name=\"reason\" rows=\"2\"{required}>{reason}</textarea>",
+        csrf = csrf_field(viewer),
+        name = esc(&chosen.name),
+        duration = esc(&duration),
+        min = chosen.min_duration,
+        max = chosen.max_duration,
+        required = if matches!(
+            chosen.reason,
+            tidegate_core::entitlement::ReasonRule::Required
+        ) {
+            " required"
+        } else {
+            ""
+        },
+        reason = esc(q.reason.as_deref().unwrap_or_default()),
+    );
+    let mut devices = Vec::new();
+    if matches!(chosen.strategy, Strategy::Posture { .. }) {
+        let mine: Vec<tailnet::Device> = app
+            .service
+            .tailnet
+            .devices()
+            .await
+            .map(|all| all.into_iter().filter(|d| d.user == viewer.login).collect())
+            .unwrap_or_default();
+        body.push_str(
+            "<label for=\"device\">Device</label><select id=\"device\" name=\"device\">\
+             <option value=\"\">All my devices</option>",
+        );
+        for d in &mine {
+            let selected = q.device.as_deref() == Some(d.node_id.as_str());
+            let _ = write!(
+                body,
+                "<option value=\"{0}\"{2}>{1}</option>",
+                esc(&d.node_id),
+                esc(&d.hostname),
+                if selected { " selected" } else { "" }
+            );
+        }
+        body.push_str("</select>");
+        if let Some(d) = q.device.as_deref().filter(|d| !d.is_empty()) {
+            devices.push(d.to_owned());
+        }
+    }
+    let gives = preview::what_it_gives(&app.service, chosen, &viewer.login, &devices).await;
+    body.push_str("<section aria-labelledby=\"gives\" class=\"gives\"><h2 id=\"gives\">What it gives</h2><ul>");
+    for line in gives {
+        let _ = write!(body, "<li>{}</li>", esc(&line));
+    }
+    let _ = write!(
+        body,
+        "</ul><p class=\"muted\">{approvals} approval(s) from {approvers}.</p></section>\
+         <button type=\"submit\">Request</button></form>",
+        approvals = chosen.approvals,
+        approvers = esc(&chosen
+            .approvers
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")),
+    );
+    Page(
+        StatusCode::OK,
+        layout("Request access", Some(viewer), &body),
+    )
+}
+
+#[derive(Deserialize)]
+struct RequestForm {
+    csrf: String,
+    entitlement: String,
+    duration: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    device: String,
+}
+
+async fn request_submit(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Form(f): Form<RequestForm>,
+) -> Result<Redirect, Page> {
+    check_csrf(&viewer, &f.csrf)?;
+    let retry = |error: String| {
+        let app = app.clone();
+        let viewer = viewer.clone();
+        let q = RequestQuery {
+            entitlement: Some(f.entitlement.clone()),
+            duration: Some(f.duration.clone()),
+            reason: Some(f.reason.clone()),
+            device: Some(f.device.clone()),
+        };
+        async move {
+            let entitlements = eligible(&app, &viewer).await?;
+            let mut page =
+                render_request_form(&app, &viewer, &entitlements, &q, Some(&error)).await;
+            page.0 = StatusCode::BAD_REQUEST;
+            Err::<Redirect, Page>(page)
+        }
+    };
+    let duration = match f.duration.trim().parse::<tidegate_core::Span>() {
+        Ok(d) => d,
+        Err(e) => return retry(format!("Duration: {e}")).await,
+    };
+    let new = tidegate_core::service::NewRequest {
+        entitlement: f.entitlement.clone(),
+        reason: f.reason.trim().to_owned(),
+        duration: Some(duration),
+        devices: if f.device.is_empty() {
+            Vec::new()
+        } else {
+            vec![f.device.clone()]
+        },
+        ..Default::default()
+    };
+    match app.service.create(&viewer.login, new).await {
+        Ok(r) => {
+            app.service.wake.notify_one();
+            Ok(Redirect::to(&format!("/requests/{}", r.id)))
+        }
+        Err(e) => retry(e.to_string()).await,
+    }
+}
+
+async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
+    let now = app.service.clock.now();
+    let (pending, dir) = match (
+        app.service
+            .list(&RequestFilter {
+                states: vec![RequestState::Pending],
+                ..RequestFilter::default()
+            })
+            .await,
+        app.service.directory().await,
+    ) {
+        (Ok(p), Ok(d)) => (p, d),
+        (Err(e), _) | (_, Err(e)) => {
+            return service_error(&viewer, e, StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let mine: Vec<&Request> = pending
+        .iter()
+        .filter(|r| app.service.may_review(r, &viewer.login, &dir))
+        .collect();
+    let mut body = String::new();
+    if mine.is_empty() {
+        body.push_str("<p class=\"muted\">Nothing waiting for you.</p>");
+    }
+    for r in mine {
+        let gives = match app.service.entitlement(&r.entitlement) {
+            Ok(e) => preview::what_it_gives(&app.service, e, &r.requester, &r.devices).await,
+            Err(e) => vec![e.to_string()],
+        };
+        let others: Vec<String> = r
+            .reviews
+            .iter()
+            .filter(|rev| rev.approve)
+            .map(|rev| esc(&rev.reviewer))
+            .collect();
+        let _ = write!(
+            body,
+            "<article class=\"card\"><h2><a href=\"/requests/{id}\">{ent}</a> for {who}</h2>\
+             <p><strong>{who}</strong> asks for <strong>{dur}</strong>, {asked}.</p>\
+             <p class=\"reason\">{reason}</p><ul class=\"gives\">{gives}</ul>\
+             <p class=\"muted\">Approved so far by: {others}</p>\
+             <form method=\"post\" action=\"/requests/{id}/act\" class=\"stack\">{csrf}\
+             <label for=\"comment-{id}\">Comment</label>\
+             <input id=\"comment-{id}\" name=\"comment\">\
+             <div><button type=\"submit\" name=\"action\" value=\"approve\">Approve</button> \
+             <button type=\"submit\" name=\"action\" value=\"deny\">Deny</button></div></form></article>",
+            id = esc(&r.id),
+            ent = esc(&r.entitlement),
+            who = esc(&r.requester),
+            dur = r.duration,
+            asked = when(r.created_at, now),
+            reason = esc(&r.reason),
+            gives = gives
+                .iter()
+                .map(|g| format!("<li>{}</li>", esc(g)))
+                .collect::<String>(),
+            others = if others.is_empty() {
+                "nobody yet".to_owned()
+            } else {
+                others.join(", ")
+            },
+            csrf = csrf_field(&viewer),
+        );
+    }
+    Page(StatusCode::OK, layout("Approvals", Some(&viewer), &body))
+}
+
+async fn detail(State(app): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Page {
+    let now = app.service.clock.now();
+    let r = match app.service.get(&id).await {
+        Ok(r) => r,
+        Err(e) => return service_error(&viewer, e, StatusCode::NOT_FOUND),
+    };
+    let trail = app
+        .service
+        .store
+        .audit_of_request(&id)
+        .await
+        .unwrap_or_default();
+    let mut body = format!(
+        "<p>{badge} <strong>{ent}</strong> for <strong>{who}</strong>, {dur}{exp}</p>\
+         <p class=\"reason\">{reason}</p>",
+        badge = state_badge(&r),
+        ent = esc(&r.entitlement),
+        who = esc(&r.requester),
+        dur = r.duration,
+        exp = match (r.state, r.expires_at, r.ended_at) {
+            (RequestState::Active, Some(e), _) => format!(", expires {}", when(e, now)),
+            (_, _, Some(ended)) => format!(", ended {}", when(ended, now)),
+            _ => String::new(),
+        },
+        reason = esc(&r.reason),
+    );
+    if r.overdue(now) {
+        body.push_str("<p class=\"error\" role=\"alert\">Overdue: past its end, removal from the tailnet not yet verified.</p>");
+    }
+    if matches!(r.state, RequestState::Active | RequestState::Approved) {
+        let label = if r.requester == viewer.login {
+            "Drop"
+        } else {
+            "Revoke"
+        };
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/requests/{id}/act\">{csrf}\
+             <button type=\"submit\" name=\"action\" value=\"{value}\">{label}</button></form>",
+            id = esc(&r.id),
+            csrf = csrf_field(&viewer),
+            value = label.to_lowercase(),
+        );
+    }
+    body.push_str("<h2>Timeline</h2><ol class=\"timeline\">");
+    for e in &trail {
+        let at = tailnet::clock::parse_rfc3339(&e.at)
+            .map(|t| when(t, now))
+            .unwrap_or_else(|| esc(&e.at));
+        let _ = write!(
+            body,
+            "<li><span class=\"action\">{}</span> by {} {at}</li>",
+            esc(&e.action.replace('_', " ")),
+            esc(&e.actor),
+        );
+    }
+    body.push_str("</ol>");
+    Page(
+        StatusCode::OK,
+        layout(&format!("Request {}", r.id), Some(&viewer), &body),
+    )
+}
+
+#[derive(Deserialize)]
+struct ActForm {
+    csrf: String,
+    action: String,
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    duration: String,
+}
+
+async fn act(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<ActForm>,
+) -> Result<Redirect, Page> {
+    check_csrf(&viewer, &f.csrf)?;
+    let who = viewer.login.as_str();
+    let done = match f.action.as_str() {
+        "approve" => app.service.approve(&id, who, &f.comment).await,
+        "deny" => app.service.deny(&id, who, &f.comment).await,
+        "drop" | "revoke" => app.service.revoke(&id, who, &f.comment).await,
+        "extend" => match f.duration.trim().parse() {
+            Ok(d) => app.service.extend(&id, who, d, &f.comment).await,
+            Err(e) => {
+                return Err(message(
+                    StatusCode::BAD_REQUEST,
+                    "Could not extend",
+                    Some(&viewer),
+                    &format!("Duration: {e}"),
+                ));
+            }
+        },
+        other => {
+            return Err(message(
+                StatusCode::BAD_REQUEST,
+                "Unknown action",
+                Some(&viewer),
+                &format!("{other:?} is not something a request can do"),
+            ));
+        }
+    };
+    match done {
+        Ok(_) => {
+            app.service.wake.notify_one();
+            // Back where the button was, if it was one of ours.
+            let back = headers
+                .get(header::REFERER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|r| r.split_once("://").map(|(_, rest)| rest))
+                .and_then(|rest| rest.find('/').map(|i| rest[i..].to_owned()))
+                .filter(|p| p.starts_with('/') && !p.starts_with("//"))
+                .unwrap_or_else(|| format!("/requests/{id}"));
+            Ok(Redirect::to(&back))
+        }
+        Err(e) => Err(service_error(&viewer, e, StatusCode::CONFLICT)),
+    }
+}
+
+async fn admin(State(app): State<AppState>, viewer: Viewer) -> Page {
+    match app.service.is_admin(&viewer.login).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return message(
+                StatusCode::FORBIDDEN,
+                "Admin",
+                Some(&viewer),
+                "Only tailnet admins and owners see this page.",
+            );
+        }
+        Err(e) => return service_error(&viewer, e, StatusCode::SERVICE_UNAVAILABLE),
+    }
+    let now = app.service.clock.now();
+    let mut body = String::from(
+        "<h2>Entitlements</h2><table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Strategy</th><th scope=\"col\">Approvers</th></tr></thead><tbody>",
+    );
+    for e in &app.service.config.entitlements {
+        let strategy = match &e.strategy {
+            Strategy::Group { group, .. } => format!("group {group}"),
+            Strategy::Posture { attribute, .. } => format!("posture {attribute}"),
+            Strategy::Role { role } => format!("role {role}"),
+            Strategy::AuthKey { tags, .. } => format!("authkey {}", tags.join(" ")),
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&e.name),
+            esc(&strategy),
+            esc(&e
+                .approvers
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", "))
+        );
+    }
+    body.push_str("</tbody></table>");
+    let overdue = app
+        .service
+        .list(&RequestFilter {
+            open_only: true,
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.overdue(now))
+        .collect::<Vec<_>>();
+    body.push_str("<h2>Overdue revocations</h2><ul>");
+    if overdue.is_empty() {
+        body.push_str("<li class=\"muted\">None.</li>");
+    }
+    for r in &overdue {
+        body.push_str(&request_row(r, now));
+    }
+    body.push_str("</ul><h2>Audit log</h2><ol class=\"timeline\">");
+    let length = app.service.store.audit_length().await.unwrap_or(0);
+    let recent = app
+        .service
+        .store
+        .audit((length - 50).max(0), 50)
+        .await
+        .unwrap_or_default();
+    for e in recent.iter().rev() {
+        let _ = write!(
+            body,
+            "<li>#{} {} by {} {}</li>",
+            e.seq,
+            esc(&e.action),
+            esc(&e.actor),
+            esc(&e.at)
+        );
+    }
+    body.push_str("</ol>");
+    Page(StatusCode::OK, layout("Admin", Some(&viewer), &body))
+}
+
+#[derive(Deserialize, Default)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Only paths on this site.
+fn local_path(next: Option<&str>) -> String {
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .unwrap_or("/")
+        .to_owned()
+}
+
+async fn login_page(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    let next = local_path(q.next.as_deref());
+    // Behind `tailscale serve`: the proxy vouches for the login; start a session for it.
+    if let Some(login) = session::proxy_login(&headers, Some(peer), &app) {
+        return match session::start(&app, &login).await {
+            Ok(cookie) => ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
+    let mut body = String::new();
+    if app.demo_logins.is_empty() {
+        body.push_str(
+            "<p>Open tidegate through <code>tailscale serve</code> (with this address in \
+             <code>[auth] trusted_proxy</code>) to sign in with your tailnet identity.</p>",
+        );
+    } else {
+        let _ = write!(
+            body,
+            "<p>Demo mode: sign in as one of the example users.</p>\
+             <form method=\"post\" action=\"/login\" class=\"stack\">\
+             <input type=\"hidden\" name=\"next\" value=\"{}\">\
+             <label for=\"user\">User</label><select id=\"user\" name=\"user\">",
+            esc(&next)
+        );
+        for login in &app.demo_logins {
+            let _ = write!(body, "<option>{}</option>", esc(login));
+        }
+        body.push_str("</select><button type=\"submit\">Sign in</button></form>");
+    }
+    Page(StatusCode::OK, layout("Sign in", None, &body)).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    user: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn login_submit(State(app): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+    if !app.demo_logins.contains(&f.user) {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Sign in",
+            None,
+            "Signing in by name works in demo mode only, as one of the example users.",
+        )
+        .into_response();
+    }
+    match session::start(&app, &f.user).await {
+        Ok(cookie) => (
+            [(header::SET_COOKIE, cookie)],
+            Redirect::to(&local_path(Some(&f.next))),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(f): Form<LogoutForm>,
+) -> Result<Response, Page> {
+    check_csrf(&viewer, &f.csrf)?;
+    if let Some(secret) = session::cookie_secret(&headers) {
+        let _ = app
+            .service
+            .store
+            .delete_token(&crate::tokens::hash(&secret))
+            .await;
+    }
+    Ok((
+        [(header::SET_COOKIE, session::clear_cookie())],
+        Redirect::to("/login"),
+    )
+        .into_response())
+}

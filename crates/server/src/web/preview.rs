@@ -1,0 +1,174 @@
+//! "What it gives": before a request is sent or approved, the policy engine compares what the
+//! requester can reach now with what they could reach with the grant, on the live policy and
+//! inventory, and says it in plain words.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use policy::{Engine, Inventory, Policy, Reachable};
+use tidegate_core::entitlement::{Entitlement, Strategy};
+use tidegate_core::service::Service;
+
+/// Plain statements of the access a grant adds, or why that could not be worked out.
+pub async fn what_it_gives(
+    service: &Service,
+    entitlement: &Entitlement,
+    login: &str,
+    devices: &[String],
+) -> Vec<String> {
+    match compute(service, entitlement, login, devices).await {
+        Ok(lines) if lines.is_empty() => {
+            vec!["no new network access under the current policy".to_owned()]
+        }
+        Ok(lines) => lines,
+        Err(e) => vec![format!("cannot work out what it gives: {e}")],
+    }
+}
+
+async fn compute(
+    service: &Service,
+    entitlement: &Entitlement,
+    login: &str,
+    devices: &[String],
+) -> Result<Vec<String>, String> {
+    match &entitlement.strategy {
+        Strategy::Role { role } => {
+            return Ok(vec![format!(
+                "the tailnet role {role} (the previous role comes back at the end)"
+            )]);
+        }
+        Strategy::AuthKey { tags, .. } => {
+            return Ok(vec![format!(
+                "an auth key that joins one device tagged {}",
+                tags.join(", ")
+            )]);
+        }
+        _ => {}
+    }
+    let policy = service.tailnet.policy().await.map_err(|e| e.to_string())?;
+    let users = service.tailnet.users().await.map_err(|e| e.to_string())?;
+    let all_devices = service.tailnet.devices().await.map_err(|e| e.to_string())?;
+    let inventory: Inventory = serde_json::from_value(serde_json::json!({
+        "users": users,
+        "devices": all_devices,
+    }))
+    .map_err(|e| e.to_string())?;
+    let engine = |text: &str, inventory: &Inventory| -> Result<Engine, String> {
+        let parsed = Policy::parse(text).map_err(|e| e.to_string())?;
+        Engine::build(parsed, inventory).map_err(|e| e.to_string())
+    };
+    let (before, after) = match &entitlement.strategy {
+        Strategy::Group { group, .. } => {
+            let mut doc = hujson::Document::parse(&policy.text).map_err(|e| e.to_string())?;
+            let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
+            doc.add_strings(&path, &[login])
+                .map_err(|e| e.to_string())?;
+            let now = engine(&policy.text, &inventory)?;
+            let with = engine(doc.text(), &inventory)?;
+            (
+                now.reach(login).map_err(|e| e.to_string())?,
+                with.reach(login).map_err(|e| e.to_string())?,
+            )
+        }
+        Strategy::Posture { attribute, value } => {
+            // From the requester's chosen devices (or all their own), with the attribute set.
+            let mine: Vec<&tailnet::Device> = all_devices
+                .iter()
+                .filter(|d| d.user == login)
+                .filter(|d| {
+                    devices.is_empty()
+                        || devices
+                            .iter()
+                            .any(|n| tidegate_core::service::device_matches(d, n))
+                })
+                .collect();
+            let Some(first) = mine.first() else {
+                return Ok(vec![format!("{login} has no device this could be set on")]);
+            };
+            let mut with_attr = inventory.clone();
+            let chosen: BTreeSet<&str> = mine.iter().map(|d| d.node_id.as_str()).collect();
+            for d in &mut with_attr.devices {
+                if chosen.contains(d.node_id.as_str()) {
+                    d.posture_attributes
+                        .insert(attribute.clone(), value.clone());
+                }
+            }
+            let now = engine(&policy.text, &inventory)?;
+            let with = engine(&policy.text, &with_attr)?;
+            (
+                now.reach(&first.name).map_err(|e| e.to_string())?,
+                with.reach(&first.name).map_err(|e| e.to_string())?,
+            )
+        }
+        _ => return Ok(Vec::new()),
+    };
+    Ok(describe(&gained(&before, &after)))
+}
+
+/// What `after` reaches that `before` does not, port by port.
+fn gained(before: &[Reachable], after: &[Reachable]) -> Vec<(String, String, String)> {
+    let key = |r: &Reachable| -> Vec<(String, String, String)> {
+        r.ports
+            .iter()
+            .map(|p| (r.proto.clone(), p.clone(), format!("{}:{}", r.kind, r.name)))
+            .collect()
+    };
+    let had: BTreeSet<_> = before.iter().flat_map(key).collect();
+    after
+        .iter()
+        .flat_map(key)
+        .filter(|k| !had.contains(k))
+        .collect()
+}
+
+/// "TCP 22, 5432 to 2 devices: db-1, db-2", one line per set of ports.
+fn describe(gained: &[(String, String, String)]) -> Vec<String> {
+    // target → its new (proto, port)s; then targets grouped by identical port sets.
+    let mut per_target: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
+    for (proto, port, target) in gained {
+        per_target
+            .entry(target.as_str())
+            .or_default()
+            .insert((proto.clone(), port.clone()));
+    }
+    let mut per_ports: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (target, ports) in per_target {
+        let mut by_proto: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (proto, port) in &ports {
+            by_proto
+                .entry(proto.as_str())
+                .or_default()
+                .push(port.as_str());
+        }
+        let label = by_proto
+            .iter()
+            .map(|(proto, ports)| {
+                let proto = if *proto == "any" {
+                    "all protocols".to_owned()
+                } else {
+                    proto.to_uppercase()
+                };
+                let ports = if ports == &["*"] {
+                    "all ports".to_owned()
+                } else {
+                    ports.join(", ")
+                };
+                format!("{proto} {ports}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let name = target.split_once(':').map_or(target, |(_, n)| n);
+        per_ports.entry(label).or_default().push(name.to_owned());
+    }
+    per_ports
+        .into_iter()
+        .map(|(ports, targets)| {
+            let n = targets.len();
+            let what = if n == 1 {
+                "1 destination".to_owned()
+            } else {
+                format!("{n} destinations")
+            };
+            format!("{ports} to {what}: {}", targets.join(", "))
+        })
+        .collect()
+}

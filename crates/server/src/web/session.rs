@@ -1,0 +1,168 @@
+//! Who is looking at a page. A web session is a random secret in an `HttpOnly` cookie, stored
+//! hashed like an API token (so sessions live in the database on both backends and survive a
+//! restart or a change of replica). The CSRF token of a session is derived from its secret, so
+//! it needs no storage and cannot be guessed without the cookie. Identity comes from a demo
+//! sign-in or from `tailscale serve`'s `Tailscale-User-Login` header, believed only from the
+//! configured proxy addresses.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+
+pub const COOKIE: &str = "tidegate_session";
+/// Marks token rows that are web sessions.
+pub const SESSION_DESCRIPTION: &str = "web session";
+/// How long a session lasts.
+pub const SESSION_HOURS: i64 = 12;
+
+/// The signed-in viewer of a page.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub login: String,
+    /// The CSRF token every form of this session carries.
+    pub csrf: String,
+}
+
+pub fn csrf_of(secret: &str) -> String {
+    hex::encode(&Sha256::digest(format!("csrf\0{secret}").as_bytes())[..16])
+}
+
+/// The session secret from the request's cookies.
+pub fn cookie_secret(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The login `tailscale serve` vouches for, if the request came through a trusted proxy.
+pub fn proxy_login(
+    parts_headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    app: &AppState,
+) -> Option<String> {
+    let peer = peer?;
+    if !app.service.config.auth.trusted_proxy.contains(&peer.ip()) {
+        return None;
+    }
+    let login = parts_headers
+        .get("tailscale-user-login")?
+        .to_str()
+        .ok()?
+        .trim();
+    (login.contains('@') && !login.contains(char::is_whitespace)).then(|| login.to_owned())
+}
+
+/// The session's login, if the cookie names a live web session.
+pub async fn session_login(secret: &str, app: &AppState) -> Option<String> {
+    let stored = app
+        .service
+        .store
+        .token(&crate::tokens::hash(secret))
+        .await
+        .ok()??;
+    if stored.description != SESSION_DESCRIPTION {
+        return None;
+    }
+    let now = app.service.clock.now();
+    let live = stored
+        .expires_at
+        .as_deref()
+        .and_then(tailnet::clock::parse_rfc3339)
+        .is_some_and(|end| end > now);
+    live.then_some(stored.user)
+}
+
+/// Starts a session for `login`; the `Set-Cookie` value to send.
+pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::ApiError> {
+    let secret = crate::tokens::create(
+        app.service.store.as_ref(),
+        login,
+        Some(time::Duration::hours(SESSION_HOURS)),
+        SESSION_DESCRIPTION,
+        app.service.clock.now(),
+    )
+    .await
+    .map_err(|e| {
+        crate::ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    })?;
+    let secure = app
+        .service
+        .config
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
+    let cookie = format!(
+        "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        SESSION_HOURS * 3600,
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&cookie).map_err(|e| {
+        crate::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })
+}
+
+/// The cookie that ends a session in the browser.
+pub fn clear_cookie() -> HeaderValue {
+    HeaderValue::from_static("tidegate_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+/// Not signed in: to the sign-in page, coming back here afterwards.
+pub struct SignIn(String);
+
+impl IntoResponse for SignIn {
+    fn into_response(self) -> Response {
+        Redirect::to(&format!("/login?next={}", urlencoding(&self.0))).into_response()
+    }
+}
+
+fn urlencoding(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = SignIn;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, SignIn> {
+        let back = parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let secret = cookie_secret(&parts.headers).ok_or_else(|| SignIn(back.clone()))?;
+        let login = session_login(&secret, app)
+            .await
+            .ok_or_else(|| SignIn(back.clone()))?;
+        // Behind `tailscale serve`, the proxy's word is the identity: a session of someone
+        // else is not used.
+        if let Some(vouched) = proxy_login(&parts.headers, peer, app)
+            && vouched != login
+        {
+            return Err(SignIn(back));
+        }
+        Ok(Viewer {
+            csrf: csrf_of(&secret),
+            login,
+        })
+    }
+}
