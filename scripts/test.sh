@@ -12,6 +12,10 @@ if ! "$venv/bin/python" -c "import tailscale" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "tailscale==1.0.0"
 fi
 export TIDEGATE_PYTHON="$PWD/$venv/bin/python"
+# A real OpenID Provider (oidc-provider from npm) for the web UI's sign-in test.
+if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+  (cd tests/oidc && npm ci --no-audit --no-fund --silent)
+fi
 # PostgreSQL for the store's conformance suite (the machine runs one with trust auth).
 export TIDEGATE_TEST_POSTGRES_URL="${TIDEGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 

@@ -40,6 +40,32 @@ struct RawAuth {
     /// Addresses of the proxy (`tailscale serve`) whose identity headers are trusted.
     #[serde(default)]
     trusted_proxy: Vec<String>,
+    oidc: Option<RawOidc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: String,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    login_claim: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// Sign-in with an OpenID Connect provider (authorization code with PKCE).
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// The issuer URL; its discovery document is at `/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    /// The ID token claim that holds the tailnet login (default `email`).
+    pub login_claim: String,
+    pub scopes: Vec<String>,
 }
 
 /// How people sign in to the web UI.
@@ -47,6 +73,7 @@ struct RawAuth {
 pub struct AuthSettings {
     /// `Tailscale-User-Login` is believed only from these peers.
     pub trusted_proxy: Vec<std::net::IpAddr>,
+    pub oidc: Option<OidcSettings>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,6 +217,42 @@ impl Config {
             t.oauth_client_secret_file.as_ref(),
         )
         .map_err(invalid)?;
+        let oidc = match &raw.auth.oidc {
+            None => None,
+            Some(o) => {
+                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                    .iter()
+                    .any(|p| o.issuer.starts_with(p));
+                if !o.issuer.starts_with("https://") && !loopback {
+                    return Err(invalid(format!(
+                        "auth.oidc.issuer: {:?} must be an https:// URL (the ID token is trusted because it comes from the issuer over TLS)",
+                        o.issuer
+                    )));
+                }
+                if raw.server.public_url.is_none() {
+                    return Err(invalid(
+                        "auth.oidc needs server.public_url: the provider sends people back to PUBLIC_URL/login/oidc/callback".into(),
+                    ));
+                }
+                Some(OidcSettings {
+                    issuer: o.issuer.trim_end_matches('/').to_owned(),
+                    client_id: o.client_id.clone(),
+                    client_secret: secret(
+                        "auth.oidc.client_secret",
+                        o.client_secret.as_ref(),
+                        o.client_secret_env.as_ref(),
+                        o.client_secret_file.as_ref(),
+                    )
+                    .map_err(invalid)?,
+                    login_claim: o.login_claim.clone().unwrap_or_else(|| "email".to_owned()),
+                    scopes: if o.scopes.is_empty() {
+                        vec!["openid".into(), "email".into(), "profile".into()]
+                    } else {
+                        o.scopes.clone()
+                    },
+                })
+            }
+        };
         let token = secret(
             "api_token",
             t.api_token.as_ref(),
@@ -272,6 +335,7 @@ impl Config {
                         })
                     })
                     .collect::<Result<_, _>>()?,
+                oidc,
             },
             tailnet: TailnetSettings {
                 api_url: t

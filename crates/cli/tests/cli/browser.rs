@@ -347,3 +347,128 @@ fn request_approve_and_drop_in_chromium() {
     );
     eprintln!("browser suite: {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// `node` with the test provider's packages installed (scripts/test.sh runs `npm ci`); the test
+/// fails without them in CI and is skipped elsewhere.
+fn oidc_provider_script() -> Option<PathBuf> {
+    let dir = repo().join("tests/oidc");
+    let ready = dir.join("node_modules/oidc-provider").exists()
+        && Command::new("node").arg("--version").output().is_ok();
+    match (ready, std::env::var_os("CI").is_some()) {
+        (true, _) => Some(dir.join("provider.mjs")),
+        (false, true) => panic!("tests/oidc needs `npm ci` and node for the OIDC test"),
+        (false, false) => {
+            eprintln!("skipped: run `npm ci` in tests/oidc for the OIDC test");
+            None
+        }
+    }
+}
+
+/// A process stopped when the test ends.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn oidc_sign_in_with_a_real_provider() {
+    let (Some(driver_path), Some(script)) = (chromedriver(), oidc_provider_script()) else {
+        return;
+    };
+    let provider_port = free_port();
+    let issuer = format!("http://127.0.0.1:{provider_port}");
+    let d = crate::Deployment::new("oidc", |t| {
+        let listen = t
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        let t = t.replace(
+            &format!("listen = \"{listen}\""),
+            &format!("listen = \"{listen}\"\npublic_url = \"http://{listen}\""),
+        );
+        format!(
+            "{t}\n[auth.oidc]\nissuer = \"{issuer}\"\nclient_id = \"tidegate\"\n\
+             client_secret_env = \"TIDEGATE_TEST_OIDC_SECRET\"\n"
+        )
+    });
+    let server = d.server_url();
+    let mut provider = Command::new("node")
+        .arg(&script)
+        .args([
+            &provider_port.to_string(),
+            "tidegate",
+            "test-secret-not-real",
+            &format!("{server}/login/oidc/callback"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let out = provider.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(out).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        std::thread::spawn(move || for _ in lines {});
+    }
+    let _provider = Stopped(provider);
+    let serve = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["serve", "--config", d.config()])
+        .env("TIDEGATE_TEST_OIDC_SECRET", "test-secret-not-real")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = Stopped(serve);
+    crate::wait_until("the server", || {
+        crate::http_get(&format!("{server}/healthz")).is_some()
+    });
+
+    // A callback nobody started is refused.
+    let forged = reqwest::blocking::get(format!(
+        "{server}/login/oidc/callback?code=stolen&state=guessed"
+    ))
+    .unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(forged.text().unwrap().contains("not started here"));
+
+    let driver = Driver::start(&driver_path);
+    let carol = driver.browser(1280, 900, false);
+    carol.open(&format!("{server}/request"));
+    carol.click(&carol.find("//a[normalize-space()='Sign in with your identity provider']"));
+    // The provider's own sign-in and consent pages.
+    let login = carol.find("//input[@name='login']");
+    carol.type_into(&login, "carol@example.com");
+    carol.type_into(&carol.find("//input[@name='password']"), "anything");
+    carol.click(&carol.find("//button[normalize-space()='Sign-in']"));
+    let consent = carol.find_all("//button[normalize-space()='Continue']");
+    if let Some(button) = consent.first() {
+        carol.click(button);
+    }
+    let started = Instant::now();
+    while !carol.get("/url").as_str().unwrap().starts_with(&server) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            carol.source()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        carol.get("/url").as_str().unwrap(),
+        format!("{server}/request"),
+        "{}",
+        carol.source()
+    );
+    let page = carol.source();
+    assert!(
+        page.contains("carol@example.com") && page.contains(">Entitlement</label>"),
+        "{page}"
+    );
+    carol.screenshot("6-oidc-signed-in");
+}

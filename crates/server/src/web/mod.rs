@@ -3,6 +3,7 @@
 //! token; every page goes out with a strict Content-Security-Policy (no script at all, styles
 //! from `/static/app.css` only) and `frame-ancestors 'none'`.
 
+mod oidc;
 mod preview;
 pub mod session;
 
@@ -185,6 +186,8 @@ pub fn router() -> Router<AppState> {
         .route("/requests/{id}/act", post(act))
         .route("/admin", get(admin))
         .route("/login", get(login_page).post(login_submit))
+        .route("/login/oidc", get(oidc::start))
+        .route("/login/oidc/callback", get(oidc::callback))
         .route("/logout", post(logout))
         .route("/static/app.css", get(css))
 }
@@ -791,7 +794,13 @@ async fn login_page(
         };
     }
     let mut body = String::new();
-    if app.demo_logins.is_empty() {
+    if app.service.config.auth.oidc.is_some() {
+        let _ = write!(
+            body,
+            "<p><a class=\"button\" href=\"/login/oidc?next={}\">Sign in with your identity provider</a></p>",
+            esc(&session::urlencoding(&next))
+        );
+    } else if app.demo_logins.is_empty() {
         body.push_str(
             "<p>Open tidegate through <code>tailscale serve</code> (with this address in \
              <code>[auth] trusted_proxy</code>) to sign in with your tailnet identity.</p>",

@@ -126,7 +126,7 @@ impl IntoResponse for SignIn {
     }
 }
 
-fn urlencoding(text: &str) -> String {
+pub fn urlencoding(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
