@@ -230,6 +230,23 @@ impl Browser<'_> {
         std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
     }
 
+    /// Waits until the page's URL satisfies `done` (a click's navigation may still be going).
+    fn wait_for_url(&self, done: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let url = self.get("/url").as_str().unwrap().to_owned();
+            if done(&url) {
+                return url;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "stuck at {url}:\n{}",
+                self.source()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Reloads `url` until its page contains `text`.
     fn wait_for_text(&self, url: &str, text: &str) {
         let started = Instant::now();
@@ -253,6 +270,7 @@ impl Browser<'_> {
         let user = self.field("User");
         self.choose(&user, login);
         self.click(&self.button("Sign in"));
+        self.wait_for_url(|u| !u.contains("/login"));
         assert!(self.source().contains(login), "signed in as {login}");
     }
 }
@@ -280,6 +298,7 @@ fn request_approve_and_drop_in_chromium() {
     let entitlement = dave.field("Entitlement");
     dave.choose(&entitlement, "prod-ssh: SSH and PostgreSQL on production");
     dave.click(&dave.button("Preview"));
+    dave.wait_for_url(|u| u.contains("entitlement=prod-ssh"));
     let page = dave.source();
     assert!(
         page.contains("What it gives") && page.contains("TCP 22, 5432 to"),
@@ -289,7 +308,7 @@ fn request_approve_and_drop_in_chromium() {
     dave.type_into(&dave.field("Reason"), "INC-4211 disk full on db-1");
     dave.screenshot("1-request-preview");
     dave.click(&dave.button("Request"));
-    let url = dave.get("/url").as_str().unwrap().to_owned();
+    let url = dave.wait_for_url(|u| u.contains("/requests/"));
     let id = url.rsplit('/').next().unwrap().to_owned();
     assert!(id.starts_with("r-"), "{url}");
     assert!(dave.source().contains("pending"));
@@ -314,6 +333,8 @@ fn request_approve_and_drop_in_chromium() {
         prod_access_members(&demo.emulator_state()),
         ["dave@example.com"]
     );
+    // The script (allowed by the CSP, from /static/) shows the expiry in the viewer's zone.
+    assert!(dave.source().contains(")</time>"), "{}", dave.source());
     dave.screenshot("3-my-access-active");
     dave.click(&dave.button("Drop"));
     let started_drop = Instant::now();
@@ -446,19 +467,23 @@ fn oidc_sign_in_with_a_real_provider() {
     carol.type_into(&login, "carol@example.com");
     carol.type_into(&carol.find("//input[@name='password']"), "anything");
     carol.click(&carol.find("//button[normalize-space()='Sign-in']"));
-    let consent = carol.find_all("//button[normalize-space()='Continue']");
-    if let Some(button) = consent.first() {
-        carol.click(button);
-    }
+    // The consent page may come next (its title is "Sign-in" too); then back to tidegate.
     let started = Instant::now();
     while !carol.get("/url").as_str().unwrap().starts_with(&server) {
+        if let Some(button) = carol
+            .find_all("//button[normalize-space()='Continue']")
+            .first()
+        {
+            carol.click(button);
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(20),
             "{}",
             carol.source()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    carol.wait_for_url(|u| u == format!("{server}/request"));
     assert_eq!(
         carol.get("/url").as_str().unwrap(),
         format!("{server}/request"),

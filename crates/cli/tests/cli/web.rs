@@ -112,7 +112,12 @@ fn request_approve_and_drop_through_the_web_ui() {
     );
     let page = r.text().unwrap();
     assert!(page.contains("<option>dave@example.com</option>"), "{page}");
-    assert!(!page.contains("<script"));
+    assert_eq!(
+        page.matches("<script").count(),
+        page.matches("<script src=\"/static/app.js\" defer>")
+            .count(),
+        "no inline script: {page}"
+    );
     dave.sign_in_demo("dave@example.com");
 
     // The request form, labelled, with what the grant gives computed from the policy.
@@ -234,7 +239,27 @@ fn request_approve_and_drop_through_the_web_ui() {
     assert_eq!(dave.get("/admin").0, StatusCode::FORBIDDEN);
     let (status, page) = alice.get("/admin");
     assert_eq!(status, StatusCode::OK);
-    assert!(page.contains("prod-ssh") && page.contains("Overdue revocations"));
+    for part in [
+        "Overdue revocations",
+        "Against the live policy",
+        "<td>prod-ssh</td><td>group group:prod-access</td><td>group:sre</td><td>ok</td>",
+        "<td>dave@example.com</td><td>member</td>",
+        "<strong>group:sre</strong>: alice@example.com, bob@example.com",
+    ] {
+        assert!(page.contains(part), "{part} in {page}");
+    }
+    // The audit log, filtered, and exported.
+    let (_, page) = alice.get("/admin?action=grant.applied");
+    assert!(page.contains("<td>grant.applied</td>"), "{page}");
+    assert!(!page.contains("<td>request.created</td>"), "{page}");
+    let (status, jsonl) = alice.get("/admin/audit.jsonl");
+    assert_eq!(status, StatusCode::OK);
+    let entries: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(entries.len() >= 6 && entries.iter().all(|e| e["hash"].is_string()));
+    assert_eq!(dave.get("/admin/audit.jsonl").0, StatusCode::FORBIDDEN);
 
     // Signing out ends the session on the server too.
     let (_, page) = dave.get("/");

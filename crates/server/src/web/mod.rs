@@ -1,7 +1,8 @@
 //! The web UI: server-rendered pages that work without JavaScript. `/` my access, `/request`,
 //! `/approvals`, `/requests/{id}`, `/admin`, `/login`. Every form carries the session's CSRF
-//! token; every page goes out with a strict Content-Security-Policy (no script at all, styles
-//! from `/static/app.css` only) and `frame-ancestors 'none'`.
+//! token; every page goes out with a strict Content-Security-Policy (scripts and styles from
+//! `/static/` only, nothing inline) and `frame-ancestors 'none'`. The one script only shows
+//! times in the viewer's own zone.
 
 mod oidc;
 mod preview;
@@ -25,6 +26,7 @@ use crate::AppState;
 use session::Viewer;
 
 const CSS: &str = include_str!("app.css");
+const JS: &str = include_str!("app.js");
 
 /// Text made safe for HTML text and attribute values.
 pub fn esc(text: &str) -> String {
@@ -66,8 +68,10 @@ fn layout(title: &str, viewer: Option<&Viewer>, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · tidegate</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\
-         <body><header><a class=\"brand\" href=\"/\">tidegate</a>{nav}</header>\
+         <title>{} · tidegate</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
+         <script src=\"/static/app.js\" defer></script></head>\
+         <body><a class=\"skip\" href=\"#main\">Skip to content</a>\
+         <header><a class=\"brand\" href=\"/\">tidegate</a>{nav}</header>\
          <main id=\"main\"><h1>{}</h1>{body}</main></body></html>\n",
         esc(title),
         esc(title)
@@ -185,11 +189,13 @@ pub fn router() -> Router<AppState> {
         .route("/requests/{id}", get(detail))
         .route("/requests/{id}/act", post(act))
         .route("/admin", get(admin))
+        .route("/admin/audit.jsonl", get(audit_export))
         .route("/login", get(login_page).post(login_submit))
         .route("/login/oidc", get(oidc::start))
         .route("/login/oidc/callback", get(oidc::callback))
         .route("/logout", post(logout))
         .route("/static/app.css", get(css))
+        .route("/static/app.js", get(js))
 }
 
 /// Security headers on every answer.
@@ -199,8 +205,8 @@ pub async fn security_headers(request: axum::extract::Request, next: Next) -> Re
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -225,6 +231,16 @@ async fn css() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         CSS,
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        JS,
     )
 }
 
@@ -689,22 +705,65 @@ async fn act(
     }
 }
 
-async fn admin(State(app): State<AppState>, viewer: Viewer) -> Page {
+#[derive(Deserialize, Default)]
+struct AuditFilter {
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    request: String,
+}
+
+impl AuditFilter {
+    fn keeps(&self, e: &tidegate_core::audit::AuditEntry) -> bool {
+        (self.actor.is_empty() || e.actor.contains(self.actor.trim()))
+            && (self.action.is_empty() || e.action.contains(self.action.trim()))
+            && (self.request.is_empty() || e.request.as_deref() == Some(self.request.trim()))
+    }
+}
+
+/// How far back the admin page's audit filters look.
+const AUDIT_WINDOW: i64 = 2000;
+
+async fn require_admin(app: &AppState, viewer: &Viewer) -> Result<(), Page> {
     match app.service.is_admin(&viewer.login).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return message(
-                StatusCode::FORBIDDEN,
-                "Admin",
-                Some(&viewer),
-                "Only tailnet admins and owners see this page.",
-            );
-        }
-        Err(e) => return service_error(&viewer, e, StatusCode::SERVICE_UNAVAILABLE),
+        Ok(true) => Ok(()),
+        Ok(false) => Err(message(
+            StatusCode::FORBIDDEN,
+            "Admin",
+            Some(viewer),
+            "Only tailnet admins and owners see this page.",
+        )),
+        Err(e) => Err(service_error(viewer, e, StatusCode::SERVICE_UNAVAILABLE)),
+    }
+}
+
+async fn admin(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Query(filter): Query<AuditFilter>,
+) -> Page {
+    if let Err(page) = require_admin(&app, &viewer).await {
+        return page;
     }
     let now = app.service.clock.now();
+    let policy = app.service.tailnet.policy().await;
+    let parsed = policy
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|p| policy::Policy::parse(&p.text).map_err(|e| e.to_string()));
+    let issues = match &parsed {
+        Ok(p) => Ok(tidegate_core::entitlement::check_against_policy(
+            &app.service.config.entitlements,
+            &p.file,
+        )),
+        Err(e) => Err(e.clone()),
+    };
     let mut body = String::from(
-        "<h2>Entitlements</h2><table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Strategy</th><th scope=\"col\">Approvers</th></tr></thead><tbody>",
+        "<h2>Entitlements</h2><table><thead><tr><th scope=\"col\">Name</th>\
+         <th scope=\"col\">Strategy</th><th scope=\"col\">Approvers</th>\
+         <th scope=\"col\">Against the live policy</th></tr></thead><tbody>",
     );
     for e in &app.service.config.entitlements {
         let strategy = match &e.strategy {
@@ -713,9 +772,24 @@ async fn admin(State(app): State<AppState>, viewer: Viewer) -> Page {
             Strategy::Role { role } => format!("role {role}"),
             Strategy::AuthKey { tags, .. } => format!("authkey {}", tags.join(" ")),
         };
+        let check = match &issues {
+            Ok(list) => {
+                let mine: Vec<&str> = list
+                    .iter()
+                    .filter(|i| i.entitlement == e.name)
+                    .map(|i| i.message.as_str())
+                    .collect();
+                if mine.is_empty() {
+                    "ok".to_owned()
+                } else {
+                    format!("<span class=\"error\">{}</span>", esc(&mine.join("; ")))
+                }
+            }
+            Err(why) => format!("<span class=\"error\">cannot check: {}</span>", esc(why)),
+        };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{check}</td></tr>",
             esc(&e.name),
             esc(&strategy),
             esc(&e
@@ -727,6 +801,7 @@ async fn admin(State(app): State<AppState>, viewer: Viewer) -> Page {
         );
     }
     body.push_str("</tbody></table>");
+
     let overdue = app
         .service
         .list(&RequestFilter {
@@ -745,26 +820,133 @@ async fn admin(State(app): State<AppState>, viewer: Viewer) -> Page {
     for r in &overdue {
         body.push_str(&request_row(r, now));
     }
-    body.push_str("</ul><h2>Audit log</h2><ol class=\"timeline\">");
+    body.push_str("</ul>");
+
     let length = app.service.store.audit_length().await.unwrap_or(0);
-    let recent = app
+    let window = app
         .service
         .store
-        .audit((length - 50).max(0), 50)
+        .audit((length - AUDIT_WINDOW).max(0), AUDIT_WINDOW as usize)
         .await
         .unwrap_or_default();
-    for e in recent.iter().rev() {
+    body.push_str("<h2>Drift</h2><ul>");
+    let drift: Vec<_> = window
+        .iter()
+        .rev()
+        .filter(|e| e.action == "drift.detected")
+        .take(20)
+        .collect();
+    if drift.is_empty() {
+        body.push_str("<li class=\"muted\">No drift detected recently.</li>");
+    }
+    for e in drift {
+        let _ = write!(body, "<li>{} {}</li>", esc(&e.at), esc(&e.detail));
+    }
+    let _ = write!(
+        body,
+        "</ul><h2 id=\"audit\">Audit log</h2>\
+         <form method=\"get\" action=\"/admin#audit\" class=\"filters\">\
+         <label for=\"f-actor\">Actor</label><input id=\"f-actor\" name=\"actor\" value=\"{}\">\
+         <label for=\"f-action\">Action</label><input id=\"f-action\" name=\"action\" value=\"{}\">\
+         <label for=\"f-request\">Request</label><input id=\"f-request\" name=\"request\" value=\"{}\">\
+         <button type=\"submit\">Filter</button></form>\
+         <p><a href=\"/admin/audit.jsonl\">Export the whole log (JSON lines)</a> · \
+         <code>tidegate audit export</code> adds a manifest of hashes.</p>\
+         <table><thead><tr><th scope=\"col\">#</th><th scope=\"col\">At</th>\
+         <th scope=\"col\">Actor</th><th scope=\"col\">Action</th><th scope=\"col\">Request</th>\
+         </tr></thead><tbody>",
+        esc(&filter.actor),
+        esc(&filter.action),
+        esc(&filter.request),
+    );
+    for e in window.iter().rev().filter(|e| filter.keeps(e)).take(100) {
+        let request = e
+            .request
+            .as_deref()
+            .map(|id| format!("<a href=\"/requests/{0}\">{0}</a>", esc(id)))
+            .unwrap_or_default();
         let _ = write!(
             body,
-            "<li>#{} {} by {} {}</li>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{request}</td></tr>",
             e.seq,
-            esc(&e.action),
+            esc(&e.at),
             esc(&e.actor),
-            esc(&e.at)
+            esc(&e.action)
         );
     }
-    body.push_str("</ol>");
+    body.push_str("</tbody></table>");
+
+    // The tailnet's inventory as tidegate sees it.
+    let users = app.service.tailnet.users().await.unwrap_or_default();
+    let devices = app.service.tailnet.devices().await.unwrap_or_default();
+    body.push_str("<h2>Inventory</h2><h3>Users</h3><table><thead><tr><th scope=\"col\">Login</th><th scope=\"col\">Role</th></tr></thead><tbody>");
+    for u in &users {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(&u.login_name),
+            esc(&u.role)
+        );
+    }
+    body.push_str("</tbody></table><h3>Devices</h3><table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Owner</th><th scope=\"col\">Tags</th></tr></thead><tbody>");
+    for d in &devices {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&d.name),
+            esc(&d.user),
+            esc(&d.tags.join(" "))
+        );
+    }
+    body.push_str("</tbody></table><h3>Groups</h3><ul>");
+    if let Ok(p) = &parsed {
+        for (group, members) in &p.file.groups {
+            let _ = write!(
+                body,
+                "<li><strong>{}</strong>: {}</li>",
+                esc(group),
+                esc(&members.join(", "))
+            );
+        }
+    }
+    body.push_str("</ul>");
     Page(StatusCode::OK, layout("Admin", Some(&viewer), &body))
+}
+
+/// The whole audit log as JSON lines, for admins.
+async fn audit_export(State(app): State<AppState>, viewer: Viewer) -> Response {
+    if let Err(page) = require_admin(&app, &viewer).await {
+        return page.into_response();
+    }
+    let mut out = String::new();
+    let mut after = 0;
+    loop {
+        let batch = match app.service.store.audit(after, 5000).await {
+            Ok(b) => b,
+            Err(e) => {
+                return service_error(&viewer, e, StatusCode::SERVICE_UNAVAILABLE).into_response();
+            }
+        };
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        for e in &batch {
+            if let Ok(line) = serde_json::to_string(e) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"tidegate-audit.jsonl\"",
+            ),
+        ],
+        out,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize, Default)]
