@@ -131,7 +131,9 @@ fn request_approve_and_drop_through_the_web_ui() {
     }
     assert!(page.contains("What it gives"), "{page}");
     assert!(
-        page.contains("TCP 22, 5432 to"),
+        page.contains("TCP 22, 5432 to")
+            && page.contains("SSH as ec2-user to 3 devices: ")
+            && page.contains("(with a check)"),
         "the engine's statement of new access: {page}"
     );
     let token = csrf(&page);

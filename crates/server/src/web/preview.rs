@@ -56,7 +56,8 @@ async fn compute(
         let parsed = Policy::parse(text).map_err(|e| e.to_string())?;
         Engine::build(parsed, inventory).map_err(|e| e.to_string())
     };
-    let (before, after) = match &entitlement.strategy {
+    let parsed = Policy::parse(&policy.text).map_err(|e| e.to_string())?;
+    let (before, after, ssh) = match &entitlement.strategy {
         Strategy::Group { group, .. } => {
             let mut doc = hujson::Document::parse(&policy.text).map_err(|e| e.to_string())?;
             let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
@@ -64,9 +65,16 @@ async fn compute(
                 .map_err(|e| e.to_string())?;
             let now = engine(&policy.text, &inventory)?;
             let with = engine(doc.text(), &inventory)?;
+            // SSH from one of the requester's own devices, if they have one.
+            let ssh = all_devices
+                .iter()
+                .find(|d| d.user == login)
+                .map(|d| ssh_gained(&now, &with, &d.name, login, &parsed))
+                .unwrap_or_default();
             (
                 now.reach(login).map_err(|e| e.to_string())?,
                 with.reach(login).map_err(|e| e.to_string())?,
+                ssh,
             )
         }
         Strategy::Posture { attribute, value } => {
@@ -97,11 +105,73 @@ async fn compute(
             (
                 now.reach(&first.name).map_err(|e| e.to_string())?,
                 with.reach(&first.name).map_err(|e| e.to_string())?,
+                ssh_gained(&now, &with, &first.name, login, &parsed),
             )
         }
         _ => return Ok(Vec::new()),
     };
-    Ok(describe(&gained(&before, &after)))
+    let mut lines = ssh;
+    lines.extend(describe(&gained(&before, &after)));
+    Ok(lines)
+}
+
+/// "SSH as ec2-user to 3 devices: db-1, db-2, api-1 (with a check)": the local users the grant
+/// lets `login` SSH in as from device `src`, one line per user.
+fn ssh_gained(now: &Engine, with: &Engine, src: &str, login: &str, policy: &Policy) -> Vec<String> {
+    let (Some(src_now), Some(src_with)) = (now.find_device(src), with.find_device(src)) else {
+        return Vec::new();
+    };
+    let named: BTreeSet<String> = policy
+        .file
+        .ssh
+        .iter()
+        .flat_map(|r| r.users.clone().unwrap_or_default())
+        .collect();
+    let mut users: BTreeSet<String> = named
+        .iter()
+        .filter(|u| !u.starts_with("autogroup:") && !u.starts_with("localpart:"))
+        .cloned()
+        .collect();
+    if named
+        .iter()
+        .any(|u| u == "autogroup:nonroot" || u.starts_with("localpart:"))
+        && let Some((local, _)) = login.split_once('@')
+    {
+        users.insert(local.to_owned());
+    }
+    let mut per_user: BTreeMap<(String, bool), Vec<String>> = BTreeMap::new();
+    for name in with.device_names() {
+        let (Some(dst_now), Some(dst_with)) = (now.find_device(name), with.find_device(name))
+        else {
+            continue;
+        };
+        for user in &users {
+            if let Some((_, check)) = with.ssh_allows(src_with, dst_with, user)
+                && now.ssh_allows(src_now, dst_now, user).is_none()
+            {
+                per_user
+                    .entry((user.clone(), check))
+                    .or_default()
+                    .push(name.to_owned());
+            }
+        }
+    }
+    per_user
+        .into_iter()
+        .map(|((user, check), devices)| {
+            let n = devices.len();
+            let what = if n == 1 {
+                "1 device".to_owned()
+            } else {
+                format!("{n} devices")
+            };
+            format!(
+                "SSH as {user} to {what}: {}{}",
+                devices.join(", "),
+                if check { " (with a check)" } else { "" }
+            )
+        })
+        .collect()
 }
 
 /// What `after` reaches that `before` does not, port by port.
