@@ -24,7 +24,7 @@ use tidegate_core::reconciler::Reconciler;
 use tidegate_core::request::{Ask, Request};
 use tidegate_core::service::{Service, audit_entries};
 
-use crate::grants::{CONFIG, GROUP, TOKEN, login};
+use crate::grants::{GROUP, TOKEN, login};
 
 /// The policy the tailnet holds now, and how many members the benchmark's group has in it.
 /// The state below writes one member per line, so lines are counted rather than the 3 MB file
@@ -113,14 +113,7 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
     let dir = std::env::temp_dir().join(format!("tidegate-expiry-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = format!("sqlite://{}", dir.join("expiry.db").display());
-    let config = CONFIG
-        .replace("DATABASE", &db)
-        .replace("API_URL", emu.url())
-        .replace("TOKEN", TOKEN)
-        .replace(
-            "reason = \"optional\"",
-            "reason = \"optional\"\nmin_duration = \"1s\"\nmax_duration = \"1d\"",
-        );
+    let config = crate::grants::config(&db, emu.url(), true);
     let service = open_service(&config).await?;
     let entitlement = service.entitlement("prod-ssh")?.clone();
 

@@ -52,7 +52,7 @@ pub(crate) fn state(users: usize) -> String {
     .to_string()
 }
 
-pub(crate) const CONFIG: &str = r#"
+const CONFIG: &str = r#"
 [server]
 database = "DATABASE"
 [tailnet]
@@ -66,6 +66,23 @@ requesters = ["autogroup:member"]
 approvers = ["group:sre"]
 reason = "optional"
 "#;
+
+/// The benchmarks' config: one group entitlement, the store at `database`, the tailnet at
+/// `api_url`; with `any_duration`, grants from one second to a day.
+pub(crate) fn config(database: &str, api_url: &str, any_duration: bool) -> String {
+    let text = CONFIG
+        .replace("DATABASE", database)
+        .replace("API_URL", api_url)
+        .replace("TOKEN", TOKEN);
+    if any_duration {
+        text.replace(
+            "reason = \"optional\"",
+            "reason = \"optional\"\nmin_duration = \"1s\"\nmax_duration = \"1d\"",
+        )
+    } else {
+        text
+    }
+}
 
 /// When each member first appeared in the group, as a watcher saw it.
 type Seen = Arc<std::sync::Mutex<HashMap<String, Duration>>>;
@@ -172,10 +189,7 @@ async fn coalesced(grants: usize, latency: Duration) -> Result<Value> {
     let dir = std::env::temp_dir().join(format!("tidegate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = format!("sqlite://{}", dir.join("grants.db").display());
-    let text = CONFIG
-        .replace("DATABASE", &db)
-        .replace("API_URL", emu.url())
-        .replace("TOKEN", TOKEN);
+    let text = config(&db, emu.url(), false);
     let config = Config::parse(&text, "bench")?;
     let store = tidegate_store::open(&config.database).await?;
     let service = Arc::new(Service::new(

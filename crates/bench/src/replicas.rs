@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tailnet::{Clock, SystemClock};
 
-use crate::grants::{CONFIG, TOKEN, login, state};
+use crate::grants::{config, login, state};
 
 const USERS: usize = 64;
 const ALICE: &str = "alice@example.com";
@@ -99,14 +99,7 @@ impl Cluster {
         .await?;
         let dir = std::env::temp_dir().join(format!("tidegate-replicas-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let config_text = CONFIG
-            .replace("DATABASE", &url)
-            .replace("API_URL", emulator.url())
-            .replace("TOKEN", TOKEN)
-            .replace(
-                "reason = \"optional\"",
-                "reason = \"optional\"\nmin_duration = \"1s\"\nmax_duration = \"1d\"",
-            );
+        let config_text = config(&url, emulator.url(), true);
         let config = dir.join("tidegate.toml");
         std::fs::write(&config, config_text)?;
         let config = config.display().to_string();
