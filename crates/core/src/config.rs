@@ -220,9 +220,15 @@ impl Config {
         let oidc = match &raw.auth.oidc {
             None => None,
             Some(o) => {
-                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-                    .iter()
-                    .any(|p| o.issuer.starts_with(p));
+                // Plain http only to this machine: the host exactly, with or without a port.
+                let loopback = o.issuer.strip_prefix("http://").is_some_and(|rest| {
+                    let authority = rest.split('/').next().unwrap_or_default();
+                    let host = match authority.strip_prefix('[') {
+                        Some(v6) => v6.split(']').next().unwrap_or_default(),
+                        None => authority.split(':').next().unwrap_or_default(),
+                    };
+                    matches!(host, "127.0.0.1" | "localhost" | "::1")
+                });
                 if !o.issuer.starts_with("https://") && !loopback {
                     return Err(invalid(format!(
                         "auth.oidc.issuer: {:?} must be an https:// URL (the ID token is trusted because it comes from the issuer over TLS)",
@@ -529,6 +535,58 @@ pending_ttl = "1h"
             config.tailnet.credentials,
             tailnet::Credentials::ApiToken(_)
         ));
+    }
+
+    #[test]
+    fn auth_settings_are_checked() {
+        let with = |extra: &str| {
+            BASE.replace(
+                "database = \"sqlite://tidegate.db\"",
+                "database = \"sqlite://tidegate.db\"\npublic_url = \"https://tidegate.example.com\"",
+            ) + extra
+        };
+        let config = Config::parse(
+            &with("[auth]\ntrusted_proxy = [\"127.0.0.1\", \"::1\"]\n[auth.oidc]\nissuer = \"https://id.example.com/\"\nclient_id = \"tidegate\"\nclient_secret = \"s\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.auth.trusted_proxy.len(), 2);
+        let oidc = config.auth.oidc.unwrap();
+        assert_eq!(
+            (oidc.issuer.as_str(), oidc.login_claim.as_str()),
+            ("https://id.example.com", "email")
+        );
+        for issuer in [
+            "http://127.0.0.1:5556",
+            "http://localhost/realms/x",
+            "http://[::1]:80",
+        ] {
+            let text = with(&format!(
+                "[auth.oidc]\nissuer = \"{issuer}\"\nclient_id = \"c\"\n"
+            ));
+            assert!(Config::parse(&text, "t").is_ok(), "{issuer}");
+        }
+        for issuer in [
+            "http://id.example.com",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example/",
+        ] {
+            let text = with(&format!(
+                "[auth.oidc]\nissuer = \"{issuer}\"\nclient_id = \"c\"\n"
+            ));
+            let e = Config::parse(&text, "t").unwrap_err().to_string();
+            assert!(e.contains("must be an https:// URL"), "{issuer}: {e}");
+        }
+        let e = Config::parse(&with("[auth]\ntrusted_proxy = [\"proxy\"]\n"), "t").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("auth.trusted_proxy[0]: \"proxy\" is not an IP address"),
+            "{e}"
+        );
+        let no_url = BASE.to_owned()
+            + "[auth.oidc]\nissuer = \"https://id.example.com\"\nclient_id = \"c\"\n";
+        let e = Config::parse(&no_url, "t").unwrap_err();
+        assert!(e.to_string().contains("needs server.public_url"), "{e}");
     }
 
     fn error(text: &str) -> String {

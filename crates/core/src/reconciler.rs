@@ -632,6 +632,10 @@ impl Reconciler {
         comment: &str,
     ) -> Result<(), String> {
         for device in devices {
+            self.still_leading()
+                .await
+                .then_some(())
+                .ok_or("this replica is no longer the leader")?;
             self.tailnet()
                 .set_posture_attribute(
                     device,
@@ -664,6 +668,10 @@ impl Reconciler {
         attribute: &str,
     ) -> Result<(), String> {
         for device in devices {
+            self.still_leading()
+                .await
+                .then_some(())
+                .ok_or("this replica is no longer the leader")?;
             match self
                 .tailnet()
                 .delete_posture_attribute(device, attribute)
@@ -850,6 +858,14 @@ impl Reconciler {
             .await;
     }
 
+    /// Whether this replica may still change the tailnet (always, without a fence).
+    async fn still_leading(&self) -> bool {
+        match &self.fence {
+            Some(fence) => fence.held().await,
+            None => true,
+        }
+    }
+
     /// Writes an intended tailnet change to the audit log before it is made. If it cannot be
     /// recorded, the change is not made (this pass).
     async fn intend(
@@ -859,9 +875,7 @@ impl Reconciler {
         detail: serde_json::Value,
         report: &mut PassReport,
     ) -> bool {
-        if let Some(fence) = &self.fence
-            && !fence.held().await
-        {
+        if !self.still_leading().await {
             report.errors.push(format!(
                 "{action} not made: this replica is no longer the leader"
             ));

@@ -65,13 +65,16 @@ pub async fn authenticate(headers: &HeaderMap, service: &Service) -> Result<Stri
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .ok_or_else(|| unauthorized("unknown token"))?;
-    if let Some(expires) = stored
-        .expires_at
-        .as_deref()
-        .and_then(tailnet::clock::parse_rfc3339)
-        && expires <= service.clock.now()
-    {
-        return Err(unauthorized("this token has expired; create a new one"));
+    // A web session's secret is the browser's, not an API token.
+    if stored.description == crate::web::session::SESSION_DESCRIPTION {
+        return Err(unauthorized("unknown token"));
+    }
+    if let Some(text) = stored.expires_at.as_deref() {
+        // An expiry that does not read counts as passed.
+        let expired = tailnet::clock::parse_rfc3339(text).is_none_or(|e| e <= service.clock.now());
+        if expired {
+            return Err(unauthorized("this token has expired; create a new one"));
+        }
     }
     Ok(stored.user)
 }

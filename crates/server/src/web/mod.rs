@@ -697,7 +697,7 @@ async fn act(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|r| r.split_once("://").map(|(_, rest)| rest))
                 .and_then(|rest| rest.find('/').map(|i| rest[i..].to_owned()))
-                .filter(|p| p.starts_with('/') && !p.starts_with("//"))
+                .map(|p| local_path(Some(&p)))
                 .unwrap_or_else(|| format!("/requests/{id}"));
             Ok(Redirect::to(&back))
         }
@@ -954,11 +954,17 @@ struct LoginQuery {
     next: Option<String>,
 }
 
-/// Only paths on this site.
+/// Only paths on this site: `/` and then not a second slash or backslash, and no control
+/// characters (browsers drop tabs and newlines from URLs, so `/\t/evil.example` would leave).
 fn local_path(next: Option<&str>) -> String {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
-        .unwrap_or("/")
-        .to_owned()
+    next.filter(|n| {
+        let mut chars = n.chars();
+        chars.next() == Some('/')
+            && !matches!(chars.next(), Some('/' | '\\'))
+            && !n.chars().any(|c| c.is_control() || c == '\\')
+    })
+    .unwrap_or("/")
+    .to_owned()
 }
 
 async fn login_page(
@@ -1043,7 +1049,7 @@ async fn logout(
     Form(f): Form<LogoutForm>,
 ) -> Result<Response, Page> {
     check_csrf(&viewer, &f.csrf)?;
-    if let Some(secret) = session::cookie_secret(&headers) {
+    if let Some(secret) = session::cookie_secret(&headers, session::cookie_name(&app)) {
         let _ = app
             .service
             .store
@@ -1051,8 +1057,44 @@ async fn logout(
             .await;
     }
     Ok((
-        [(header::SET_COOKIE, session::clear_cookie())],
+        [(header::SET_COOKIE, session::clear_cookie(&app))],
         Redirect::to("/login"),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed() {
+        for good in ["/", "/request?entitlement=a", "/requests/r-1#x"] {
+            assert_eq!(local_path(Some(good)), good);
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "https://evil.example",
+            "evil",
+            "",
+            "/ok\\..",
+        ] {
+            assert_eq!(local_path(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(local_path(None), "/");
+    }
+
+    #[test]
+    fn relative_times_read_naturally() {
+        let now = time::macros::datetime!(2026-11-22 10:00 UTC);
+        let at = |secs: i64| relative(now + time::Duration::seconds(secs), now);
+        assert_eq!(at(2), "just now");
+        assert_eq!(at(4332), "in 1 h 12 min");
+        assert_eq!(at(7200), "in 2 h");
+        assert_eq!(at(-180), "3 min ago");
+        assert_eq!(at(90_000), "in 1 d 1 h");
+    }
 }

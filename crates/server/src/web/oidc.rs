@@ -225,25 +225,25 @@ pub async fn callback(
     ) {
         return refused(&e);
     }
-    // Providers may keep scope claims (like `email`) out of the ID token: then from userinfo.
-    let mut login = claims[&oidc.login_claim].as_str().map(str::to_owned);
-    if login.is_none()
+    // Providers may keep scope claims (like `email`) out of the ID token: then from userinfo,
+    // when it is about the same subject.
+    let Some(subject) = claims["sub"].as_str().filter(|s| !s.is_empty()) else {
+        return refused("The ID token names no subject (sub).");
+    };
+    let mut source = claims.clone();
+    if source[&oidc.login_claim].is_null()
         && let (Some(endpoint), Some(access)) =
             (&provider.userinfo_endpoint, answer["access_token"].as_str())
     {
         match userinfo(&client, endpoint, access).await {
-            Ok(info) if info["sub"] == claims["sub"] => {
-                login = info[&oidc.login_claim].as_str().map(str::to_owned);
-            }
+            Ok(info) if info["sub"].as_str() == Some(subject) => source = info,
             Ok(_) => return refused("The provider's userinfo is about someone else (sub)."),
             Err(e) => return unavailable(&e),
         }
     }
-    let Some(login) = login else {
-        return refused(&format!(
-            "The provider gave no {:?} claim to sign in with (auth.oidc.login_claim).",
-            oidc.login_claim
-        ));
+    let login = match login_from(&source, &oidc.login_claim) {
+        Ok(login) => login,
+        Err(e) => return refused(&e),
     };
     match session::start(&app, &login).await {
         Ok(cookie) => {
@@ -257,6 +257,26 @@ pub async fn callback(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The login in `claims[claim]`. An e-mail address counts only when the provider says it has
+/// verified it: otherwise anyone who can set their own address could sign in as someone else.
+fn login_from(claims: &Value, claim: &str) -> Result<String, String> {
+    let Some(login) = claims[claim].as_str().filter(|l| !l.trim().is_empty()) else {
+        return Err(format!(
+            "The provider gave no {claim:?} claim to sign in with (auth.oidc.login_claim)."
+        ));
+    };
+    if claim == "email" {
+        let verified = matches!(&claims["email_verified"], Value::Bool(true))
+            || claims["email_verified"].as_str() == Some("true");
+        if !verified {
+            return Err(format!(
+                "The provider has not verified the address {login}: it cannot be used to sign in."
+            ));
+        }
+    }
+    Ok(login.trim().to_owned())
 }
 
 async fn userinfo(client: &reqwest::Client, endpoint: &str, access: &str) -> Result<Value, String> {
@@ -354,6 +374,25 @@ mod tests {
             let e = check_claims(&bad, &s, "https://id.example.com", "n1", now).unwrap_err();
             assert!(e.contains(says), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn an_unverified_email_is_no_login() {
+        let claims = |verified: Value| serde_json::json!({"email": "ceo@example.com", "email_verified": verified, "upn": "x@example.com"});
+        assert_eq!(
+            login_from(&claims(Value::Bool(true)), "email").unwrap(),
+            "ceo@example.com"
+        );
+        for unverified in [Value::Bool(false), Value::Null, serde_json::json!("no")] {
+            let e = login_from(&claims(unverified), "email").unwrap_err();
+            assert!(e.contains("not verified"), "{e}");
+        }
+        // Another claim is the provider's to vouch for.
+        assert_eq!(
+            login_from(&claims(Value::Null), "upn").unwrap(),
+            "x@example.com"
+        );
+        assert!(login_from(&claims(Value::Null), "preferred_username").is_err());
     }
 
     #[test]

@@ -15,7 +15,23 @@ use sha2::{Digest, Sha256};
 
 use crate::AppState;
 
-pub const COOKIE: &str = "tidegate_session";
+/// The session cookie's name: with the `__Host-` prefix when served over https, so that no
+/// other host (a sibling subdomain) can plant one.
+pub fn cookie_name(app: &AppState) -> &'static str {
+    if secure(app) {
+        "__Host-tidegate_session"
+    } else {
+        "tidegate_session"
+    }
+}
+
+fn secure(app: &AppState) -> bool {
+    app.service
+        .config
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"))
+}
 /// Marks token rows that are web sessions.
 pub const SESSION_DESCRIPTION: &str = "web session";
 /// How long a session lasts.
@@ -33,16 +49,19 @@ pub fn csrf_of(secret: &str) -> String {
     hex::encode(&Sha256::digest(format!("csrf\0{secret}").as_bytes())[..16])
 }
 
-/// The session secret from the request's cookies.
-pub fn cookie_secret(headers: &HeaderMap) -> Option<String> {
-    headers
+/// The session secret from the request's cookies. Two session cookies (one planted for a
+/// narrower path, say) mean none: which one is ours cannot be told.
+pub fn cookie_secret(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .filter(|(n, _)| *n == name)
+        .map(|(_, value)| value.to_owned());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// The login `tailscale serve` vouches for, if the request came through a trusted proxy.
@@ -52,7 +71,14 @@ pub fn proxy_login(
     app: &AppState,
 ) -> Option<String> {
     let peer = peer?;
-    if !app.service.config.auth.trusted_proxy.contains(&peer.ip()) {
+    // An IPv4 proxy reaching a dual-stack listener shows up as ::ffff:a.b.c.d.
+    if !app
+        .service
+        .config
+        .auth
+        .trusted_proxy
+        .contains(&peer.ip().to_canonical())
+    {
         return None;
     }
     let login = parts_headers
@@ -96,16 +122,11 @@ pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::Ap
     .map_err(|e| {
         crate::ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
     })?;
-    let secure = app
-        .service
-        .config
-        .public_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("https://"));
     let cookie = format!(
-        "{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        "{}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        cookie_name(app),
         SESSION_HOURS * 3600,
-        if secure { "; Secure" } else { "" }
+        if secure(app) { "; Secure" } else { "" }
     );
     HeaderValue::from_str(&cookie).map_err(|e| {
         crate::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -113,8 +134,14 @@ pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::Ap
 }
 
 /// The cookie that ends a session in the browser.
-pub fn clear_cookie() -> HeaderValue {
-    HeaderValue::from_static("tidegate_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+pub fn clear_cookie(app: &AppState) -> HeaderValue {
+    if secure(app) {
+        HeaderValue::from_static(
+            "__Host-tidegate_session=; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=0",
+        )
+    } else {
+        HeaderValue::from_static("tidegate_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+    }
 }
 
 /// Not signed in: to the sign-in page, coming back here afterwards.
@@ -149,7 +176,8 @@ impl FromRequestParts<AppState> for Viewer {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        let secret = cookie_secret(&parts.headers).ok_or_else(|| SignIn(back.clone()))?;
+        let secret =
+            cookie_secret(&parts.headers, cookie_name(app)).ok_or_else(|| SignIn(back.clone()))?;
         let login = session_login(&secret, app)
             .await
             .ok_or_else(|| SignIn(back.clone()))?;
