@@ -640,7 +640,17 @@ impl LeaderLock for AdvisoryLock {
     }
 
     async fn release(&self) {
-        if let Some((conn, _)) = self.conn.lock().await.take() {
+        if let Some((mut conn, holding)) = self.conn.lock().await.take() {
+            // Unlock first: closing alone frees the lock only once the server's session has
+            // exited, a moment later; a replica handing over should hand over now.
+            if holding {
+                let query = format!("SELECT pg_advisory_unlock({LOCK_KEY})");
+                let _ = tokio::time::timeout(
+                    LOCK_CHECK_TIMEOUT,
+                    sqlx::query_scalar::<_, bool>(&query).fetch_one(&mut conn),
+                )
+                .await;
+            }
             let _ = tokio::time::timeout(LOCK_CHECK_TIMEOUT, conn.close()).await;
         }
     }
