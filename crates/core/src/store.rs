@@ -112,6 +112,9 @@ pub trait Store: Send + Sync {
     async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError>;
     /// Removes a token (or web session); `false` if there was none.
     async fn delete_token(&self, hash: &str) -> Result<bool, StoreError>;
+    /// Removes the tokens (and web sessions) that expired before `before` (RFC 3339, as
+    /// stored); how many.
+    async fn purge_expired_tokens(&self, before: &str) -> Result<u64, StoreError>;
     /// The audit entries about one request, oldest first.
     async fn audit_of_request(&self, request: &str) -> Result<Vec<AuditEntry>, StoreError>;
 

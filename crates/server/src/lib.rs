@@ -384,6 +384,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/audit", get(audit))
         .merge(web::router())
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(web::security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web::security_headers,
+        ))
         .with_state(state)
 }

@@ -513,6 +513,16 @@ impl Store for SqliteStore {
         Ok(deleted.rows_affected() > 0)
     }
 
+    async fn purge_expired_tokens(&self, before: &str) -> Result<u64, StoreError> {
+        let purged =
+            sqlx::query("DELETE FROM api_tokens WHERE expires_at IS NOT NULL AND expires_at < ?")
+                .bind(before)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db(e, "API token"))?;
+        Ok(purged.rows_affected())
+    }
+
     async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at) \

@@ -280,7 +280,12 @@ fn request_approve_and_drop_through_the_web_ui() {
 
 #[test]
 fn tailscale_identity_headers_are_believed_only_from_the_trusted_proxy() {
+    // Served over https as far as tidegate knows (the proxy ends TLS).
     let d = Deployment::new("web-proxy", |t| {
+        let t = t.replace(
+            "[tailnet]",
+            "public_url = \"https://tidegate.example.com\"\n\n[tailnet]",
+        );
         format!("{t}\n[auth]\ntrusted_proxy = [\"127.0.0.1\"]\n")
     });
     let mut server = d.serve();
@@ -295,6 +300,33 @@ fn tailscale_identity_headers_are_believed_only_from_the_trusted_proxy() {
     let r = via_proxy.get_with("/login?next=/request", &header);
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&r), "/request");
+    let cookie = r.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.starts_with("__Host-tidegate_session=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
+    assert_eq!(
+        r.headers()["strict-transport-security"].to_str().unwrap(),
+        "max-age=31536000"
+    );
+    // A redirect target with a tab in it would leave the site: not followed.
+    let r = via_proxy.get_with("/login?next=/%09/evil.example", &header);
+    assert_eq!(location(&r), "/");
+    // A second session cookie (planted for a narrower path, say) means signed out.
+    let ours = via_proxy.cookie.clone().unwrap();
+    via_proxy.cookie = Some(format!("{ours}; __Host-tidegate_session=planted"));
+    assert_eq!(
+        via_proxy.get_with("/", &header).status(),
+        StatusCode::SEE_OTHER
+    );
+    via_proxy.cookie = Some(ours.clone());
+    // A web session is no API token.
+    let api = reqwest::blocking::Client::new()
+        .get(format!("{base}/api/whoami"))
+        .bearer_auth(ours.split_once('=').unwrap().1)
+        .send()
+        .unwrap();
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
     let r = via_proxy.get_with("/", &header);
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().unwrap().contains("carol@example.com"));

@@ -198,10 +198,26 @@ pub fn router() -> Router<AppState> {
         .route("/static/app.js", get(js))
 }
 
-/// Security headers on every answer.
-pub async fn security_headers(request: axum::extract::Request, next: Next) -> Response {
+/// Security headers on every answer (and HSTS when served over https).
+pub async fn security_headers(
+    State(app): State<AppState>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
+    if app
+        .service
+        .config
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"))
+    {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(

@@ -109,8 +109,11 @@ pub async fn session_login(secret: &str, app: &AppState) -> Option<String> {
     live.then_some(stored.user)
 }
 
-/// Starts a session for `login`; the `Set-Cookie` value to send.
+/// Starts a session for `login`; the `Set-Cookie` value to send. Sessions that ended over a
+/// day ago are cleared out on the way (a day's margin: stored times are compared as text).
 pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::ApiError> {
+    let day_ago = tidegate_core::time_text(app.service.clock.now() - time::Duration::days(1));
+    let _ = app.service.store.purge_expired_tokens(&day_ago).await;
     let secret = crate::tokens::create(
         app.service.store.as_ref(),
         login,

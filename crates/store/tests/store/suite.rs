@@ -1464,6 +1464,25 @@ pub async fn request_trail_and_token_removal(db: Db) {
     };
     store.insert_token(&token).await.unwrap();
     assert!(store.token(&token.hash).await.unwrap().is_some());
+    // Purging: only what expired before the given time; tokens without expiry stay.
+    let mut old = token.clone();
+    old.hash = "cd".repeat(32);
+    old.expires_at = Some("2026-11-20T10:00:00Z".into());
+    let mut forever = token.clone();
+    forever.hash = "ef".repeat(32);
+    forever.expires_at = None;
+    store.insert_token(&old).await.unwrap();
+    store.insert_token(&forever).await.unwrap();
+    assert_eq!(
+        store
+            .purge_expired_tokens("2026-11-21T00:00:00Z")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.token(&old.hash).await.unwrap().is_none());
+    assert!(store.token(&forever.hash).await.unwrap().is_some());
+    assert!(store.token(&token.hash).await.unwrap().is_some());
     assert!(store.delete_token(&token.hash).await.unwrap());
     assert!(store.token(&token.hash).await.unwrap().is_none());
     assert!(!store.delete_token(&token.hash).await.unwrap());
