@@ -25,6 +25,7 @@ use tidegate_core::request::{Ask, Request};
 use tidegate_core::service::{Service, audit_entries};
 
 use crate::grants::{GROUP, TOKEN, login};
+use crate::{ms, percentile};
 
 /// The policy the tailnet holds now, and how many members the benchmark's group has in it.
 /// The state below writes one member per line, so lines are counted rather than the 3 MB file
@@ -46,22 +47,12 @@ fn member_lines(text: &str) -> impl Iterator<Item = &str> {
 
 const MEMBER_INDENT: &str = "\t\t\t";
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e4).round() / 10.0
-}
-
 fn lags(mut values: Vec<Duration>) -> Value {
     values.sort();
-    let pick = |p: f64| {
-        values
-            .get(((values.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    };
     json!({
         "grants": values.len(),
-        "p50_lag_ms": ms(pick(0.5)),
-        "p99_lag_ms": ms(pick(0.99)),
+        "p50_lag_ms": ms(percentile(&values, 0.5)),
+        "p99_lag_ms": ms(percentile(&values, 0.99)),
         "max_lag_ms": ms(values.last().copied().unwrap_or_default()),
     })
 }

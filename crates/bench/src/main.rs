@@ -44,6 +44,19 @@ fn peak_rss_mb() -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// The value at fraction `p` (0.5 = median) of `sorted`; zero when empty.
+fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Milliseconds to a tenth.
+fn ms(d: std::time::Duration) -> f64 {
+    round(d.as_secs_f64() * 1e3, 1)
+}
+
 fn round(x: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
     (x * f).round() / f

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tailnet::{Clock, SystemClock};
 
 use crate::grants::{config, login, state};
+use crate::{ms, percentile};
 
 const USERS: usize = 64;
 const ALICE: &str = "alice@example.com";
@@ -262,14 +263,13 @@ impl BenchDb {
     }
 }
 
-fn summary(mut ms: Vec<f64>) -> Value {
-    ms.sort_by(f64::total_cmp);
-    let round = |x: f64| (x * 10.0).round() / 10.0;
+fn summary(mut times: Vec<Duration>) -> Value {
+    times.sort();
     json!({
-        "kills": ms.len(),
-        "median_ms": round(ms.get(ms.len() / 2).copied().unwrap_or_default()),
-        "min_ms": round(ms.first().copied().unwrap_or_default()),
-        "max_ms": round(ms.last().copied().unwrap_or_default()),
+        "kills": times.len(),
+        "median_ms": ms(percentile(&times, 0.5)),
+        "min_ms": ms(times.first().copied().unwrap_or_default()),
+        "max_ms": ms(times.last().copied().unwrap_or_default()),
     })
 }
 
@@ -287,7 +287,7 @@ pub async fn failover(kills: usize) -> Result<Value> {
         let killed = Instant::now();
         cluster.kill(leader)?;
         cluster.await_new_reconcile(Some(leader), &before).await?;
-        times.push(killed.elapsed().as_secs_f64() * 1e3);
+        times.push(killed.elapsed());
         cluster.start(leader)?;
         cluster.await_healthy(leader).await?;
     }
