@@ -206,13 +206,7 @@ pub async fn security_headers(
 ) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    if app
-        .service
-        .config
-        .public_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("https://"))
-    {
+    if session::served_over_https(&app) {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=31536000"),
@@ -450,7 +444,9 @@ async fn render_request_form(
             devices.push(d.to_owned());
         }
     }
-    let gives = preview::what_it_gives(&app.service, chosen, &viewer.login, &devices).await;
+    let gives = preview::Snapshot::default()
+        .what_it_gives(&app.service, chosen, &viewer.login, &devices)
+        .await;
     body.push_str("<section aria-labelledby=\"gives\" class=\"gives\"><h2 id=\"gives\">What it gives</h2><ul>");
     for line in gives {
         let _ = write!(body, "<li>{}</li>", esc(&line));
@@ -555,9 +551,15 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
     if mine.is_empty() {
         body.push_str("<p class=\"muted\">Nothing waiting for you.</p>");
     }
+    // One read of the live policy and inventory for every request on the page.
+    let snapshot = preview::Snapshot::default();
     for r in mine {
         let gives = match app.service.entitlement(&r.entitlement) {
-            Ok(e) => preview::what_it_gives(&app.service, e, &r.requester, &r.devices).await,
+            Ok(e) => {
+                snapshot
+                    .what_it_gives(&app.service, e, &r.requester, &r.devices)
+                    .await
+            }
             Err(e) => vec![e.to_string()],
         };
         let others: Vec<String> = r

@@ -45,15 +45,11 @@ struct Discovery {
 
 async fn discover(oidc: &OidcSettings) -> Result<Discovery, String> {
     let url = format!("{}/.well-known/openid-configuration", oidc.issuer);
-    let found: Discovery = http()?
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("cannot read the provider's discovery document {url}: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("the discovery document at {url} is not valid: {e}"))?;
+    let found: Discovery = get_json(
+        http()?.get(&url),
+        &format!("the provider's discovery document {url}"),
+    )
+    .await?;
     if found.issuer.trim_end_matches('/') != oidc.issuer {
         return Err(format!(
             "the provider says its issuer is {:?}, not {:?}",
@@ -63,12 +59,33 @@ async fn discover(oidc: &OidcSettings) -> Result<Discovery, String> {
     Ok(found)
 }
 
-fn http() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// One HTTP client for every sign-in (it keeps connections to the provider).
+fn http() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client);
+    }
+    let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(CLIENT.get_or_init(|| client))
+}
+
+/// Sends `request` and reads its JSON answer; errors name `what`.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<T, String> {
+    request
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("cannot read {what}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("{what} is not valid: {e}"))
 }
 
 fn unavailable(text: &str) -> Response {
@@ -113,7 +130,7 @@ pub async fn start(State(app): State<AppState>, Query(q): Query<StartQuery>) -> 
     let flow = format!(
         "{FLOW_COOKIE}={state}.{nonce}.{verifier}.{}; Path=/login/oidc; HttpOnly; SameSite=Lax; Max-Age=600{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(next.as_bytes()),
-        if callback_url(&app).starts_with("https://") {
+        if session::served_over_https(&app) {
             "; Secure"
         } else {
             ""
@@ -135,14 +152,7 @@ pub struct Callback {
 
 /// The flow's cookie: state, nonce, PKCE verifier, where to go afterwards.
 fn flow_cookie(headers: &HeaderMap) -> Option<(String, String, String, String)> {
-    let value = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == FLOW_COOKIE)?
-        .1;
+    let value = session::cookies(headers, FLOW_COOKIE).next()?;
     let mut parts = value.split('.');
     let (state, nonce, verifier, next) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -235,7 +245,12 @@ pub async fn callback(
         && let (Some(endpoint), Some(access)) =
             (&provider.userinfo_endpoint, answer["access_token"].as_str())
     {
-        match userinfo(&client, endpoint, access).await {
+        let info: Result<Value, String> = get_json(
+            client.get(endpoint).bearer_auth(access),
+            "the provider's userinfo",
+        )
+        .await;
+        match info {
             Ok(info) if info["sub"].as_str() == Some(subject) => source = info,
             Ok(_) => return refused("The provider's userinfo is about someone else (sub)."),
             Err(e) => return unavailable(&e),
@@ -277,19 +292,6 @@ fn login_from(claims: &Value, claim: &str) -> Result<String, String> {
         }
     }
     Ok(login.trim().to_owned())
-}
-
-async fn userinfo(client: &reqwest::Client, endpoint: &str, access: &str) -> Result<Value, String> {
-    client
-        .get(endpoint)
-        .bearer_auth(access)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("cannot read the provider's userinfo: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("the provider's userinfo is not JSON: {e}"))
 }
 
 /// The claims of a JWT (its payload), without checking the signature (see the module docs).

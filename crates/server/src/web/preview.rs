@@ -8,111 +8,150 @@ use policy::{Engine, Inventory, Policy, Reachable};
 use tidegate_core::entitlement::{Entitlement, Strategy};
 use tidegate_core::service::Service;
 
-/// Plain statements of the access a grant adds, or why that could not be worked out.
-pub async fn what_it_gives(
-    service: &Service,
-    entitlement: &Entitlement,
-    login: &str,
-    devices: &[String],
-) -> Vec<String> {
-    match compute(service, entitlement, login, devices).await {
-        Ok(lines) if lines.is_empty() => {
-            vec!["no new network access under the current policy".to_owned()]
-        }
-        Ok(lines) => lines,
-        Err(e) => vec![format!("cannot work out what it gives: {e}")],
-    }
+/// The live policy and inventory the statements are worked out on: read from the tailnet at
+/// most once per page, and only when a statement needs them.
+#[derive(Default)]
+pub struct Snapshot(tokio::sync::OnceCell<Result<Live, String>>);
+
+struct Live {
+    text: String,
+    policy: Policy,
+    inventory: Inventory,
+    devices: Vec<tailnet::Device>,
 }
 
-async fn compute(
-    service: &Service,
-    entitlement: &Entitlement,
-    login: &str,
-    devices: &[String],
-) -> Result<Vec<String>, String> {
-    match &entitlement.strategy {
-        Strategy::Role { role } => {
-            return Ok(vec![format!(
-                "the tailnet role {role} (the previous role comes back at the end)"
-            )]);
-        }
-        Strategy::AuthKey { tags, .. } => {
-            return Ok(vec![format!(
-                "an auth key that joins one device tagged {}",
-                tags.join(", ")
-            )]);
-        }
-        _ => {}
-    }
-    let policy = service.tailnet.policy().await.map_err(|e| e.to_string())?;
-    let users = service.tailnet.users().await.map_err(|e| e.to_string())?;
-    let all_devices = service.tailnet.devices().await.map_err(|e| e.to_string())?;
-    let inventory: Inventory = serde_json::from_value(serde_json::json!({
-        "users": users,
-        "devices": all_devices,
-    }))
-    .map_err(|e| e.to_string())?;
-    let engine = |text: &str, inventory: &Inventory| -> Result<Engine, String> {
-        let parsed = Policy::parse(text).map_err(|e| e.to_string())?;
-        Engine::build(parsed, inventory).map_err(|e| e.to_string())
-    };
-    let parsed = Policy::parse(&policy.text).map_err(|e| e.to_string())?;
-    let (before, after, ssh) = match &entitlement.strategy {
-        Strategy::Group { group, .. } => {
-            let mut doc = hujson::Document::parse(&policy.text).map_err(|e| e.to_string())?;
-            let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
-            doc.add_strings(&path, &[login])
+impl Snapshot {
+    async fn live(&self, service: &Service) -> Result<&Live, String> {
+        self.0
+            .get_or_init(|| async {
+                let text = service
+                    .tailnet
+                    .policy()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .text;
+                let users = service.tailnet.users().await.map_err(|e| e.to_string())?;
+                let devices = service.tailnet.devices().await.map_err(|e| e.to_string())?;
+                let inventory: Inventory = serde_json::from_value(serde_json::json!({
+                    "users": users,
+                    "devices": devices,
+                }))
                 .map_err(|e| e.to_string())?;
-            let now = engine(&policy.text, &inventory)?;
-            let with = engine(doc.text(), &inventory)?;
-            // SSH from one of the requester's own devices, if they have one.
-            let ssh = all_devices
-                .iter()
-                .find(|d| d.user == login)
-                .map(|d| ssh_gained(&now, &with, &d.name, login, &parsed))
-                .unwrap_or_default();
-            (
-                now.reach(login).map_err(|e| e.to_string())?,
-                with.reach(login).map_err(|e| e.to_string())?,
-                ssh,
-            )
-        }
-        Strategy::Posture { attribute, value } => {
-            // From the requester's chosen devices (or all their own), with the attribute set.
-            let mine: Vec<&tailnet::Device> = all_devices
-                .iter()
-                .filter(|d| d.user == login)
-                .filter(|d| {
-                    devices.is_empty()
-                        || devices
-                            .iter()
-                            .any(|n| tidegate_core::service::device_matches(d, n))
+                let policy = Policy::parse(&text).map_err(|e| e.to_string())?;
+                Ok(Live {
+                    text,
+                    policy,
+                    inventory,
+                    devices,
                 })
-                .collect();
-            let Some(first) = mine.first() else {
-                return Ok(vec![format!("{login} has no device this could be set on")]);
-            };
-            let mut with_attr = inventory.clone();
-            let chosen: BTreeSet<&str> = mine.iter().map(|d| d.node_id.as_str()).collect();
-            for d in &mut with_attr.devices {
-                if chosen.contains(d.node_id.as_str()) {
-                    d.posture_attributes
-                        .insert(attribute.clone(), value.clone());
-                }
+            })
+            .await
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Plain statements of the access a grant adds, or why that could not be worked out.
+    pub async fn what_it_gives(
+        &self,
+        service: &Service,
+        entitlement: &Entitlement,
+        login: &str,
+        devices: &[String],
+    ) -> Vec<String> {
+        match self.compute(service, entitlement, login, devices).await {
+            Ok(lines) if lines.is_empty() => {
+                vec!["no new network access under the current policy".to_owned()]
             }
-            let now = engine(&policy.text, &inventory)?;
-            let with = engine(&policy.text, &with_attr)?;
-            (
-                now.reach(&first.name).map_err(|e| e.to_string())?,
-                with.reach(&first.name).map_err(|e| e.to_string())?,
-                ssh_gained(&now, &with, &first.name, login, &parsed),
-            )
+            Ok(lines) => lines,
+            Err(e) => vec![format!("cannot work out what it gives: {e}")],
         }
-        _ => return Ok(Vec::new()),
-    };
-    let mut lines = ssh;
-    lines.extend(describe(&gained(&before, &after)));
-    Ok(lines)
+    }
+
+    async fn compute(
+        &self,
+        service: &Service,
+        entitlement: &Entitlement,
+        login: &str,
+        devices: &[String],
+    ) -> Result<Vec<String>, String> {
+        match &entitlement.strategy {
+            Strategy::Role { role } => {
+                return Ok(vec![format!(
+                    "the tailnet role {role} (the previous role comes back at the end)"
+                )]);
+            }
+            Strategy::AuthKey { tags, .. } => {
+                return Ok(vec![format!(
+                    "an auth key that joins one device tagged {}",
+                    tags.join(", ")
+                )]);
+            }
+            _ => {}
+        }
+        let live = self.live(service).await?;
+        let (parsed, inventory, all_devices) = (&live.policy, &live.inventory, &live.devices);
+        // The live policy is parsed once; only the group strategy's edited text needs another.
+        let engine = |policy: Policy, inventory: &Inventory| -> Result<Engine, String> {
+            Engine::build(policy, inventory).map_err(|e| e.to_string())
+        };
+        let (before, after, ssh) = match &entitlement.strategy {
+            Strategy::Group { group, .. } => {
+                let mut doc = hujson::Document::parse(&live.text).map_err(|e| e.to_string())?;
+                let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
+                doc.add_strings(&path, &[login])
+                    .map_err(|e| e.to_string())?;
+                let now = engine(parsed.clone(), inventory)?;
+                let edited = Policy::parse(doc.text()).map_err(|e| e.to_string())?;
+                let with = engine(edited, inventory)?;
+                // SSH from one of the requester's own devices, if they have one.
+                let ssh = all_devices
+                    .iter()
+                    .find(|d| d.user == login)
+                    .map(|d| ssh_gained(&now, &with, &d.name, login, parsed))
+                    .unwrap_or_default();
+                (
+                    now.reach(login).map_err(|e| e.to_string())?,
+                    with.reach(login).map_err(|e| e.to_string())?,
+                    ssh,
+                )
+            }
+            Strategy::Posture { attribute, value } => {
+                // From the requester's chosen devices (or all their own), with the attribute set.
+                let mine: Vec<&tailnet::Device> = all_devices
+                    .iter()
+                    .filter(|d| d.user == login)
+                    .filter(|d| {
+                        devices.is_empty()
+                            || devices
+                                .iter()
+                                .any(|n| tidegate_core::service::device_matches(d, n))
+                    })
+                    .collect();
+                let Some(first) = mine.first() else {
+                    return Ok(vec![format!("{login} has no device this could be set on")]);
+                };
+                let mut with_attr = inventory.clone();
+                let chosen: BTreeSet<&str> = mine.iter().map(|d| d.node_id.as_str()).collect();
+                for d in &mut with_attr.devices {
+                    if chosen.contains(d.node_id.as_str()) {
+                        d.posture_attributes
+                            .insert(attribute.clone(), value.clone());
+                    }
+                }
+                let now = engine(parsed.clone(), inventory)?;
+                let with = engine(parsed.clone(), &with_attr)?;
+                (
+                    now.reach(&first.name).map_err(|e| e.to_string())?,
+                    with.reach(&first.name).map_err(|e| e.to_string())?,
+                    ssh_gained(&now, &with, &first.name, login, parsed),
+                )
+            }
+            _ => return Ok(Vec::new()),
+        };
+        let mut lines = ssh;
+        lines.extend(describe(&gained(&before, &after)));
+        Ok(lines)
+    }
 }
 
 /// "SSH as ec2-user to 3 devices: db-1, db-2, api-1 (with a check)": the local users the grant

@@ -18,14 +18,16 @@ use crate::AppState;
 /// The session cookie's name: with the `__Host-` prefix when served over https, so that no
 /// other host (a sibling subdomain) can plant one.
 pub fn cookie_name(app: &AppState) -> &'static str {
-    if secure(app) {
+    if served_over_https(app) {
         "__Host-tidegate_session"
     } else {
         "tidegate_session"
     }
 }
 
-fn secure(app: &AppState) -> bool {
+/// Whether people reach tidegate over https (`[server] public_url`), which decides `Secure`
+/// cookies, the `__Host-` prefix and HSTS.
+pub fn served_over_https(app: &AppState) -> bool {
     app.service
         .config
         .public_url
@@ -52,16 +54,21 @@ pub fn csrf_of(secret: &str) -> String {
 /// The session secret from the request's cookies. Two session cookies (one planted for a
 /// narrower path, say) mean none: which one is ours cannot be told.
 pub fn cookie_secret(headers: &HeaderMap, name: &str) -> Option<String> {
-    let mut found = headers
+    let mut found = cookies(headers, name);
+    let first = found.next()?;
+    found.next().is_none().then(|| first.to_owned())
+}
+
+/// The values of every cookie called `name` the request carries.
+pub fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(n, _)| *n == name)
-        .map(|(_, value)| value.to_owned());
-    let first = found.next()?;
-    found.next().is_none().then_some(first)
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, value)| value)
 }
 
 /// The login `tailscale serve` vouches for, if the request came through a trusted proxy.
@@ -129,7 +136,11 @@ pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::Ap
         "{}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
         cookie_name(app),
         SESSION_HOURS * 3600,
-        if secure(app) { "; Secure" } else { "" }
+        if served_over_https(app) {
+            "; Secure"
+        } else {
+            ""
+        }
     );
     HeaderValue::from_str(&cookie).map_err(|e| {
         crate::ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -138,7 +149,7 @@ pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::Ap
 
 /// The cookie that ends a session in the browser.
 pub fn clear_cookie(app: &AppState) -> HeaderValue {
-    if secure(app) {
+    if served_over_https(app) {
         HeaderValue::from_static(
             "__Host-tidegate_session=; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=0",
         )
