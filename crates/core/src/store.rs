@@ -32,6 +32,8 @@ pub struct RequestFilter {
     pub open_only: bool,
     /// Only requests due by this time (see [`Request::due_at`]); implies `open_only`.
     pub due_before: Option<time::OffsetDateTime>,
+    /// Only requests overdue at this time (see [`Request::overdue`]).
+    pub overdue_at: Option<time::OffsetDateTime>,
     pub limit: Option<usize>,
 }
 

@@ -447,6 +447,12 @@ impl Store for PostgresStore {
         if let Some(entitlement) = &filter.entitlement {
             query.push(" AND entitlement = ").push_bind(entitlement);
         }
+        if let Some(at) = filter.overdue_at {
+            query
+                .push(" AND is_open AND access_ends_at <= CAST(")
+                .push_bind(sortable_time(at)?)
+                .push(" AS TIMESTAMPTZ)");
+        }
         if let Some(due_before) = filter.due_before {
             // Oldest due first, along the partial index `requests_due`.
             query

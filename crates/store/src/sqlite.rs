@@ -438,6 +438,11 @@ impl Store for SqliteStore {
         if let Some(entitlement) = &filter.entitlement {
             query.push(" AND entitlement = ").push_bind(entitlement);
         }
+        if let Some(at) = filter.overdue_at {
+            query
+                .push(" AND is_open = 1 AND access_ends_at <= ")
+                .push_bind(sortable_time(at)?);
+        }
         if let Some(due_before) = filter.due_before {
             // Oldest due first, along the partial index `requests_due`.
             query

@@ -823,14 +823,12 @@ async fn admin(
     let overdue = app
         .service
         .list(&RequestFilter {
-            open_only: true,
+            overdue_at: Some(now),
+            limit: Some(100),
             ..RequestFilter::default()
         })
         .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.overdue(now))
-        .collect::<Vec<_>>();
+        .unwrap_or_default();
     body.push_str("<h2>Overdue revocations</h2><ul>");
     if overdue.is_empty() {
         body.push_str("<li class=\"muted\">None.</li>");

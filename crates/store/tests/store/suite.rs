@@ -251,6 +251,7 @@ pub async fn filters(db: Db) {
             open_only: true,
             limit: Some(1),
             due_before: None,
+            overdue_at: None,
         })
         .await,
         ["g-pending"]
@@ -1192,7 +1193,8 @@ pub async fn migration_backfills_due_at(db: Db) {
     );
 }
 
-/// The overdue count the store gives is [`Request::overdue`] over the stored requests.
+/// The overdue count and the overdue filter the store gives are [`Request::overdue`] over the
+/// stored requests.
 async fn assert_overdue_counts(store: &dyn Store, all: &[Request]) {
     let mut times: Vec<_> = all.iter().filter_map(Request::access_ends_at).collect();
     times.extend(
@@ -1204,12 +1206,27 @@ async fn assert_overdue_counts(store: &dyn Store, all: &[Request]) {
     times.push(t0() - time::Duration::days(1));
     times.push(t0() + time::Duration::days(365));
     for now in times {
-        let want = all.iter().filter(|r| r.overdue(now)).count() as u64;
+        let mut want: Vec<&str> = all
+            .iter()
+            .filter(|r| r.overdue(now))
+            .map(|r| r.id.as_str())
+            .collect();
         assert_eq!(
             store.count_overdue(now).await.unwrap(),
-            want,
+            want.len() as u64,
             "overdue at {now}"
         );
+        let listed = store
+            .requests(&RequestFilter {
+                overdue_at: Some(now),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut got = ids(&listed);
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "overdue at {now}");
     }
 }
 
