@@ -241,30 +241,24 @@ impl Cluster {
         }
     }
 
+    /// GET `url` as `who` (if anyone), as JSON.
+    async fn get_json(&self, url: &str, who: Option<&str>) -> Value {
+        let mut request = self.http.get(url);
+        if let Some(who) = who {
+            request = request.bearer_auth(&self.tokens[who]);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     async fn requests(&self) -> Vec<Value> {
-        let r = self.live(0);
-        let answer: Value = self
-            .http
-            .get(format!("{}/api/requests?limit=1000", r.url))
-            .bearer_auth(&self.tokens[ALICE])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{}/api/requests?limit=1000", self.live(0).url);
+        let answer = self.get_json(&url, Some(ALICE)).await;
         answer["requests"].as_array().cloned().unwrap_or_default()
     }
 
     async fn emulator_state(&self) -> Value {
-        self.http
-            .get(format!("{}/emulator/state", self.emulator))
-            .send()
+        self.get_json(&format!("{}/emulator/state", self.emulator), None)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     }
 
     async fn faults(&self, on: bool) {
@@ -427,15 +421,7 @@ async fn chaos(base: &str) {
         "exactly one leader"
     );
     for r in &cluster.replicas {
-        let ready: Value = cluster
-            .http
-            .get(format!("{}/readyz", r.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready = cluster.get_json(&format!("{}/readyz", r.url), None).await;
         assert_eq!(ready["status"], "ready");
     }
 
