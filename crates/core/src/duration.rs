@@ -5,21 +5,26 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A whole number of seconds, written with one unit.
+/// A whole number of seconds, written with one unit, at most [`Span::MAX`]: every span can be
+/// added to any time tidegate handles without overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span(u64);
 
 impl Span {
+    /// The longest span anything may be given for: ten years. Longer is a typo or an attack,
+    /// and this bound keeps `now + span` far inside the range of a date.
+    pub const MAX: Span = Span(10 * 366 * 86_400);
+
     pub const fn seconds(s: u64) -> Span {
-        Span(s)
+        Span(if s > Span::MAX.0 { Span::MAX.0 } else { s })
     }
 
     pub const fn minutes(m: u64) -> Span {
-        Span(m * 60)
+        Span::seconds(m.saturating_mul(60))
     }
 
     pub const fn hours(h: u64) -> Span {
-        Span(h * 3600)
+        Span::seconds(h.saturating_mul(3600))
     }
 
     pub fn as_secs(self) -> u64 {
@@ -27,7 +32,8 @@ impl Span {
     }
 
     pub fn to_time(self) -> time::Duration {
-        time::Duration::seconds(self.0.min(i64::MAX as u64) as i64)
+        // Spans are bounded by `MAX` when parsed; the `min` keeps one built in code bounded too.
+        time::Duration::seconds(self.0.min(Span::MAX.0) as i64)
     }
 }
 
@@ -54,7 +60,7 @@ impl FromStr for Span {
         if number.is_empty() {
             return Err(err("missing number"));
         }
-        let n: u64 = number.parse().map_err(|_| err("number too large"))?;
+        let n: u64 = number.parse().map_err(|_| err("longer than ten years"))?;
         let scale = match unit {
             "s" => 1,
             "m" => 60,
@@ -62,7 +68,10 @@ impl FromStr for Span {
             "d" => 86_400,
             _ => return Err(err("unknown unit")),
         };
-        let seconds = n.checked_mul(scale).ok_or_else(|| err("too long"))?;
+        let seconds = n
+            .checked_mul(scale)
+            .filter(|s| *s <= Span::MAX.0)
+            .ok_or_else(|| err("longer than ten years"))?;
         if seconds == 0 {
             return Err(err("must be longer than zero"));
         }
@@ -129,6 +138,9 @@ mod tests {
             "-1h",
             "0s",
             "99999999999999999999d",
+            "18446744073709551615s",
+            "99999999d",
+            "3661d",
         ] {
             let err = bad.parse::<Span>().unwrap_err();
             assert!(err.to_string().contains("invalid duration"), "{bad}: {err}");

@@ -224,6 +224,31 @@ fn not_allowed(message: String) -> LifecycleError {
     LifecycleError::NotAllowed(message)
 }
 
+/// The most characters a reason or comment may have.
+pub const MAX_TEXT_CHARS: usize = 1000;
+
+/// Refuses a reason or comment that is too long or carries control characters (newlines and
+/// tabs included) or bidirectional overrides: it is shown in approvers' terminals, pages and
+/// chat, where such characters could rewrite or hide what is displayed.
+pub fn check_text(field: &str, text: &str) -> Result<(), LifecycleError> {
+    let count = text.chars().count();
+    if count > MAX_TEXT_CHARS {
+        return Err(LifecycleError::Invalid(format!(
+            "the {field} is {count} characters long; at most {MAX_TEXT_CHARS} are allowed"
+        )));
+    }
+    if let Some((at, c)) = text.chars().enumerate().find(|(_, c)| {
+        c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }) {
+        return Err(LifecycleError::Invalid(format!(
+            "the {field} contains the control character U+{:04X} at character {}; write it on one line without control characters",
+            c as u32,
+            at + 1
+        )));
+    }
+    Ok(())
+}
+
 /// What a requester asks for.
 #[derive(Debug, Clone, Default)]
 pub struct Ask {
@@ -262,6 +287,7 @@ impl Request {
                 who.join(", ")
             )));
         }
+        check_text("reason", &ask.reason)?;
         let reason = ask.reason.trim().to_owned();
         if entitlement.reason == ReasonRule::Required && reason.is_empty() {
             return Err(LifecycleError::Invalid(format!(
@@ -395,6 +421,7 @@ impl Request {
         directory: &Directory,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, LifecycleError> {
+        check_text("comment", comment)?;
         self.check_reviewer(entitlement, reviewer, directory)?;
         let review = Review {
             reviewer: reviewer.to_owned(),
@@ -472,6 +499,7 @@ impl Request {
         directory: &Directory,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, LifecycleError> {
+        check_text("comment", comment)?;
         self.check_reviewer(entitlement, reviewer, directory)?;
         if self.state == State::Active && self.extension.is_some() {
             self.extension = None;
@@ -538,6 +566,7 @@ impl Request {
         is_admin: bool,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, LifecycleError> {
+        check_text("reason", reason)?;
         let requester = by == self.requester;
         if !requester && !is_admin && !directory.matches_any(&entitlement.approvers, by) {
             return Err(not_allowed(format!(
@@ -581,6 +610,7 @@ impl Request {
         directory: &Directory,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, LifecycleError> {
+        check_text("reason", reason)?;
         if by != self.requester {
             return Err(not_allowed(format!(
                 "only {} can extend {}",
@@ -1029,5 +1059,39 @@ reason = "optional"
             .unwrap();
         assert_eq!(ev[0].action, "grant.revoked");
         assert_eq!(other.end_reason.as_deref(), Some("incident over"));
+    }
+
+    #[test]
+    fn reasons_and_comments_are_bounded_and_printable() {
+        let (config, dir) = setup();
+        let e = config.entitlement("prod-ssh").unwrap();
+        for (bad, says) in [
+            (
+                "INC-1\n\u{1b}[2Japproved by alice".to_owned(),
+                "U+000A at character 6",
+            ),
+            ("tab\there".to_owned(), "U+0009"),
+            ("\u{202e}evil".to_owned(), "U+202E at character 1"),
+            ("x".repeat(1001), "1001 characters long; at most 1000"),
+        ] {
+            let err = Request::create("x".into(), e, "dave@example.com", ask(&bad, "1h"), &dir, T0)
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let fine = "é".repeat(1000);
+        let (mut r, _) = Request::create(
+            "r".into(),
+            e,
+            "dave@example.com",
+            ask(&fine, "1h"),
+            &dir,
+            T0,
+        )
+        .unwrap();
+        let err = r
+            .approve(e, "alice@example.com", "ok\r\nreally", &dir, T0)
+            .unwrap_err();
+        assert!(err.to_string().contains("comment contains"), "{err}");
+        assert!(r.reviews.is_empty());
     }
 }
