@@ -146,7 +146,7 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
         .iter()
         .filter_map(|(r, _): &(Request, _)| Some((r.requester.clone(), r.expires_at?)))
         .collect();
-    service.store.insert_requests(&batch).await?;
+    service.store().insert_requests(&batch).await?;
     drop(batch);
     let setup = setup_started.elapsed();
 

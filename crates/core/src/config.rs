@@ -414,12 +414,30 @@ fn entitlement(e: &RawEntitlement) -> Result<Entitlement, String> {
             };
             Strategy::Posture { attribute, value }
         }
-        "role" => Strategy::Role {
-            role: e
+        "role" => {
+            let role = e
                 .role
                 .clone()
-                .ok_or_else(|| missing("role = \"network-admin\" (or another role)"))?,
-        },
+                .ok_or_else(|| missing("role = \"network-admin\" (or another role)"))?;
+            match role.as_str() {
+                "owner" => {
+                    return Err(
+                        "role \"owner\" cannot be granted: a tailnet has one owner, changed only by transferring ownership".into(),
+                    );
+                }
+                "member" => {
+                    return Err(
+                        "role \"member\" is the lowest role: granting it gives nothing".into(),
+                    );
+                }
+                _ if crate::entitlement::role_rank(&role).is_none() => {
+                    return Err(format!(
+                        "role {role:?} is not a Tailscale role (use auditor, billing-admin, it-admin, network-admin or admin)"
+                    ));
+                }
+                _ => Strategy::Role { role },
+            }
+        }
         "authkey" => {
             if e.tags.is_empty() {
                 return Err(missing("tags = [\"tag:ci\"]"));
@@ -618,6 +636,15 @@ pending_ttl = "1h"
         assert!(e.contains("bogus"), "{e}");
         let twice = format!("{BASE}{}", &BASE[BASE.find("[[entitlement]]").unwrap()..]);
         assert!(error(&twice).contains("used twice"));
+        let role = |r: &str| {
+            error(&BASE.replace(
+                "strategy = \"group\"\ngroup = \"group:prod\"",
+                &format!("strategy = \"role\"\nrole = \"{r}\""),
+            ))
+        };
+        assert!(role("owner").contains("\"owner\" cannot be granted"));
+        assert!(role("netwrok-admin").contains("is not a Tailscale role"));
+        assert!(role("member").contains("gives nothing"));
     }
 
     #[test]

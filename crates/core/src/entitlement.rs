@@ -43,6 +43,35 @@ impl Strategy {
     }
 }
 
+/// Tailscale's user roles, lowest first, with their rank: a role grant only ever raises a
+/// user (member < auditor, billing-admin < it-admin, network-admin < admin < owner).
+pub const ROLES: [(&str, u8); 7] = [
+    ("member", 0),
+    ("auditor", 1),
+    ("billing-admin", 1),
+    ("it-admin", 2),
+    ("network-admin", 2),
+    ("admin", 3),
+    ("owner", 4),
+];
+
+/// The rank of a Tailscale role; `None` for a name Tailscale does not have.
+pub fn role_rank(role: &str) -> Option<u8> {
+    ROLES
+        .iter()
+        .find(|(name, _)| *name == role)
+        .map(|(_, r)| *r)
+}
+
+/// Whether `role` is strictly above `own` (an unknown role is above nothing and below all).
+pub fn role_above(role: &str, own: &str) -> bool {
+    match (role_rank(role), role_rank(own)) {
+        (Some(r), Some(o)) => r > o,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReasonRule {

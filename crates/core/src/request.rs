@@ -85,6 +85,15 @@ pub struct Extension {
 /// What the reconciler has done in the tailnet for this request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TailnetStatus {
+    /// When the reconciler recorded its intent to give this access, just before the tailnet
+    /// write. The grant's time counts from here, so a crash between the write and its record
+    /// never lengthens it.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub applying_since: Option<OffsetDateTime>,
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -114,7 +123,8 @@ pub struct TailnetStatus {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// `role` strategy: the role to restore.
+    /// `role` strategy: the user's own role, recorded before tidegate first raised it, restored
+    /// when no grant on the user remains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_role: Option<String>,
     /// `posture`: the expiry the attribute carries in the tailnet (moves with extensions).
@@ -320,7 +330,9 @@ impl Request {
             state: State::Pending,
             created_at: now,
             start_at: ask.start_at,
-            pending_until: now + entitlement.pending_ttl.to_time(),
+            // A scheduled request may be decided (and, approved, applied) until its pending
+            // time after the start.
+            pending_until: ask.start_at.unwrap_or(now).max(now) + entitlement.pending_ttl.to_time(),
             reviews: Vec::new(),
             activated_at: None,
             expires_at: None,
@@ -543,9 +555,7 @@ impl Request {
                 self.requester, self.id
             )));
         }
-        if !matches!(self.state, State::Pending | State::Approved)
-            || self.tailnet.applied_at.is_some()
-        {
+        if !matches!(self.state, State::Pending | State::Approved) || self.may_hold_access() {
             return Err(self.wrong_state("cancelled"));
         }
         self.end(State::Cancelled, by, "cancelled by the requester", now);
@@ -656,7 +666,17 @@ impl Request {
         Ok(events)
     }
 
-    /// The reconciler applied the access: the clock of the grant starts now.
+    /// When this grant's access would end if given now: its time counts from the intent
+    /// recorded before the first tailnet write that gave it ([`TailnetStatus::applying_since`]).
+    pub fn access_until(&self, now: OffsetDateTime) -> OffsetDateTime {
+        match self.state {
+            State::Active => self.expires_at.unwrap_or(now),
+            _ => self.tailnet.applying_since.unwrap_or(now) + self.duration.to_time(),
+        }
+    }
+
+    /// The reconciler applied the access (read back from the tailnet). The grant's clock
+    /// started when the change was intended (see [`Request::access_until`]), not now.
     pub fn activate(
         &mut self,
         now: OffsetDateTime,
@@ -665,9 +685,10 @@ impl Request {
         if self.state != State::Approved {
             return Err(self.wrong_state("activated"));
         }
+        let since = self.tailnet.applying_since.unwrap_or(now).min(now);
         self.state = State::Active;
-        self.activated_at = Some(now);
-        self.expires_at = Some(now + self.duration.to_time());
+        self.activated_at = Some(since);
+        self.expires_at = Some(since + self.duration.to_time());
         self.tailnet.applied_at = Some(now);
         self.tailnet.last_error = None;
         let mut detail = detail;
@@ -694,17 +715,29 @@ impl Request {
         )])
     }
 
-    /// A pending request nobody decided in time is cancelled.
+    /// A pending request nobody decided in time is cancelled; so is an approved one whose
+    /// access was not given (or its key claimed) within the same pending time.
     pub fn lapse(&mut self, now: OffsetDateTime) -> Result<Vec<Event>, LifecycleError> {
-        if self.state != State::Pending || self.pending_until > now {
+        if self.pending_until > now {
             return Err(self.wrong_state("lapsed"));
         }
-        self.end(State::Cancelled, SYSTEM, "not reviewed in time", now);
+        let why = match self.state {
+            State::Pending => "not reviewed in time",
+            State::Approved if !self.may_hold_access() => "approved but not used in time",
+            _ => return Err(self.wrong_state("lapsed")),
+        };
+        self.end(State::Cancelled, SYSTEM, why, now);
         Ok(vec![self.event(
             SYSTEM,
             "request.lapsed",
-            serde_json::json!({}),
+            serde_json::json!({"reason": why}),
         )])
+    }
+
+    /// Whether the tailnet may hold this request's access: applied, or a write giving it was
+    /// intended (and so may have happened before a crash).
+    pub fn may_hold_access(&self) -> bool {
+        self.tailnet.applied_at.is_some() || self.tailnet.applying_since.is_some()
     }
 
     /// The access could not be applied (e.g. a device that is not the requester's).
@@ -738,7 +771,7 @@ impl Request {
     /// When access that is in the tailnet must be gone: the expiry of an active grant, the
     /// end of a finished one; `None` when nothing is applied or its removal is verified.
     pub fn access_ends_at(&self) -> Option<OffsetDateTime> {
-        if self.tailnet.applied_at.is_none() || self.tailnet.removal_verified_at.is_some() {
+        if !self.may_hold_access() || self.tailnet.removal_verified_at.is_some() {
             return None;
         }
         if self.state.is_final() {

@@ -35,12 +35,12 @@ const DIRECTORY_TTL: time::Duration = time::Duration::seconds(30);
 
 /// The application's operations over a store, a tailnet and a clock.
 pub struct Service {
-    pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
-    pub tailnet: Arc<dyn Tailnet>,
-    pub clock: Arc<dyn Clock>,
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    tailnet: Arc<dyn Tailnet>,
+    clock: Arc<dyn Clock>,
     /// Wakes the reconciler when desired state changes.
-    pub wake: Arc<Notify>,
+    wake: Arc<Notify>,
     directory: Mutex<Option<(time::OffsetDateTime, Arc<Directory>)>>,
 }
 
@@ -96,6 +96,37 @@ impl Service {
             wake: Arc::new(Notify::new()),
             directory: Mutex::new(None),
         }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn tailnet(&self) -> &Arc<dyn Tailnet> {
+        &self.tailnet
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The clock's time to whole seconds: the one way domain code reads the time.
+    pub fn now(&self) -> time::OffsetDateTime {
+        crate::now(self.clock.as_ref())
+    }
+
+    /// Tells the reconciler that desired state changed.
+    pub fn wake_reconciler(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when [`Service::wake_reconciler`] is called.
+    pub async fn woken(&self) {
+        self.wake.notified().await
     }
 
     /// Users and groups, read from the tailnet at most every 30 seconds.
@@ -222,6 +253,10 @@ impl Service {
                     entitlement.strategy.name()
                 )));
             }
+            Strategy::Role { ref role } => {
+                self.check_role_raises(requester, role, &dir).await?;
+                Vec::new()
+            }
             _ => Vec::new(),
         };
         let ask = Ask {
@@ -241,6 +276,38 @@ impl Service {
         )?;
         self.store_new(&request, &events).await?;
         Ok(request)
+    }
+
+    /// A role grant must raise the user above their own role (the one recorded by an active
+    /// role grant, else the role they have now): a grant never lowers anyone.
+    async fn check_role_raises(
+        &self,
+        requester: &str,
+        role: &str,
+        dir: &Directory,
+    ) -> Result<(), ServiceError> {
+        let open = self
+            .store
+            .requests(&RequestFilter {
+                requester: Some(requester.to_owned()),
+                open_only: true,
+                ..RequestFilter::default()
+            })
+            .await?;
+        let recorded = open
+            .iter()
+            .filter(|r| r.may_hold_access())
+            .find_map(|r| r.tailnet.previous_role.clone());
+        let own = recorded
+            .or_else(|| dir.roles.get(requester).cloned())
+            .unwrap_or_else(|| "member".to_owned());
+        if crate::entitlement::role_above(role, &own) {
+            Ok(())
+        } else {
+            Err(ServiceError::Lifecycle(LifecycleError::Invalid(format!(
+                "{requester} is already {own}; the {role} role would not raise them (a role grant never lowers a role)"
+            ))))
+        }
     }
 
     pub async fn get(&self, id: &str) -> Result<Request, ServiceError> {
@@ -364,6 +431,12 @@ impl Service {
             )));
         }
         let now = crate::now(self.clock.as_ref());
+        if request.state == State::Approved && request.pending_until <= now {
+            return Err(ServiceError::Invalid(format!(
+                "{id} was approved but its key was not claimed in time (by {}); request it again",
+                crate::time_text(request.pending_until)
+            )));
+        }
         if request.state != State::Approved || !request.wants_access(now) {
             return Err(ServiceError::Invalid(format!(
                 "{id} is {}: its key can only be claimed once, after approval",

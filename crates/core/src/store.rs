@@ -82,7 +82,7 @@ impl Request {
     /// not yet verified.
     pub fn open(&self) -> bool {
         !self.state.is_final()
-            || (self.tailnet.applied_at.is_some() && self.tailnet.removal_verified_at.is_none())
+            || (self.may_hold_access() && self.tailnet.removal_verified_at.is_none())
     }
 }
 

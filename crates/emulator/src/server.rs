@@ -96,6 +96,10 @@ pub struct Fault {
     /// Only for this method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Handle the request first, then answer with the fault: the change is made but the
+    /// answer is lost (as when the caller crashes or the connection breaks after the write).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after: bool,
 }
 
 impl Fault {
@@ -352,23 +356,16 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let is_api = path == "/api/v2" || path.starts_with("/api/v2/");
+    let mut after_fault = None;
     if is_api {
         if !app.options.latency.is_zero() {
             tokio::time::sleep(app.options.latency).await;
         }
         if let Some(fault) = app.fault_for(parts.method.as_str(), &path) {
-            if let Some(ms) = fault.delay_ms {
-                tokio::time::sleep(StdDuration::from_millis(ms)).await;
-            }
-            if fault.drop {
-                return Err(Dropped);
-            }
-            if let Some(status) = fault.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-                let mut err = ApiError::new(status, status_message(status));
-                if status == StatusCode::TOO_MANY_REQUESTS {
-                    err.retry_after = fault.retry_after;
-                }
-                return Ok(to_response(err.into_reply()));
+            if fault.after {
+                after_fault = Some(fault);
+            } else if let Some(reply) = fire(&fault).await {
+                return reply;
             }
         }
     }
@@ -413,7 +410,29 @@ async fn handle(
     } else {
         Err(ApiError::not_found("not found"))
     };
-    Ok(to_response(reply.unwrap_or_else(ApiError::into_reply)))
+    let response = to_response(reply.unwrap_or_else(ApiError::into_reply));
+    if let Some(fault) = after_fault
+        && let Some(reply) = fire(&fault).await
+    {
+        return reply;
+    }
+    Ok(response)
+}
+
+/// What an injected fault does: wait, then drop the connection or answer with its status.
+async fn fire(fault: &Fault) -> Option<std::result::Result<Response<Full<Bytes>>, Dropped>> {
+    if let Some(ms) = fault.delay_ms {
+        tokio::time::sleep(StdDuration::from_millis(ms)).await;
+    }
+    if fault.drop {
+        return Some(Err(Dropped));
+    }
+    let status = fault.status.and_then(|s| StatusCode::from_u16(s).ok())?;
+    let mut err = ApiError::new(status, status_message(status));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        err.retry_after = fault.retry_after;
+    }
+    Some(Ok(to_response(err.into_reply())))
 }
 
 /// A running emulator; dropping it shuts it down.

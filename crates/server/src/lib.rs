@@ -206,7 +206,7 @@ async fn create(
     let request = app.service.create(&who, new).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json_request(&request, app.service.clock.now())),
+        Json(json_request(&request, app.service.clock().now())),
     ))
 }
 
@@ -236,7 +236,7 @@ async fn list(
         let dir = app.service.directory().await?;
         requests.retain(|r| app.service.may_review(r, &who, &dir));
     }
-    let now = app.service.clock.now();
+    let now = app.service.clock().now();
     Ok(Json(
         json!({ "requests": requests.iter().map(|r| json_request(r, now)).collect::<Vec<_>>() }),
     ))
@@ -248,7 +248,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let request = app.service.get(&id).await?;
-    Ok(Json(json_request(&request, app.service.clock.now())))
+    Ok(Json(json_request(&request, app.service.clock().now())))
 }
 
 async fn approve(
@@ -258,7 +258,7 @@ async fn approve(
     Body(b): Body<CommentBody>,
 ) -> ApiResult<Json<Value>> {
     let r = app.service.approve(&id, &who, &b.comment).await?;
-    Ok(Json(json_request(&r, app.service.clock.now())))
+    Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn deny(
@@ -268,7 +268,7 @@ async fn deny(
     Body(b): Body<CommentBody>,
 ) -> ApiResult<Json<Value>> {
     let r = app.service.deny(&id, &who, &b.comment).await?;
-    Ok(Json(json_request(&r, app.service.clock.now())))
+    Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn cancel(
@@ -277,7 +277,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let r = app.service.cancel(&id, &who).await?;
-    Ok(Json(json_request(&r, app.service.clock.now())))
+    Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn revoke(
@@ -292,7 +292,7 @@ async fn revoke(
         b.reason
     };
     let r = app.service.revoke(&id, &who, &reason).await?;
-    Ok(Json(json_request(&r, app.service.clock.now())))
+    Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn extend(
@@ -305,7 +305,7 @@ async fn extend(
         .service
         .extend(&id, &who, span(&b.duration)?, &b.reason)
         .await?;
-    Ok(Json(json_request(&r, app.service.clock.now())))
+    Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn claim_key(
@@ -315,7 +315,7 @@ async fn claim_key(
 ) -> ApiResult<Json<Value>> {
     let (r, secret) = app.service.claim_key(&id, &who).await?;
     Ok(Json(
-        json!({ "request": json_request(&r, app.service.clock.now()), "key": secret }),
+        json!({ "request": json_request(&r, app.service.clock().now()), "key": secret }),
     ))
 }
 
@@ -342,7 +342,7 @@ async fn audit(
     }
     let entries = app
         .service
-        .store
+        .store()
         .audit(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000))
         .await
         .map_err(ServiceError::from)?;

@@ -11,7 +11,7 @@ use crate::AppState;
 
 /// Ready when the database answers and every migration is applied.
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    match app.service.store.ready().await {
+    match app.service.store().ready().await {
         Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -56,7 +56,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "tidegate_leader_terms_total {}",
         app.metrics.terms.load(std::sync::atomic::Ordering::Relaxed)
     );
-    let store_up = match service.store.count_open_by_state().await {
+    let store_up = match service.store().count_open_by_state().await {
         Ok(states) => {
             family(
                 &mut out,
@@ -84,8 +84,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         Err(_) => false,
     };
     if let Ok(overdue) = service
-        .store
-        .count_overdue(tidegate_core::now(service.clock.as_ref()))
+        .store()
+        .count_overdue(tidegate_core::now(service.clock().as_ref()))
         .await
     {
         family(
@@ -96,7 +96,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         );
         let _ = writeln!(out, "tidegate_revocations_overdue {overdue}");
     }
-    if let Ok(length) = service.store.audit_length().await {
+    if let Ok(length) = service.store().audit_length().await {
         family(
             &mut out,
             "tidegate_audit_chain_length",
@@ -137,7 +137,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "counter",
         "Calls to the tailnet's API by HTTP status (\"error\": no answer).",
     );
-    for (status, n) in service.tailnet.call_counts() {
+    for (status, n) in service.tailnet().call_counts() {
         let _ = writeln!(
             out,
             "tidegate_tailnet_api_calls_total{{status=\"{}\"}} {n}",

@@ -60,7 +60,7 @@ pub async fn authenticate(headers: &HeaderMap, service: &Service) -> Result<Stri
         .map(str::trim)
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
     let stored = service
-        .store
+        .store()
         .token(&hash(token))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -71,7 +71,8 @@ pub async fn authenticate(headers: &HeaderMap, service: &Service) -> Result<Stri
     }
     if let Some(text) = stored.expires_at.as_deref() {
         // An expiry that does not read counts as passed.
-        let expired = tailnet::clock::parse_rfc3339(text).is_none_or(|e| e <= service.clock.now());
+        let expired =
+            tailnet::clock::parse_rfc3339(text).is_none_or(|e| e <= service.clock().now());
         if expired {
             return Err(unauthorized("this token has expired; create a new one"));
         }

@@ -397,11 +397,23 @@ impl ApiClient {
                 *self.token.lock().await = None;
                 continue;
             }
-            match retry_delay(&error, call.idempotent, self.backoff(attempt)) {
-                Some(delay) if attempt < self.config.retry.max_attempts => {
+            let retry = retry_delay(&error, call.idempotent, self.backoff(attempt))
+                .filter(|_| attempt < self.config.retry.max_attempts);
+            // The path names only resources (never a secret); the error carries no URL.
+            tracing::warn!(
+                operation = %call.method,
+                path = %call.path,
+                status = error.kind(),
+                attempt,
+                retrying = retry.is_some(),
+                error = %error,
+                "tailnet API call failed"
+            );
+            match retry {
+                Some(delay) => {
                     tokio::time::sleep(delay.min(self.config.retry.max_delay)).await;
                 }
-                _ => return Err(error),
+                None => return Err(error),
             }
         }
     }
@@ -565,6 +577,36 @@ impl Tailnet for ApiClient {
     async fn delete_posture_attribute(&self, device: &str, key: &str) -> Result<()> {
         let path = format!("/device/{}/attributes/{}", segment(device), segment(key));
         self.send(Call::new(Method::DELETE, path)).await.map(|_| ())
+    }
+
+    async fn patch_posture_attributes(
+        &self,
+        changes: &[crate::PostureChange],
+        comment: Option<&str>,
+    ) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // One JSON Merge Patch for every device: `null` deletes an attribute.
+        let mut nodes = serde_json::Map::new();
+        for change in changes {
+            let node = nodes
+                .entry(change.device.clone())
+                .or_insert_with(|| json!({}));
+            node[&change.key] = match &change.set {
+                None => Json::Null,
+                Some((value, None)) => json!({ "value": value }),
+                Some((value, Some(expiry))) => json!({ "value": value, "expiry": expiry }),
+            };
+        }
+        let mut body = json!({ "nodes": nodes });
+        if let Some(comment) = comment {
+            body["comment"] = json!(comment);
+        }
+        let call = Call::new(Method::PATCH, self.tailnet_path("/device-attributes"))
+            .json(body)
+            .idempotent();
+        self.send(call).await.map(|_| ())
     }
 
     async fn create_auth_key(&self, request: &CreateAuthKey) -> Result<Key> {

@@ -34,6 +34,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// A short label for logs and metrics: the HTTP status where one is implied.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::PreconditionFailed => "412",
+            Error::NotFound(_) => "404",
+            Error::RateLimited { .. } => "429",
+            Error::Unauthorized(_) => "401",
+            Error::Forbidden(_) => "403",
+            Error::BadRequest { .. } => "400",
+            Error::Unavailable(_) => "unavailable",
+            Error::Timeout(_) => "timeout",
+            Error::Protocol(_) => "protocol",
+            Error::Config(_) => "config",
+        }
+    }
+
     /// Worth trying again later (the request was not, or may not have been, processed).
     pub fn is_transient(&self) -> bool {
         matches!(

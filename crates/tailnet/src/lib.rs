@@ -18,6 +18,15 @@ use serde_json::Value as Json;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// One posture attribute change on one device: set to a value (with an RFC 3339 expiry), or
+/// deleted (`set: None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostureChange {
+    pub device: String,
+    pub key: String,
+    pub set: Option<(Json, Option<String>)>,
+}
+
 /// The operations tidegate needs from a tailnet. Devices are named by `nodeId` or numeric `id`.
 #[async_trait::async_trait]
 pub trait Tailnet: Send + Sync {
@@ -55,6 +64,36 @@ pub trait Tailnet: Send + Sync {
         comment: Option<&str>,
     ) -> Result<()>;
     async fn delete_posture_attribute(&self, device: &str, key: &str) -> Result<()>;
+    /// Sets or deletes posture attributes on many devices at once (Tailscale's batch
+    /// `PATCH /tailnet/{t}/device-attributes`). This default makes one call per change.
+    async fn patch_posture_attributes(
+        &self,
+        changes: &[PostureChange],
+        comment: Option<&str>,
+    ) -> Result<()> {
+        for change in changes {
+            match &change.set {
+                Some((value, expiry)) => {
+                    self.set_posture_attribute(
+                        &change.device,
+                        &change.key,
+                        value.clone(),
+                        expiry.as_deref(),
+                        comment,
+                    )
+                    .await?
+                }
+                None => match self
+                    .delete_posture_attribute(&change.device, &change.key)
+                    .await
+                {
+                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(())
+    }
 
     /// Creates an auth key; the returned `key` field holds the secret, shown only now.
     async fn create_auth_key(&self, request: &CreateAuthKey) -> Result<Key>;

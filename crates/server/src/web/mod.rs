@@ -255,7 +255,7 @@ async fn js() -> impl IntoResponse {
 }
 
 async fn my_access(State(app): State<AppState>, viewer: Viewer) -> Page {
-    let now = app.service.clock.now();
+    let now = app.service.clock().now();
     let mine = match app
         .service
         .list(&RequestFilter {
@@ -420,7 +420,7 @@ async fn render_request_form(
     if matches!(chosen.strategy, Strategy::Posture { .. }) {
         let mine: Vec<tailnet::Device> = app
             .service
-            .tailnet
+            .tailnet()
             .devices()
             .await
             .map(|all| all.into_iter().filter(|d| d.user == viewer.login).collect())
@@ -520,7 +520,7 @@ async fn request_submit(
     };
     match app.service.create(&viewer.login, new).await {
         Ok(r) => {
-            app.service.wake.notify_one();
+            app.service.wake_reconciler();
             Ok(Redirect::to(&format!("/requests/{}", r.id)))
         }
         Err(e) => retry(e.to_string()).await,
@@ -528,7 +528,7 @@ async fn request_submit(
 }
 
 async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
-    let now = app.service.clock.now();
+    let now = app.service.clock().now();
     let (pending, dir) = match (
         app.service
             .list(&RequestFilter {
@@ -601,14 +601,14 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
 }
 
 async fn detail(State(app): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Page {
-    let now = app.service.clock.now();
+    let now = app.service.clock().now();
     let r = match app.service.get(&id).await {
         Ok(r) => r,
         Err(e) => return service_error(&viewer, e, StatusCode::NOT_FOUND),
     };
     let trail = app
         .service
-        .store
+        .store()
         .audit_of_request(&id)
         .await
         .unwrap_or_default();
@@ -708,7 +708,7 @@ async fn act(
     };
     match done {
         Ok(_) => {
-            app.service.wake.notify_one();
+            app.service.wake_reconciler();
             // Back where the button was, if it was one of ours.
             let back = headers
                 .get(header::REFERER)
@@ -765,15 +765,15 @@ async fn admin(
     if let Err(page) = require_admin(&app, &viewer).await {
         return page;
     }
-    let now = app.service.clock.now();
-    let policy = app.service.tailnet.policy().await;
+    let now = app.service.clock().now();
+    let policy = app.service.tailnet().policy().await;
     let parsed = policy
         .as_ref()
         .map_err(|e| e.to_string())
         .and_then(|p| policy::Policy::parse(&p.text).map_err(|e| e.to_string()));
     let issues = match &parsed {
         Ok(p) => Ok(tidegate_core::entitlement::check_against_policy(
-            &app.service.config.entitlements,
+            &app.service.config().entitlements,
             &p.file,
         )),
         Err(e) => Err(e.clone()),
@@ -783,7 +783,7 @@ async fn admin(
          <th scope=\"col\">Strategy</th><th scope=\"col\">Approvers</th>\
          <th scope=\"col\">Against the live policy</th></tr></thead><tbody>",
     );
-    for e in &app.service.config.entitlements {
+    for e in &app.service.config().entitlements {
         let strategy = match &e.strategy {
             Strategy::Group { group, .. } => format!("group {group}"),
             Strategy::Posture { attribute, .. } => format!("posture {attribute}"),
@@ -838,10 +838,10 @@ async fn admin(
     }
     body.push_str("</ul>");
 
-    let length = app.service.store.audit_length().await.unwrap_or(0);
+    let length = app.service.store().audit_length().await.unwrap_or(0);
     let window = app
         .service
-        .store
+        .store()
         .audit((length - AUDIT_WINDOW).max(0), AUDIT_WINDOW as usize)
         .await
         .unwrap_or_default();
@@ -893,8 +893,8 @@ async fn admin(
     body.push_str("</tbody></table>");
 
     // The tailnet's inventory as tidegate sees it.
-    let users = app.service.tailnet.users().await.unwrap_or_default();
-    let devices = app.service.tailnet.devices().await.unwrap_or_default();
+    let users = app.service.tailnet().users().await.unwrap_or_default();
+    let devices = app.service.tailnet().devices().await.unwrap_or_default();
     body.push_str("<h2>Inventory</h2><h3>Users</h3><table><thead><tr><th scope=\"col\">Login</th><th scope=\"col\">Role</th></tr></thead><tbody>");
     for u in &users {
         let _ = write!(
@@ -937,7 +937,7 @@ async fn audit_export(State(app): State<AppState>, viewer: Viewer) -> Response {
     let mut out = String::new();
     let mut after = 0;
     loop {
-        let batch = match app.service.store.audit(after, 5000).await {
+        let batch = match app.service.store().audit(after, 5000).await {
             Ok(b) => b,
             Err(e) => {
                 return service_error(&viewer, e, StatusCode::SERVICE_UNAVAILABLE).into_response();
@@ -998,7 +998,7 @@ async fn login_page(
         };
     }
     let mut body = String::new();
-    if app.service.config.auth.oidc.is_some() {
+    if app.service.config().auth.oidc.is_some() {
         let _ = write!(
             body,
             "<p><a class=\"button\" href=\"/login/oidc?next={}\">Sign in with your identity provider</a></p>",
@@ -1068,7 +1068,7 @@ async fn logout(
     if let Some(secret) = session::cookie_secret(&headers, session::cookie_name(&app)) {
         let _ = app
             .service
-            .store
+            .store()
             .delete_token(&crate::tokens::hash(&secret))
             .await;
     }

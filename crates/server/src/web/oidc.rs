@@ -27,7 +27,7 @@ fn random_token() -> String {
 fn callback_url(app: &AppState) -> String {
     let base = app
         .service
-        .config
+        .config()
         .public_url
         .as_deref()
         .unwrap_or_default()
@@ -103,7 +103,7 @@ pub struct StartQuery {
 
 /// `GET /login/oidc`: off to the provider.
 pub async fn start(State(app): State<AppState>, Query(q): Query<StartQuery>) -> Response {
-    let Some(oidc) = app.service.config.auth.oidc.clone() else {
+    let Some(oidc) = app.service.config().auth.oidc.clone() else {
         return refused("OpenID Connect sign-in is not configured ([auth.oidc]).");
     };
     let provider = match discover(&oidc).await {
@@ -169,7 +169,7 @@ pub async fn callback(
     headers: HeaderMap,
     Query(cb): Query<Callback>,
 ) -> Response {
-    let Some(oidc) = app.service.config.auth.oidc.clone() else {
+    let Some(oidc) = app.service.config().auth.oidc.clone() else {
         return refused("OpenID Connect sign-in is not configured ([auth.oidc]).");
     };
     if let Some(error) = cb.error {
@@ -231,7 +231,7 @@ pub async fn callback(
         &oidc,
         &provider.issuer,
         &nonce,
-        app.service.clock.now(),
+        app.service.clock().now(),
     ) {
         return refused(&e);
     }

@@ -25,13 +25,17 @@ impl Snapshot {
         self.0
             .get_or_init(|| async {
                 let text = service
-                    .tailnet
+                    .tailnet()
                     .policy()
                     .await
                     .map_err(|e| e.to_string())?
                     .text;
-                let users = service.tailnet.users().await.map_err(|e| e.to_string())?;
-                let devices = service.tailnet.devices().await.map_err(|e| e.to_string())?;
+                let users = service.tailnet().users().await.map_err(|e| e.to_string())?;
+                let devices = service
+                    .tailnet()
+                    .devices()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let inventory: Inventory = serde_json::from_value(serde_json::json!({
                     "users": users,
                     "devices": devices,

@@ -29,7 +29,7 @@ pub fn cookie_name(app: &AppState) -> &'static str {
 /// cookies, the `__Host-` prefix and HSTS.
 pub fn served_over_https(app: &AppState) -> bool {
     app.service
-        .config
+        .config()
         .public_url
         .as_deref()
         .is_some_and(|u| u.starts_with("https://"))
@@ -81,7 +81,7 @@ pub fn proxy_login(
     // An IPv4 proxy reaching a dual-stack listener shows up as ::ffff:a.b.c.d.
     if !app
         .service
-        .config
+        .config()
         .auth
         .trusted_proxy
         .contains(&peer.ip().to_canonical())
@@ -100,14 +100,14 @@ pub fn proxy_login(
 pub async fn session_login(secret: &str, app: &AppState) -> Option<String> {
     let stored = app
         .service
-        .store
+        .store()
         .token(&crate::tokens::hash(secret))
         .await
         .ok()??;
     if stored.description != SESSION_DESCRIPTION {
         return None;
     }
-    let now = app.service.clock.now();
+    let now = app.service.clock().now();
     let live = stored
         .expires_at
         .as_deref()
@@ -119,14 +119,14 @@ pub async fn session_login(secret: &str, app: &AppState) -> Option<String> {
 /// Starts a session for `login`; the `Set-Cookie` value to send. Sessions that ended over a
 /// day ago are cleared out on the way (a day's margin: stored times are compared as text).
 pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::ApiError> {
-    let day_ago = tidegate_core::time_text(app.service.clock.now() - time::Duration::days(1));
-    let _ = app.service.store.purge_expired_tokens(&day_ago).await;
+    let day_ago = tidegate_core::time_text(app.service.clock().now() - time::Duration::days(1));
+    let _ = app.service.store().purge_expired_tokens(&day_ago).await;
     let secret = crate::tokens::create(
-        app.service.store.as_ref(),
+        app.service.store().as_ref(),
         login,
         Some(time::Duration::hours(SESSION_HOURS)),
         SESSION_DESCRIPTION,
-        app.service.clock.now(),
+        app.service.clock().now(),
     )
     .await
     .map_err(|e| {

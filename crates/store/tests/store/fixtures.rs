@@ -86,6 +86,7 @@ pub fn full_request(id: &str) -> Request {
             requested_at: t + Duration::minutes(45),
         }),
         tailnet: TailnetStatus {
+            applying_since: None,
             applied_at: Some(t + Duration::minutes(5)),
             verified_at: Some(t + Duration::minutes(6)),
             removed_at: Some(t + Duration::minutes(61)),

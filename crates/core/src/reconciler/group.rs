@@ -1,0 +1,452 @@
+//! `group`: a login is wanted in a managed policy group while any active grant puts it there.
+//! Every change to the policy goes out in one HuJSON edit and one write with `If-Match`,
+//! re-read and re-applied on 412. Members that no grant explains are drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use super::{ChangeError, PassReport, Reconciler, event, needs_change};
+use crate::entitlement::Strategy;
+use crate::request::{Request, State};
+use crate::time_text;
+
+/// How many times one pass re-reads and re-applies the policy after a 412.
+const MAX_POLICY_ATTEMPTS: usize = 8;
+
+/// The managed groups and what one edit must make of them.
+struct Edit<'a> {
+    /// Managed group → whether drift in it is removed.
+    managed: &'a BTreeMap<String, bool>,
+    /// Members that must be present (active grants).
+    keep: &'a BTreeMap<String, BTreeSet<String>>,
+    /// Members whose last grant ended.
+    remove: &'a BTreeSet<(String, String)>,
+    /// Whether to look for (and, where configured, remove) drift.
+    drift_check: bool,
+}
+
+/// What an edit left in the policy, and what it could not do.
+struct Edited {
+    text: String,
+    /// Managed groups that are not a list of logins in the policy file.
+    missing: BTreeSet<String>,
+}
+
+impl Reconciler {
+    /// One read-edit-write of the policy, written with `If-Match` and re-applied on 412.
+    async fn edit_policy(
+        &self,
+        edit: &Edit<'_>,
+        report: &mut PassReport,
+    ) -> Result<Edited, ChangeError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let current = self
+                .tailnet()
+                .policy()
+                .await
+                .map_err(|e| ChangeError::tailnet("reading the policy", e))?;
+            let mut doc = hujson::Document::parse(&current.text).map_err(|e| {
+                ChangeError::Refused(format!("the tailnet's policy file does not parse: {e}"))
+            })?;
+            let mut drift = Vec::new();
+            let mut changes: Vec<String> = Vec::new();
+            let mut missing = BTreeSet::new();
+            for (group, remove_drift) in edit.managed {
+                let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
+                let Some(members) = doc.strings(&path) else {
+                    missing.insert(group.clone());
+                    continue;
+                };
+                let present: BTreeSet<String> = members.into_iter().collect();
+                let empty = BTreeSet::new();
+                let kept = edit.keep.get(group).unwrap_or(&empty);
+                let new: Vec<&str> = kept.difference(&present).map(String::as_str).collect();
+                changes.extend(new.iter().map(|login| format!("+{login} {group}")));
+                doc.add_strings(&path, &new).map_err(|e| {
+                    ChangeError::Refused(format!("cannot add members to {group}: {e}"))
+                })?;
+                let mut leaving: Vec<&str> = Vec::new();
+                for login in present.difference(kept) {
+                    let ending = edit.remove.contains(&(group.clone(), login.clone()));
+                    if !ending && !edit.drift_check {
+                        continue;
+                    }
+                    if !ending {
+                        drift.push((group.clone(), login.clone()));
+                    }
+                    if ending || *remove_drift {
+                        changes.push(format!("-{login} {group}"));
+                        leaving.push(login);
+                    }
+                }
+                doc.remove_strings(&path, &leaving).map_err(|e| {
+                    ChangeError::Refused(format!("cannot remove members from {group}: {e}"))
+                })?;
+            }
+            if edit.drift_check {
+                report.drift = drift;
+            }
+            if doc.text() == current.text {
+                return Ok(Edited {
+                    text: current.text,
+                    missing,
+                });
+            }
+            let detail = json!({"changes": changes, "if_match": current.etag});
+            self.intend(vec![(None, "tailnet.policy_write", detail)])
+                .await?;
+            match self
+                .tailnet()
+                .set_policy(doc.text(), Some(&current.etag))
+                .await
+            {
+                Ok(new) => {
+                    report.policy_writes += 1;
+                    tracing::info!(changes = ?changes, etag = %new.etag, "policy written");
+                    self.record(
+                        "tailnet.policy_written",
+                        json!({"changes": changes, "etag": new.etag}),
+                    )
+                    .await;
+                    return Ok(Edited {
+                        text: new.text,
+                        missing,
+                    });
+                }
+                Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
+                    tracing::info!(
+                        attempt = attempts,
+                        "policy changed meanwhile (412): re-reading"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    self.record(
+                        "tailnet.change_failed",
+                        json!({"operation": "policy write", "changes": changes, "error": e.to_string()}),
+                    )
+                    .await;
+                    return Err(ChangeError::tailnet("writing the policy", e));
+                }
+            }
+        }
+    }
+
+    /// All `group` grants and removals in one policy edit and write. If the tailnet refuses
+    /// that write (the policy's own tests fail), removals go out alone first, then each grant
+    /// on its own, so one refused grant never holds back a revocation or another grant.
+    pub(super) async fn groups(
+        &self,
+        requests: Vec<(Request, String)>,
+        full: bool,
+        report: &mut PassReport,
+    ) {
+        let managed: BTreeMap<String, bool> = self
+            .service
+            .config()
+            .entitlements
+            .iter()
+            .filter_map(|e| match &e.strategy {
+                Strategy::Group {
+                    group,
+                    remove_drift,
+                } => Some((group.clone(), *remove_drift)),
+                _ => None,
+            })
+            .collect();
+        // A due pass with nothing due has nothing to change: no need to read the policy.
+        if managed.is_empty() || (requests.is_empty() && !full) {
+            return;
+        }
+        // The intent to add each new member is recorded before the write: the grant's time
+        // counts from it.
+        let (adding, others): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .partition(|(r, _)| r.wants_access(self.now()) && r.state == State::Approved);
+        let group_of: BTreeMap<String, String> = adding
+            .iter()
+            .map(|(r, g)| (r.id.clone(), g.clone()))
+            .collect();
+        let adding = self
+            .record_intent(adding.into_iter().map(|(r, _)| r).collect(), |_| {}, report)
+            .await;
+        let mut requests = others;
+        for r in adding {
+            if let Some(g) = group_of.get(&r.id) {
+                let g = g.clone();
+                requests.push((r, g));
+            }
+        }
+        let now = self.now();
+        // Members that must stay (active grants, from the membership index) and members whose
+        // last grant ended.
+        let mut index = self.memberships.lock().await;
+        if full {
+            index.clear();
+        }
+        for (r, group) in &requests {
+            let key = (group.clone(), r.requester.clone());
+            if r.wants_access(now) {
+                index.entry(key).or_default().insert(r.id.clone());
+            } else if let Some(ids) = index.get_mut(&key) {
+                ids.remove(&r.id);
+                if ids.is_empty() {
+                    index.remove(&key);
+                }
+            }
+        }
+        let mut keep: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (group, login) in index.keys() {
+            keep.entry(group.clone()).or_default().insert(login.clone());
+        }
+        drop(index);
+        let mut add: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut remove: BTreeSet<(String, String)> = BTreeSet::new();
+        for (r, group) in &requests {
+            if r.wants_access(now) {
+                if r.state == State::Approved {
+                    add.entry(group.clone())
+                        .or_default()
+                        .insert(r.requester.clone());
+                }
+            } else if r.may_hold_access()
+                && !keep.get(group).is_some_and(|k| k.contains(&r.requester))
+            {
+                remove.insert((group.clone(), r.requester.clone()));
+            }
+        }
+        let want = keep.clone();
+        let edit = Edit {
+            managed: &managed,
+            keep: &keep,
+            remove: &remove,
+            drift_check: full,
+        };
+        let result = match self.edit_policy(&edit, report).await {
+            Err(ChangeError::Tailnet {
+                source: tailnet::Error::BadRequest { .. },
+                ..
+            }) if !add.is_empty() => {
+                self.apply_one_by_one(&managed, &keep, &add, &remove, &mut requests, full, report)
+                    .await
+            }
+            other => other,
+        };
+        let written = match result {
+            Ok(edited) => edited,
+            Err(e) => {
+                let failed: Vec<Request> = requests
+                    .into_iter()
+                    .filter(|(r, _)| needs_change(r, now))
+                    .map(|(r, _)| r)
+                    .collect();
+                self.note_failure(failed, &e, report).await;
+                return;
+            }
+        };
+        if !written.missing.is_empty() {
+            let mut failing: BTreeMap<&str, Vec<Request>> = BTreeMap::new();
+            for (r, group) in &requests {
+                if written.missing.contains(group) && needs_change(r, now) {
+                    failing.entry(group.as_str()).or_default().push(r.clone());
+                }
+            }
+            for group in &written.missing {
+                tracing::error!(group = %group, "a managed group is missing from the policy file");
+                let error = ChangeError::Refused(format!(
+                    "{group} is not in the policy file's groups (or is not a list of logins): add it back, or change the entitlement"
+                ));
+                let affected = failing.remove(group.as_str()).unwrap_or_default();
+                if affected.is_empty() {
+                    report.errors.push(error.to_string());
+                }
+                self.note_failure(affected, &error, report).await;
+            }
+        }
+        self.report_drift(&report.drift).await;
+        // Verify by reading back what the tailnet now holds.
+        let stored = if report.policy_writes > 0 {
+            match self.tailnet().policy().await {
+                Ok(p) => p.text,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("cannot read the policy back: {e}"));
+                    return;
+                }
+            }
+        } else {
+            written.text
+        };
+        let Ok(doc) = hujson::Document::parse(&stored) else {
+            report
+                .errors
+                .push("the policy read back does not parse".into());
+            return;
+        };
+        let members: BTreeMap<&str, BTreeSet<String>> = managed
+            .keys()
+            .filter(|g| !written.missing.contains(*g))
+            .map(|group| {
+                let set = doc
+                    .strings(&[hujson::Seg::Key("groups"), hujson::Seg::Key(group)])
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                (group.as_str(), set)
+            })
+            .collect();
+        let now = self.now();
+        let mut changes = Vec::new();
+        for (mut r, group) in requests {
+            let Some(present) = members.get(group.as_str()) else {
+                continue;
+            };
+            let present = present.contains(&r.requester);
+            if r.wants_access(now) && r.state == State::Approved && present {
+                if let Ok(events) = r.activate(now, json!({"group": group})) {
+                    changes.push((r, events));
+                }
+            } else if !r.wants_access(now)
+                && r.may_hold_access()
+                && r.tailnet.removal_verified_at.is_none()
+            {
+                let still_wanted = want
+                    .get(group.as_str())
+                    .is_some_and(|w| w.contains(&r.requester));
+                if !present || still_wanted {
+                    let detail = if still_wanted {
+                        json!({"group": group, "note": "membership kept for another active grant"})
+                    } else {
+                        json!({"group": group})
+                    };
+                    r.tailnet.removed_at = Some(now);
+                    r.tailnet.removal_verified_at = Some(now);
+                    let events = vec![event(&r, "grant.removal_verified", detail)];
+                    changes.push((r, events));
+                }
+            }
+        }
+        self.settle(changes, report).await;
+    }
+
+    /// After the tailnet refused the edit as a whole: removals and the grants already active
+    /// first, then each new grant on its own; a grant refused alone fails with the reason.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_one_by_one(
+        &self,
+        managed: &BTreeMap<String, bool>,
+        keep: &BTreeMap<String, BTreeSet<String>>,
+        add: &BTreeMap<String, BTreeSet<String>>,
+        remove: &BTreeSet<(String, String)>,
+        requests: &mut Vec<(Request, String)>,
+        full: bool,
+        report: &mut PassReport,
+    ) -> Result<Edited, ChangeError> {
+        let now = self.now();
+        let mut active = keep.clone();
+        for (group, logins) in add {
+            if let Some(members) = active.get_mut(group) {
+                for login in logins {
+                    let still_active = requests.iter().any(|(r, g)| {
+                        g == group
+                            && &r.requester == login
+                            && r.state == State::Active
+                            && r.wants_access(now)
+                    });
+                    if !still_active {
+                        members.remove(login);
+                    }
+                }
+            }
+        }
+        fn edit<'a>(
+            managed: &'a BTreeMap<String, bool>,
+            keep: &'a BTreeMap<String, BTreeSet<String>>,
+            remove: &'a BTreeSet<(String, String)>,
+            drift_check: bool,
+        ) -> Edit<'a> {
+            Edit {
+                managed,
+                keep,
+                remove,
+                drift_check,
+            }
+        }
+        let mut last = self
+            .edit_policy(&edit(managed, &active, remove, full), report)
+            .await;
+        for (group, logins) in add {
+            for login in logins {
+                let mut one = active.clone();
+                one.entry(group.clone()).or_default().insert(login.clone());
+                let result = self
+                    .edit_policy(&edit(managed, &one, remove, full), report)
+                    .await;
+                match result {
+                    Ok(edited) => {
+                        active = one;
+                        last = Ok(edited);
+                    }
+                    Err(e) => {
+                        let why = match &e {
+                            ChangeError::Tailnet {
+                                source:
+                                    tailnet::Error::BadRequest {
+                                        message,
+                                        data: Some(d),
+                                    },
+                                ..
+                            } => format!("the tailnet refused the policy change: {message}: {d}"),
+                            ChangeError::Tailnet { source, .. } => {
+                                format!("the tailnet refused the policy change: {source}")
+                            }
+                            other => other.to_string(),
+                        };
+                        let refused: Vec<Request> = requests
+                            .iter()
+                            .filter(|(r, g)| {
+                                g == group && &r.requester == login && r.state == State::Approved
+                            })
+                            .map(|(r, _)| r.clone())
+                            .collect();
+                        requests.retain(|(r, g)| {
+                            !(g == group && &r.requester == login && r.state == State::Approved)
+                        });
+                        self.fail_requests(refused, &why, report).await;
+                        report.errors.push(format!("{login} in {group}: {why}"));
+                    }
+                }
+            }
+        }
+        last
+    }
+
+    async fn report_drift(&self, drift: &[(String, String)]) {
+        let mut reported = self.reported_drift.lock().await;
+        let current: BTreeSet<(String, String)> = drift.iter().cloned().collect();
+        let new: Vec<&(String, String)> = current.difference(&reported).collect();
+        if !new.is_empty() {
+            let now = self.now();
+            let entries: Vec<crate::audit::NewAuditEntry> = new
+                .iter()
+                .map(|(group, login)| {
+                    tracing::warn!(group = %group, member = %login, "drift: no active grant explains this member");
+                    crate::audit::NewAuditEntry {
+                        at: time_text(now),
+                        actor: crate::request::SYSTEM.to_owned(),
+                        action: "drift.detected".to_owned(),
+                        request: None,
+                        detail: json!({"group": group, "member": login, "note": "no active grant explains this member"}).to_string(),
+                    }
+                })
+                .collect();
+            // Best effort: drift is also in every pass report and the log.
+            let _ = self.service.store().append_audit(&entries).await;
+        }
+        *reported = current;
+    }
+}

@@ -1,0 +1,636 @@
+//! The reconciler: makes the tailnet match the desired state in the database, and proves it.
+//!
+//! Desired state is per *target* (a group member, a device's attribute, a user's role), computed
+//! from all active grants on it; one module per strategy computes and applies it. Each pass:
+//! (1) time transitions (pending and unclaimed approved requests lapse, active grants expire);
+//! (2) each strategy's targets, every change recorded in the audit log before it is made, its
+//! grant's time counted from that intent, and every change verified by reading the tailnet back.
+//! Faults leave the request as it was, with the error, the attempt count and an audit entry,
+//! for the next pass; nothing is lost across restarts because the database holds it all.
+
+mod authkey;
+mod group;
+mod posture;
+mod role;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde_json::json;
+use tailnet::Tailnet;
+use time::OffsetDateTime;
+
+use crate::audit::NewAuditEntry;
+use crate::entitlement::{Entitlement, Strategy};
+use crate::leader::{LeaderLock, Metrics};
+use crate::request::{Event, Request, SYSTEM, State};
+use crate::service::{Service, audit_entries};
+use crate::store::{RequestFilter, StoreError};
+use crate::time_text;
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassReport {
+    pub applied: usize,
+    pub removed: usize,
+    pub policy_writes: usize,
+    pub overdue: usize,
+    /// (group, login) members no active grant explains.
+    pub drift: Vec<(String, String)>,
+    pub errors: Vec<String>,
+}
+
+/// Why a tailnet change was not made or not confirmed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("this replica is no longer the leader")]
+    NotLeader,
+    #[error("cannot record the change in the audit log before making it: {0}")]
+    NotRecorded(String),
+    #[error("{operation}: {source}")]
+    Tailnet {
+        operation: String,
+        source: tailnet::Error,
+    },
+    /// Read back, the tailnet does not hold what was written.
+    #[error("{0}")]
+    NotVerified(String),
+    /// The change cannot be made as configured (a group missing from the policy, a user who
+    /// left the tailnet, a refused policy test).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl ChangeError {
+    fn tailnet(operation: impl Into<String>, source: tailnet::Error) -> ChangeError {
+        ChangeError::Tailnet {
+            operation: operation.into(),
+            source,
+        }
+    }
+}
+
+/// The longest wait before retrying a failed tailnet change for a request.
+const MAX_BACKOFF_SECONDS: i64 = 60;
+
+/// A grant that could not be applied after this many passes fails (its requester sees why);
+/// removals are retried for as long as it takes.
+const MAX_APPLY_ATTEMPTS: u32 = 5;
+
+pub struct Reconciler {
+    service: Arc<Service>,
+    /// Drift already written to the audit log, so it is reported once.
+    reported_drift: tokio::sync::Mutex<BTreeSet<(String, String)>>,
+    /// (group, login) → the requests that want that membership now. Rebuilt by every full
+    /// pass and kept up to date by due passes, which see only the requests due now.
+    memberships: tokio::sync::Mutex<BTreeMap<(String, String), BTreeSet<String>>>,
+    /// Checked right before every tailnet change: a replica that is no longer the leader
+    /// makes none.
+    fence: Option<Arc<dyn LeaderLock>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+fn event(request: &Request, action: &str, detail: serde_json::Value) -> Event {
+    Event {
+        actor: SYSTEM.to_owned(),
+        action: action.to_owned(),
+        request: request.id.clone(),
+        detail,
+    }
+}
+
+/// Whether the reconciler must change or confirm something in the tailnet for this request:
+/// an approved grant to apply, or access to remove whose removal is not yet verified.
+fn needs_change(r: &Request, now: OffsetDateTime) -> bool {
+    if r.wants_access(now) {
+        r.state == State::Approved
+    } else {
+        r.may_hold_access() && r.tailnet.removal_verified_at.is_none()
+    }
+}
+
+impl Reconciler {
+    pub fn new(service: Arc<Service>) -> Reconciler {
+        Reconciler {
+            service,
+            reported_drift: tokio::sync::Mutex::new(BTreeSet::new()),
+            memberships: tokio::sync::Mutex::new(BTreeMap::new()),
+            fence: None,
+            metrics: None,
+        }
+    }
+
+    /// Makes no tailnet change unless `lock` is still held when it is about to be made.
+    pub fn fenced(mut self, lock: Arc<dyn LeaderLock>) -> Reconciler {
+        self.fence = Some(lock);
+        self
+    }
+
+    /// Reports each pass's duration to `metrics`.
+    pub fn observed(mut self, metrics: Arc<Metrics>) -> Reconciler {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn tailnet(&self) -> &dyn Tailnet {
+        self.service.tailnet().as_ref()
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.service.now()
+    }
+
+    fn entitlement(&self, name: &str) -> Option<&Entitlement> {
+        self.service.config().entitlement(name)
+    }
+
+    /// Stores a changed request with its events. A conflict (someone else changed it) is not
+    /// an error: the next pass sees the new version.
+    async fn save(&self, request: &mut Request, events: &[Event], report: &mut PassReport) -> bool {
+        request.version += 1;
+        let entries = audit_entries(events, self.now());
+        match self.service.store().update_request(request, &entries).await {
+            Ok(()) => {
+                log_events(request, events);
+                true
+            }
+            Err(StoreError::Conflict(_)) => {
+                request.version -= 1;
+                false
+            }
+            Err(e) => {
+                request.version -= 1;
+                tracing::error!(request = %request.id, error = %e, "cannot store a request change");
+                report
+                    .errors
+                    .push(format!("{}: cannot store: {e}", request.id));
+                false
+            }
+        }
+    }
+
+    /// Stores several changed requests with their events in one batch; versions are bumped
+    /// here for those stored. Per request: stored, or refused for a version conflict (the next
+    /// pass sees the newer version).
+    async fn save_batch(
+        &self,
+        changes: &mut [(Request, Vec<Event>)],
+        report: &mut PassReport,
+    ) -> Vec<bool> {
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let now = self.now();
+        let batch: Vec<(Request, Vec<NewAuditEntry>)> = changes
+            .iter()
+            .map(|(r, events)| {
+                let mut r = r.clone();
+                r.version += 1;
+                (r, audit_entries(events, now))
+            })
+            .collect();
+        let stored = match self.service.store().update_requests(&batch).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(count = batch.len(), error = %e, "cannot store request changes");
+                report
+                    .errors
+                    .push(format!("cannot store {} request changes: {e}", batch.len()));
+                vec![false; batch.len()]
+            }
+        };
+        for ((r, events), ok) in changes.iter_mut().zip(&stored) {
+            if *ok {
+                r.version += 1;
+                log_events(r, events);
+            }
+        }
+        stored
+    }
+
+    /// Records, on each approved request about to be applied, the intent to apply it now
+    /// (and what `prepare` adds, such as the role to restore), before any tailnet write: the
+    /// grant's time counts from here. Returns the requests whose intent is stored; the others
+    /// changed meanwhile and wait for the next pass.
+    async fn record_intent<F>(
+        &self,
+        requests: Vec<Request>,
+        mut prepare: F,
+        report: &mut PassReport,
+    ) -> Vec<Request>
+    where
+        F: FnMut(&mut Request),
+    {
+        let now = self.now();
+        let mut out = Vec::new();
+        let mut changes = Vec::new();
+        for mut r in requests {
+            if r.state == State::Approved && r.tailnet.applying_since.is_none() {
+                r.tailnet.applying_since = Some(now);
+                prepare(&mut r);
+                changes.push((r, Vec::new()));
+            } else {
+                out.push(r);
+            }
+        }
+        let stored = self.save_batch(&mut changes, report).await;
+        out.extend(
+            changes
+                .into_iter()
+                .zip(stored)
+                .filter_map(|((r, _), ok)| ok.then_some(r)),
+        );
+        out
+    }
+
+    /// A grant made in the tailnet while its request changed under it (revoked or cancelled
+    /// through another door): the activation lost the race for the row. If the stored request
+    /// no longer wants access, it is marked applied now, so its removal follows in the next
+    /// pass like any other; if it still does, the next pass activates it.
+    async fn applied_meanwhile(
+        &self,
+        applied: &Request,
+        detail: serde_json::Value,
+        report: &mut PassReport,
+    ) {
+        for _ in 0..3 {
+            let mut stored = match self.service.store().request(&applied.id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("{}: cannot re-read: {e}", applied.id));
+                    return;
+                }
+            };
+            if !stored.state.is_final() || stored.tailnet.applied_at.is_some() {
+                return;
+            }
+            stored.tailnet = applied.tailnet.clone();
+            stored.tailnet.retry_at = None;
+            let mut detail = detail.clone();
+            detail["note"] = json!("applied while the request was being ended; removal follows");
+            let events = vec![event(&stored, "grant.applied", detail)];
+            if self.save(&mut stored, &events, report).await {
+                self.service.wake_reconciler();
+                return;
+            }
+        }
+    }
+
+    /// Notes a failed tailnet change on each request it was for: attempts, last error, when to
+    /// retry, and a `tailnet.change_failed` audit entry. A grant that could not be applied
+    /// after [`MAX_APPLY_ATTEMPTS`] fails.
+    async fn note_failure(
+        &self,
+        requests: Vec<Request>,
+        error: &ChangeError,
+        report: &mut PassReport,
+    ) {
+        if requests.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let message = error.to_string();
+        report.errors.push(format!(
+            "{}: {message}",
+            requests
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let mut changes = Vec::new();
+        for mut r in requests {
+            r.tailnet.attempts += 1;
+            r.tailnet.last_error = Some(message.clone());
+            let backoff = 2i64
+                .saturating_pow(r.tailnet.attempts.min(6))
+                .min(MAX_BACKOFF_SECONDS);
+            r.tailnet.retry_at = Some(now + time::Duration::seconds(backoff));
+            tracing::warn!(
+                request = %r.id,
+                entitlement = %r.entitlement,
+                attempt = r.tailnet.attempts,
+                error = %message,
+                "tailnet change failed"
+            );
+            let mut events = vec![event(
+                &r,
+                "tailnet.change_failed",
+                json!({"error": message, "attempt": r.tailnet.attempts}),
+            )];
+            if r.state == State::Approved && r.tailnet.attempts >= MAX_APPLY_ATTEMPTS {
+                let why = format!(
+                    "could not be applied after {} attempts: {message}",
+                    r.tailnet.attempts
+                );
+                events.extend(r.fail(&why, now).unwrap_or_default());
+            }
+            changes.push((r, events));
+        }
+        self.save_batch(&mut changes, report).await;
+    }
+
+    /// Fails approved requests outright (the change can never be made as asked).
+    async fn fail_requests(&self, requests: Vec<Request>, why: &str, report: &mut PassReport) {
+        let now = self.now();
+        let mut changes = Vec::new();
+        for mut r in requests {
+            if let Ok(events) = r.fail(why, now) {
+                changes.push((r, events));
+            }
+        }
+        self.save_batch(&mut changes, report).await;
+    }
+
+    /// A full pass: every open request, and drift in managed groups.
+    pub async fn pass(&self) -> PassReport {
+        self.pass_with(true).await
+    }
+
+    /// A pass over the requests due now only (cheap however many grants are active); drift
+    /// is left to full passes.
+    pub async fn pass_due(&self) -> PassReport {
+        self.pass_with(false).await
+    }
+
+    async fn pass_with(&self, full: bool) -> PassReport {
+        let started = std::time::Instant::now();
+        let mut report = PassReport::default();
+        let now = self.now();
+        let filter = RequestFilter {
+            open_only: true,
+            due_before: (!full).then_some(now),
+            ..RequestFilter::default()
+        };
+        let requests = match self.service.store().requests(&filter).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read requests");
+                report.errors.push(format!("cannot read requests: {e}"));
+                return report;
+            }
+        };
+        let requests = self.time_transitions(requests, &mut report).await;
+        let mut groups = Vec::new();
+        let mut posture = Vec::new();
+        let mut roles = Vec::new();
+        for r in requests {
+            let Some(entitlement) = self.entitlement(&r.entitlement) else {
+                tracing::error!(request = %r.id, entitlement = %r.entitlement, "entitlement no longer configured");
+                report.errors.push(format!(
+                    "{}: entitlement {:?} is no longer configured",
+                    r.id, r.entitlement
+                ));
+                continue;
+            };
+            match &entitlement.strategy {
+                Strategy::Group { group, .. } => {
+                    let group = group.clone();
+                    groups.push((r, group));
+                }
+                Strategy::Posture { .. } => posture.push(r),
+                Strategy::Role { .. } => roles.push(r),
+                Strategy::AuthKey { .. } => self.authkey(r, &mut report).await,
+            }
+        }
+        self.groups(groups, full, &mut report).await;
+        let posture = self
+            .with_related(posture, full, "posture", &mut report)
+            .await;
+        self.posture(posture, &mut report).await;
+        let roles = self.with_related(roles, full, "role", &mut report).await;
+        self.roles(roles, &mut report).await;
+        match self.service.store().count_overdue(self.now()).await {
+            Ok(n) => report.overdue = n as usize,
+            Err(e) => report
+                .errors
+                .push(format!("cannot count overdue revocations: {e}")),
+        }
+        let did_something = report.applied > 0
+            || report.removed > 0
+            || report.policy_writes > 0
+            || !report.errors.is_empty();
+        if did_something {
+            tracing::info!(
+                full,
+                applied = report.applied,
+                removed = report.removed,
+                policy_writes = report.policy_writes,
+                overdue = report.overdue,
+                drift = report.drift.len(),
+                errors = report.errors.len(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                "reconcile pass"
+            );
+        }
+        report
+    }
+
+    /// Pending requests nobody decided and approved requests not applied or claimed within
+    /// their pending time lapse; active grants past their end expire. Stored in one batch;
+    /// returns the requests as now stored.
+    async fn time_transitions(
+        &self,
+        requests: Vec<Request>,
+        report: &mut PassReport,
+    ) -> Vec<Request> {
+        let now = self.now();
+        let mut changes = Vec::new();
+        let mut out = Vec::new();
+        for mut r in requests {
+            let events = match r.state {
+                State::Pending | State::Approved => r.lapse(now).ok(),
+                State::Active if r.expires_at.is_some_and(|e| e <= now) => r.expire(now).ok(),
+                _ => None,
+            };
+            match events {
+                Some(events) => changes.push((r, events)),
+                None => out.push(r),
+            }
+        }
+        let stored = self.save_batch(&mut changes, report).await;
+        out.extend(
+            changes
+                .into_iter()
+                .zip(stored)
+                .filter_map(|((r, _), ok)| ok.then_some(r)),
+        );
+        out
+    }
+
+    /// A target's desired state needs every open grant on it, not only those due now: in a
+    /// due pass, the other open requests of the same requesters with this strategy are read
+    /// too (a full pass already has them all).
+    async fn with_related(
+        &self,
+        requests: Vec<Request>,
+        full: bool,
+        strategy: &str,
+        report: &mut PassReport,
+    ) -> Vec<Request> {
+        if full || requests.is_empty() {
+            return requests;
+        }
+        let requesters: BTreeSet<String> = requests.iter().map(|r| r.requester.clone()).collect();
+        let mut by_id: BTreeMap<String, Request> =
+            requests.into_iter().map(|r| (r.id.clone(), r)).collect();
+        for requester in requesters {
+            let filter = RequestFilter {
+                open_only: true,
+                requester: Some(requester.clone()),
+                ..RequestFilter::default()
+            };
+            match self.service.store().requests(&filter).await {
+                Ok(related) => {
+                    for r in related {
+                        let same = self
+                            .entitlement(&r.entitlement)
+                            .is_some_and(|e| e.strategy.name() == strategy);
+                        if same {
+                            by_id.entry(r.id.clone()).or_insert(r);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Without the others, the desired state cannot be known: leave them all
+                    // for the next pass rather than act on half of it.
+                    report
+                        .errors
+                        .push(format!("cannot read {requester}'s other grants: {e}"));
+                    by_id.retain(|_, r| r.requester != requester);
+                }
+            }
+        }
+        by_id.into_values().collect()
+    }
+
+    /// Whether this replica may still change the tailnet (always, without a fence).
+    async fn still_leading(&self) -> bool {
+        match &self.fence {
+            Some(fence) => fence.held().await,
+            None => true,
+        }
+    }
+
+    /// Writes intended tailnet changes to the audit log before they are made, after checking
+    /// leadership. If they cannot be recorded, the change is not made (this pass).
+    async fn intend(
+        &self,
+        intents: Vec<(Option<String>, &str, serde_json::Value)>,
+    ) -> Result<(), ChangeError> {
+        if !self.still_leading().await {
+            return Err(ChangeError::NotLeader);
+        }
+        let at = time_text(self.now());
+        let entries: Vec<NewAuditEntry> = intents
+            .into_iter()
+            .map(|(request, action, detail)| NewAuditEntry {
+                at: at.clone(),
+                actor: SYSTEM.to_owned(),
+                action: action.to_owned(),
+                request,
+                detail: detail.to_string(),
+            })
+            .collect();
+        self.service
+            .store()
+            .append_audit(&entries)
+            .await
+            .map(|_| ())
+            .map_err(|e| ChangeError::NotRecorded(e.to_string()))
+    }
+
+    /// Writes an audit entry that is not about one request (best effort: it is also logged).
+    async fn record(&self, action: &str, detail: serde_json::Value) {
+        let entry = NewAuditEntry {
+            at: time_text(self.now()),
+            actor: SYSTEM.to_owned(),
+            action: action.to_owned(),
+            request: None,
+            detail: detail.to_string(),
+        };
+        if let Err(e) = self.service.store().append_audit(&[entry]).await {
+            tracing::error!(action, error = %e, "cannot write an audit entry");
+        }
+    }
+
+    /// Stores activations and verified removals, counting them; an activation that lost the
+    /// race for its row is handed to [`Self::applied_meanwhile`].
+    async fn settle(&self, mut changes: Vec<(Request, Vec<Event>)>, report: &mut PassReport) {
+        let stored = self.save_batch(&mut changes, report).await;
+        for ((r, events), ok) in changes.into_iter().zip(stored) {
+            let applied = events.iter().find(|e| e.action == "grant.applied");
+            let removed = events.iter().any(|e| e.action == "grant.removal_verified");
+            match (ok, applied) {
+                (true, Some(_)) => report.applied += 1,
+                (true, None) if removed => report.removed += 1,
+                (false, Some(e)) => self.applied_meanwhile(&r, e.detail.clone(), report).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// When the next pass is due: the earliest due time of an open request (expiry, lapse,
+    /// scheduled start, retry), at most `tick` from now.
+    pub async fn next_due(&self, tick: time::Duration) -> OffsetDateTime {
+        let now = self.now();
+        let limit = now + tick;
+        match self.service.store().next_due().await {
+            Ok(Some(due)) => due.clamp(now, limit),
+            _ => limit,
+        }
+    }
+
+    /// Runs passes until `stop` is notified: at the next due time, when woken, or every
+    /// `tick`; passes over the due requests, and a full pass (drift, the membership index) every 5 minutes.
+    pub async fn run(&self, tick: std::time::Duration, stop: Arc<tokio::sync::Notify>) {
+        const FULL_EVERY: time::Duration = time::Duration::minutes(5);
+        let tick_time = time::Duration::try_from(tick).unwrap_or(time::Duration::seconds(10));
+        let mut last_full: Option<OffsetDateTime> = None;
+        loop {
+            let now = self.now();
+            let started = std::time::Instant::now();
+            if last_full.is_none_or(|t| now - t >= FULL_EVERY) {
+                let _ = self.pass().await;
+                last_full = Some(now);
+            } else {
+                let _ = self.pass_due().await;
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_pass(started.elapsed());
+            }
+            let due = self.next_due(tick_time).await;
+            // Expiries are stored to the second: wake just after the due second begins.
+            let wait = (due - self.service.clock().now()).max(time::Duration::milliseconds(20));
+            let wait = std::time::Duration::try_from(wait)
+                .unwrap_or(tick)
+                .min(tick);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.service.woken() => {}
+                _ = stop.notified() => return,
+            }
+        }
+    }
+}
+
+/// One log line per lifecycle change the reconciler stored, with the request id.
+fn log_events(r: &Request, events: &[Event]) {
+    for e in events {
+        if e.action == "tailnet.change_failed" {
+            continue; // logged as a warning where it happened
+        }
+        tracing::info!(
+            request = %r.id,
+            entitlement = %r.entitlement,
+            requester = %r.requester,
+            state = r.state.as_str(),
+            detail = %e.detail,
+            "{}",
+            e.action
+        );
+    }
+}

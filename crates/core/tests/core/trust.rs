@@ -1,0 +1,389 @@
+//! Access ends on time, every time: overlapping grants on one target, crashes between a
+//! tailnet write and its record, and failures that must be visible. Each test reproduces an
+//! observation from the trust issue.
+
+use super::*;
+
+fn role_of(w: &World, login: &str) -> String {
+    w.emu
+        .state()
+        .users
+        .iter()
+        .find(|u| u.login_name == login)
+        .unwrap()
+        .role
+        .clone()
+}
+
+async fn ask(w: &World, who: &str, entitlement: &str, duration: &str, devices: &[&str]) -> String {
+    w.service
+        .create(
+            who,
+            NewRequest {
+                entitlement: entitlement.into(),
+                reason: "INC-4211".into(),
+                duration: Some(duration.parse().unwrap()),
+                devices: devices.iter().map(|d| d.to_string()).collect(),
+                ..NewRequest::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+async fn approve(w: &World, id: &str) {
+    w.service
+        .approve(id, "alice@example.com", "ok")
+        .await
+        .unwrap();
+}
+
+async fn clear_faults(w: &World) {
+    reqwest::Client::new()
+        .delete(format!("{}/emulator/faults", w.emu.url()))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn audit_actions(w: &World, request: Option<&str>) -> Vec<String> {
+    w.store
+        .audit(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| request.is_none_or(|r| e.request.as_deref() == Some(r)))
+        .map(|e| e.action)
+        .collect()
+}
+
+#[tokio::test]
+async fn overlapping_role_grants_leave_no_standing_role() {
+    let w = World::new().await;
+    let carol = "carol@example.com";
+    let first = ask(&w, carol, "network-admin", "1h", &[]).await;
+    approve(&w, &first).await;
+    w.pass().await;
+    assert_eq!(role_of(&w, carol), "network-admin");
+    w.advance(30);
+    let second = ask(&w, carol, "network-admin", "1h", &[]).await;
+    approve(&w, &second).await;
+    w.pass().await;
+    let second_stored = w.service.get(&second).await.unwrap();
+    assert_eq!(second_stored.state, State::Active);
+    assert_eq!(
+        second_stored.tailnet.previous_role.as_deref(),
+        Some("member"),
+        "the own role, not the first grant's raised role"
+    );
+    w.advance(30);
+    w.pass().await;
+    let first_stored = w.service.get(&first).await.unwrap();
+    assert_eq!(first_stored.state, State::Expired);
+    assert!(first_stored.tailnet.removal_verified_at.is_some());
+    assert_eq!(
+        role_of(&w, carol),
+        "network-admin",
+        "the second grant still holds"
+    );
+    w.advance(30);
+    w.pass().await;
+    assert_eq!(
+        role_of(&w, carol),
+        "member",
+        "no standing role once both end"
+    );
+    w.audit_verifies().await;
+}
+
+#[tokio::test]
+async fn a_role_grant_never_lowers_and_a_manual_change_wins() {
+    let w = World::new().await;
+    // bob is an admin: network-admin would lower him.
+    let refused = w
+        .service
+        .create(
+            "bob@example.com",
+            NewRequest {
+                entitlement: "network-admin".into(),
+                reason: "x".into(),
+                ..NewRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("already admin"), "{refused}");
+
+    let dave = "dave@example.com";
+    let id = ask(&w, dave, "network-admin", "1h", &[]).await;
+    approve(&w, &id).await;
+    w.pass().await;
+    assert_eq!(role_of(&w, dave), "network-admin");
+    // An owner makes dave an admin in the console while the grant runs.
+    let users = w.service.tailnet().users().await.unwrap();
+    let dave_id = users
+        .iter()
+        .find(|u| u.login_name == dave)
+        .unwrap()
+        .id
+        .clone();
+    w.service
+        .tailnet()
+        .set_user_role(&dave_id, "admin")
+        .await
+        .unwrap();
+    w.advance(60);
+    w.pass().await;
+    assert_eq!(role_of(&w, dave), "admin", "the manual change wins");
+    let r = w.service.get(&id).await.unwrap();
+    assert!(r.tailnet.removal_verified_at.is_some());
+    assert!(
+        audit_actions(&w, None)
+            .await
+            .contains(&"grant.role_changed_outside".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn overlapping_posture_grants_keep_the_latest_end() {
+    let w = World::new().await;
+    let t0 = w.clock.now();
+    let dave = "dave@example.com";
+    let attrs = |w: &World| {
+        let w = w.service.tailnet().clone();
+        async move { w.posture_attributes("n0004CNTRL").await.unwrap() }
+    };
+    let long = ask(&w, dave, "prod-db", "2h", &["dave-desktop"]).await;
+    approve(&w, &long).await;
+    w.pass().await;
+    let short = ask(&w, dave, "prod-db", "30m", &["dave-desktop"]).await;
+    approve(&w, &short).await;
+    w.pass().await;
+    let a = attrs(&w).await;
+    assert_eq!(
+        a.expiries["custom:tidegate_db"],
+        tidegate_core::time_text(t0 + time::Duration::hours(2)),
+        "the shorter grant must not cut the longer one's expiry"
+    );
+    // Dropping the shorter one leaves the attribute to the longer one.
+    w.service.revoke(&short, dave, "").await.unwrap();
+    w.pass().await;
+    let a = attrs(&w).await;
+    assert_eq!(a.attributes["custom:tidegate_db"], json!("granted"));
+    assert_eq!(
+        a.expiries["custom:tidegate_db"],
+        tidegate_core::time_text(t0 + time::Duration::hours(2))
+    );
+    assert_eq!(w.service.get(&long).await.unwrap().state, State::Active);
+    assert!(
+        w.service
+            .get(&short)
+            .await
+            .unwrap()
+            .tailnet
+            .removal_verified_at
+            .is_some()
+    );
+    // A longer grant dropped early brings the expiry back to the remaining grant's end.
+    let longest = ask(&w, dave, "prod-db", "4h", &["dave-desktop"]).await;
+    approve(&w, &longest).await;
+    w.pass().await;
+    let stored = w.service.get(&longest).await.unwrap();
+    assert_eq!(
+        attrs(&w).await.expiries["custom:tidegate_db"],
+        tidegate_core::time_text(stored.expires_at.unwrap())
+    );
+    w.service.revoke(&longest, dave, "").await.unwrap();
+    w.pass().await;
+    assert_eq!(
+        attrs(&w).await.expiries["custom:tidegate_db"],
+        tidegate_core::time_text(t0 + time::Duration::hours(2))
+    );
+    // When the last one ends, the attribute goes.
+    w.advance(120);
+    w.pass().await;
+    assert!(
+        !attrs(&w)
+            .await
+            .attributes
+            .contains_key("custom:tidegate_db")
+    );
+    let open = w
+        .store
+        .requests(&RequestFilter {
+            open_only: true,
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+    w.audit_verifies().await;
+}
+
+#[tokio::test]
+async fn a_crash_between_the_write_and_its_record_does_not_stretch_access() {
+    let mut w = World::new().await;
+    let t0 = w.clock.now();
+    let id = w.approved_prod_request("dave@example.com", "10m").await;
+    // The policy write is made, but its answer never arrives (the process dies).
+    w.control(
+        "faults",
+        json!({"drop": true, "after": true, "method": "POST", "path": "/tailnet/-/acl"}),
+    )
+    .await;
+    let report = w.reconciler.pass().await;
+    assert!(!report.errors.is_empty());
+    assert_eq!(w.members(), ["dave@example.com"], "the write was made");
+    clear_faults(&w).await;
+    w.advance(5);
+    w.restart().await;
+    w.pass().await;
+    let r = w.service.get(&id).await.unwrap();
+    assert_eq!(r.state, State::Active);
+    assert_eq!(
+        r.expires_at,
+        Some(t0 + time::Duration::minutes(10)),
+        "access counts from the intent before the write, not from the restart"
+    );
+    w.advance(5);
+    w.pass().await;
+    assert!(w.members().is_empty());
+    assert!(
+        w.service
+            .get(&id)
+            .await
+            .unwrap()
+            .tailnet
+            .removal_verified_at
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_grant_revoked_after_a_lost_write_is_still_removed() {
+    let w = World::new().await;
+    let id = w.approved_prod_request("dave@example.com", "1h").await;
+    w.control(
+        "faults",
+        json!({"drop": true, "after": true, "method": "POST", "path": "/tailnet/-/acl"}),
+    )
+    .await;
+    let _ = w.reconciler.pass().await;
+    clear_faults(&w).await;
+    assert_eq!(w.members(), ["dave@example.com"]);
+    // Revoked before the reconciler learned that the write went through.
+    w.service
+        .revoke(&id, "alice@example.com", "not needed")
+        .await
+        .unwrap();
+    w.pass().await;
+    assert!(w.members().is_empty(), "the lost write's member is removed");
+}
+
+#[tokio::test]
+async fn failed_changes_are_counted_recorded_and_audited() {
+    let w = World::new().await;
+    let id = w.approved_prod_request("dave@example.com", "1h").await;
+    w.control(
+        "faults",
+        json!({"status": 500, "method": "POST", "path": "/tailnet/-/acl"}),
+    )
+    .await;
+    for _ in 0..2 {
+        let report = w.reconciler.pass().await;
+        assert!(!report.errors.is_empty());
+        w.advance(1);
+    }
+    let r = w.service.get(&id).await.unwrap();
+    assert_eq!(r.state, State::Approved);
+    assert_eq!(r.tailnet.attempts, 2);
+    let error = r.tailnet.last_error.clone().unwrap();
+    assert!(error.contains("writing the policy"), "{error}");
+    let actions = audit_actions(&w, Some(&id)).await;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "tailnet.change_failed")
+            .count(),
+        2,
+        "{actions:?}"
+    );
+    // Each policy write intent has an outcome in the log.
+    let all = audit_actions(&w, None).await;
+    let intents = all.iter().filter(|a| *a == "tailnet.policy_write").count();
+    let outcomes = all
+        .iter()
+        .filter(|a| *a == "tailnet.change_failed" || *a == "tailnet.policy_written")
+        .count();
+    assert!(intents > 0 && outcomes >= intents, "{all:?}");
+
+    // Removal failures count too.
+    clear_faults(&w).await;
+    w.pass().await;
+    assert_eq!(w.service.get(&id).await.unwrap().state, State::Active);
+    w.control(
+        "faults",
+        json!({"status": 500, "method": "POST", "path": "/tailnet/-/acl"}),
+    )
+    .await;
+    w.advance(60);
+    let _ = w.reconciler.pass().await;
+    let r = w.service.get(&id).await.unwrap();
+    assert_eq!(r.state, State::Expired);
+    assert!(r.tailnet.attempts >= 3, "{:?}", r.tailnet);
+    assert!(r.overdue(w.clock.now()));
+    clear_faults(&w).await;
+    w.pass().await;
+    assert!(w.members().is_empty());
+}
+
+#[tokio::test]
+async fn an_approved_grant_whose_group_vanished_says_so() {
+    let w = World::new().await;
+    // An admin renames the managed group in the console.
+    let text = w
+        .emu
+        .state()
+        .policy
+        .replace("group:prod-access", "group:prod-team");
+    w.admin_edit(text).await;
+    let id = w.approved_prod_request("dave@example.com", "1h").await;
+    let report = w.reconciler.pass().await;
+    assert!(!report.errors.is_empty());
+    let r = w.service.get(&id).await.unwrap();
+    let error = r.tailnet.last_error.unwrap_or_default();
+    assert!(
+        error.contains("group:prod-access is not in the policy file"),
+        "{error}"
+    );
+    assert_eq!(r.tailnet.attempts, 1);
+}
+
+#[tokio::test]
+async fn an_approved_key_not_claimed_in_time_lapses() {
+    let w = World::new().await;
+    // ci-runner-key: pending_ttl defaults; alice (sre) may self-approve.
+    let id = ask(&w, "alice@example.com", "ci-runner-key", "30m", &[]).await;
+    w.service
+        .approve(&id, "alice@example.com", "")
+        .await
+        .unwrap();
+    let r = w.service.get(&id).await.unwrap();
+    assert_eq!(r.state, State::Approved);
+    let lapse = r.pending_until - w.clock.now();
+    w.clock.advance(lapse);
+    let err = w
+        .service
+        .claim_key(&id, "alice@example.com")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not claimed in time"), "{err}");
+    w.pass().await;
+    let r = w.service.get(&id).await.unwrap();
+    assert_eq!(r.state, State::Cancelled);
+    assert_eq!(
+        r.end_reason.as_deref(),
+        Some("approved but not used in time")
+    );
+}
