@@ -94,3 +94,48 @@ fn app_grant_through_a_via_router() {
         assert_eq!(filter(&e, device), json!([]), "{device}");
     }
 }
+
+/// §3.6 + §3.5.4: with `*` sources, an `autogroup:self` rule is narrowed per device to the
+/// owner's own addresses; a later rule whose sources are exactly those addresses (a per-user
+/// rule) has identical SrcIPs, so it merges into the self rule at the self rule's place, as
+/// two self rules do in acl-s10.
+#[test]
+fn self_rule_with_wildcard_sources_merges_with_a_later_per_user_rule() {
+    let odin = json!(["100.64.0.1", "fd7a:115c:a1e0::1"]);
+    let all = |ip: &str| json!({"IP": ip, "Ports": {"First": 0, "Last": 65535}});
+    let ssh = |ip: &str| json!({"IP": ip, "Ports": {"First": 22, "Last": 22}});
+    let e = engine(
+        r#""acls": [
+        {"action": "accept", "src": ["*"], "dst": ["autogroup:self:*"]},
+        {"action": "accept", "src": ["odin@example.com"], "dst": ["autogroup:member:22"]}]"#,
+    );
+    assert_eq!(
+        filter(&e, "bulbasaur"),
+        json!([{"SrcIPs": odin, "DstPorts": [
+            all("100.64.0.1"), all("fd7a:115c:a1e0::1"),
+            ssh("100.64.0.1"), ssh("fd7a:115c:a1e0::1"),
+        ]}])
+    );
+    // On thor's device the sources differ (thor's own vs odin's): two rules.
+    assert_eq!(
+        filter(&e, "ivysaur"),
+        json!([
+            {"SrcIPs": ["100.64.0.2", "fd7a:115c:a1e0::2"],
+             "DstPorts": [all("100.64.0.2"), all("fd7a:115c:a1e0::2")]},
+            {"SrcIPs": odin, "DstPorts": [ssh("100.64.0.2"), ssh("fd7a:115c:a1e0::2")]},
+        ])
+    );
+    // The other order already merged: the self rule joins the per-user rule's place.
+    let e = engine(
+        r#""acls": [
+        {"action": "accept", "src": ["odin@example.com"], "dst": ["autogroup:member:22"]},
+        {"action": "accept", "src": ["*"], "dst": ["autogroup:self:*"]}]"#,
+    );
+    assert_eq!(
+        filter(&e, "bulbasaur"),
+        json!([{"SrcIPs": odin, "DstPorts": [
+            ssh("100.64.0.1"), ssh("fd7a:115c:a1e0::1"),
+            all("100.64.0.1"), all("fd7a:115c:a1e0::1"),
+        ]}])
+    );
+}
