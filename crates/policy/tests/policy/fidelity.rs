@@ -139,3 +139,98 @@ fn self_rule_with_wildcard_sources_merges_with_a_later_per_user_rule() {
         ]}])
     );
 }
+
+/// §3.3 + §3.5.5(c): `autogroup:internet` reaches only devices with *approved* exit routes,
+/// which get all seven public ranges; advertised-but-unapproved routes count for nothing. The
+/// control plane does not re-approve advertised routes from the policy's `autoApprovers` on
+/// a policy write (acl-au01, acl-h03 and 11 more vectors record an auto-approvable route left
+/// unapproved), so approval is read from the inventory's `enabledRoutes`, not from
+/// `autoApprovers.exitNode`. `*` as a source never includes exit routes (§2).
+#[test]
+fn internet_destinations_follow_approved_exit_routes_not_exit_node_approvers() {
+    let e = engine(
+        r#""autoApprovers": {"exitNode": ["tag:exit"], "routes": {"0.0.0.0/0": ["tag:router"]}},
+        "grants": [{"src": ["autogroup:member"], "dst": ["autogroup:internet"], "ip": ["tcp:443"]}],
+        "acls": [{"action": "accept", "src": ["*"], "dst": ["tag:server:22"]}]"#,
+    );
+    let port = |ip: &str| json!({"IP": ip, "Ports": {"First": 443, "Last": 443}});
+    assert_eq!(
+        filter(&e, "charmander"),
+        json!([{
+            "SrcIPs": ["100.64.0.1", "100.64.0.2", "100.64.0.3",
+                       "fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2", "fd7a:115c:a1e0::3"],
+            "DstPorts": [
+                port("0.0.0.0-9.255.255.255"), port("11.0.0.0-100.63.255.255"),
+                port("100.128.0.0-169.253.255.255"), port("169.255.0.0-172.15.255.255"),
+                port("172.32.0.0-192.167.255.255"), port("192.169.0.0-255.255.255.255"),
+                port("2000::/3"),
+            ],
+            "IPProto": [6],
+        }])
+    );
+    // Named by `exitNode`, advertising 0/0 and ::/0, but not approved.
+    assert_eq!(filter(&e, "pidgey"), json!([]));
+    // A subnet router with a private route is not on the internet.
+    assert_eq!(filter(&e, "squirtle"), json!([]));
+    let server = filter(&e, "beedrill");
+    assert_eq!(
+        server[0]["SrcIPs"],
+        json!([
+            "10.33.0.0/16",
+            "100.115.94.0-100.127.255.255",
+            "100.64.0.0-100.115.91.255",
+            "fd7a:115c:a1e0::/48"
+        ])
+    );
+}
+
+fn ssh(engine: &Engine, device: &str) -> Vec<(Vec<String>, Value)> {
+    let rules = engine.device_wire(device).unwrap().ssh_rules;
+    rules
+        .into_iter()
+        .map(|r| {
+            let principals = r.principals.into_iter().map(|p| p.node_ip).collect();
+            (principals, serde_json::to_value(r.ssh_users).unwrap())
+        })
+        .collect()
+}
+
+/// §3.9: `localpart:*@<domain>` maps, per source *user* of that domain, the login's local
+/// part, in a rule right after that user's common rule; tagged sources have no login, so they
+/// get only the common users, in one rule placed last. A `localpart:` entry without
+/// `*@<domain>` is not a mapping but a literal unix name (ssh-malformed-user-localpart-no-at,
+/// -no-glob), and so is `localpart:*`.
+#[test]
+fn ssh_localpart_with_tagged_sources_and_without_a_domain() {
+    let e = engine(
+        r#""ssh": [
+        {"action": "accept", "src": ["tag:client", "odin@example.com", "thor@example.org"],
+         "dst": ["tag:server"], "users": ["localpart:*@example.com", "ubuntu"]},
+        {"action": "accept", "src": ["tag:client"], "dst": ["tag:server"],
+         "users": ["localpart:*"]}],
+        "sshTests": [
+            {"src": "odin@example.com", "dst": ["tag:server"], "accept": ["odin", "ubuntu"]},
+            {"src": "tag:client", "dst": ["tag:server"], "accept": ["ubuntu", "localpart:*"],
+             "deny": ["odin", "weedle"]},
+            {"src": "thor@example.org", "dst": ["tag:server"], "deny": ["thor"]}]"#,
+    );
+    assert_eq!(e.run_tests(), vec![]);
+    let ip = |a: &str, b: &str| vec![a.to_owned(), b.to_owned()];
+    let odin = ip("100.64.0.1", "fd7a:115c:a1e0::1");
+    let thor = ip("100.64.0.2", "fd7a:115c:a1e0::2");
+    let weedle = ip("100.64.0.11", "fd7a:115c:a1e0::b");
+    let common = json!({"root": "", "ubuntu": "ubuntu"});
+    assert_eq!(
+        ssh(&e, "beedrill"),
+        vec![
+            (odin.clone(), common.clone()),
+            (odin, json!({"odin": "odin"})),
+            (thor, common.clone()),
+            (weedle.clone(), common),
+            (weedle, json!({"root": "", "localpart:*": "localpart:*"})),
+        ]
+    );
+    // Tagged devices have no owner, so the localpart rule does not reach them as it reaches
+    // the source users' own devices.
+    assert_eq!(ssh(&e, "weedle"), vec![]);
+}
