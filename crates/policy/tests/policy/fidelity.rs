@@ -234,3 +234,39 @@ fn ssh_localpart_with_tagged_sources_and_without_a_domain() {
     // the source users' own devices.
     assert_eq!(ssh(&e, "weedle"), vec![]);
 }
+
+/// §3.10: a `tests` destination is one host and one port; a host alias bound to one address
+/// and a bare address pass, in a policy with `grants` and no `acls` too
+/// (policytest-allpass-grants-only-tag-src-ip-literal-dst). Only the destination's own address
+/// family is checked: a host alias names one address, not the device's other one.
+#[test]
+fn tests_with_host_alias_and_single_address_destinations_in_a_grants_only_policy() {
+    let body = |tests: &str| {
+        format!(
+            r#""hosts": {{"webserver": "100.64.0.10", "webserver6": "fd7a:115c:a1e0::a",
+                          "printer": "10.33.1.5", "lan": "10.33.0.0/16"}},
+            "grants": [
+                {{"src": ["tag:client"], "dst": ["webserver", "printer"], "ip": ["tcp:80"]}},
+                {{"src": ["tag:client"], "dst": ["100.64.0.1"], "ip": ["tcp:22"]}}],
+            "tests": [{tests}]"#
+        )
+    };
+    let passing = body(
+        r#"{"src": "tag:client",
+            "accept": ["webserver:80", "100.64.0.1:22", "printer:80"],
+            "deny": ["webserver:22", "webserver6:80", "100.64.0.1:80", "[fd7a:115c:a1e0::1]:22"]}"#,
+    );
+    assert_eq!(engine(&passing).run_tests(), vec![]);
+    for failing in [
+        // The grant names the IPv4 address only; the tag is both of the device's addresses
+        // and the engine wants every source address through (headscale's rule; the reference
+        // marks the control plane's multi-address semantics UNCONFIRMED).
+        r#"{"src": "tag:client", "accept": ["tag:server:80"]}"#,
+        r#"{"src": "tag:client", "deny": ["webserver:80"]}"#,
+        r#"{"src": "tag:client", "accept": ["lan:80"]}"#,
+        r#"{"src": "tag:client", "accept": ["webserver:80,443"]}"#,
+    ] {
+        let failures = engine(&body(failing)).run_tests();
+        assert_eq!(failures.len(), 1, "{failing}");
+    }
+}
