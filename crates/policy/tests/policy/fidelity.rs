@@ -270,3 +270,36 @@ fn tests_with_host_alias_and_single_address_destinations_in_a_grants_only_policy
         assert_eq!(failures.len(), 1, "{failing}");
     }
 }
+
+fn refusal(body: &str) -> String {
+    match build(body) {
+        Ok(_) => "accepted".to_owned(),
+        Err(e) => e.api_message(),
+    }
+}
+
+/// §4: an unknown tag in an ACL destination is reported with the alias, not the port
+/// (`dst="tag:nonexistent": tag not found: "tag:nonexistent"`), while a bad port is reported
+/// with the whole destination (`dst="tag:server:ssh": port range "ssh": ...`, acl-err07). In
+/// `sshTests` the whole entry is named (`SSH tests dst contains unknown tag "tag:server:22"`).
+#[test]
+fn unknown_tag_written_with_a_port() {
+    assert_eq!(
+        refusal(r#""acls": [{"action": "accept", "src": ["*"], "dst": ["tag:nope:22"]}]"#),
+        r#"dst="tag:nope": tag not found: "tag:nope""#
+    );
+    assert_eq!(
+        refusal(r#""acls": [{"action": "accept", "src": ["*"], "dst": ["tag:nope:22,80"]}]"#),
+        r#"dst="tag:nope": tag not found: "tag:nope""#
+    );
+    assert_eq!(
+        refusal(r#""acls": [{"action": "accept", "src": ["*"], "dst": ["tag:nope:ssh"]}]"#),
+        r#"dst="tag:nope:ssh": port range "ssh": invalid first integer"#
+    );
+    assert_eq!(
+        refusal(
+            r#""sshTests": [{"src": "odin@example.com", "dst": ["tag:server:22"], "accept": ["root"]}]"#
+        ),
+        r#"SSH tests dst contains unknown tag "tag:server:22""#
+    );
+}
