@@ -303,3 +303,50 @@ fn unknown_tag_written_with_a_port() {
         r#"SSH tests dst contains unknown tag "tag:server:22""#
     );
 }
+
+/// A policy file that is not UTF-8 is a syntax error at the first bad byte, with the line and
+/// (byte) column every other syntax error has (§1: columns counted in bytes), so the CLI can
+/// print FILE:LINE:COL for it.
+#[test]
+fn a_policy_that_is_not_utf8_is_a_syntax_error_with_line_and_column() {
+    let mut bytes = b"{\n  \"groups\": {\n    \"group:a\": [\"".to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(b"@example.com\"]}\n}\n");
+    let err = Policy::parse_bytes(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        policy::PolicyError::Syntax {
+            line: 3,
+            column: 18,
+            reason: "invalid UTF-8".into()
+        }
+    );
+    assert_eq!(err.to_string(), "line 3, column 18: invalid UTF-8");
+    // A truncated multi-byte character at the very end, after a valid document.
+    let err = Policy::parse_bytes(b"{}\n\xe2\x82").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            policy::PolicyError::Syntax {
+                line: 2,
+                column: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Valid UTF-8 parses exactly as text does, errors included.
+    let text = "{\"acls\": [], // é\n}";
+    assert_eq!(
+        Policy::parse_bytes(text.as_bytes())
+            .unwrap()
+            .file
+            .acls
+            .map(|a| a.len()),
+        Some(0)
+    );
+    assert_eq!(
+        Policy::parse_bytes(b"{\n 'x'}").unwrap_err(),
+        Policy::parse("{\n 'x'}").unwrap_err()
+    );
+}
