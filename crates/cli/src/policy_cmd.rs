@@ -115,8 +115,10 @@ fn rejected(file: &Path, error: PolicyError) -> Failure {
 }
 
 fn parse(file: &Path) -> Result<Policy, Failure> {
-    let text = read(file)?;
-    let policy = Policy::parse(&text).map_err(|e| rejected(file, e))?;
+    // Bytes, not text: a file that is not UTF-8 is a syntax error at FILE:LINE:COL.
+    let bytes = std::fs::read(file)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let policy = Policy::parse_bytes(&bytes).map_err(|e| rejected(file, e))?;
     for key in policy.file.unknown.keys() {
         eprintln!("{}: warning: unknown top-level key {key:?}", file.display());
     }

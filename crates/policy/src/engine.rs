@@ -895,14 +895,31 @@ impl Engine {
             ip_proto: proto.to_vec(),
             cap_grant: cap.into_iter().collect(),
         };
+        // Narrowed `autogroup:self` rules, keyed as in `rules`; and where each merge group of
+        // port rules landed on this device.
+        let mut self_keys: Vec<u32> = Vec::new();
+        let mut landed: HashMap<u32, u32> = HashMap::new();
         for (e, k) in hits {
             let exp = &self.expansions[e as usize];
             let ids = &self.src_sets[exp.src as usize].ids;
             match &exp.kind {
                 ExpKind::Ports { dsts, .. } => {
                     let (target, (first, last)) = &dsts[k as usize];
+                    // A self rule placed earlier whose narrowed sources are exactly these has
+                    // the same SrcIPs on the wire, so the control plane merges into it.
+                    let key = *landed.entry(exp.merge_first).or_insert_with(|| {
+                        self_keys
+                            .iter()
+                            .copied()
+                            .find(|key| {
+                                rules.get(key).is_some_and(|(other, r)| {
+                                    other == ids && r.ip_proto == exp.proto
+                                })
+                            })
+                            .unwrap_or(exp.merge_first)
+                    });
                     let (_, rule) = rules
-                        .entry(exp.merge_first)
+                        .entry(key)
                         .or_insert_with(|| (ids.clone(), new_rule(ids, &exp.proto, None)));
                     rule.dst_ports.push(NetPortRange {
                         ip: self.target_string(target),
@@ -928,6 +945,9 @@ impl Engine {
                         *other == ids && r.ip_proto == exp.proto && r.cap_grant.is_empty()
                     });
                     let key = same.map_or(e, |(key, _)| *key);
+                    if same.is_none() {
+                        self_keys.push(key);
+                    }
                     let (_, rule) = rules
                         .entry(key)
                         .or_insert_with(|| (ids.clone(), new_rule(&ids, &exp.proto, None)));

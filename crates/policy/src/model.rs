@@ -210,6 +210,25 @@ impl Policy {
         })
     }
 
+    /// Parses policy bytes as read from a file. Bytes that are not UTF-8 are a syntax error
+    /// at the first bad byte, located like every other syntax error.
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Policy, PolicyError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Policy::parse(text),
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // The prefix before the bad byte is valid UTF-8 by definition.
+                let prefix = String::from_utf8_lossy(&bytes[..valid]);
+                let (line, column) = hujson::line_col(&prefix, valid);
+                Err(PolicyError::Syntax {
+                    line,
+                    column,
+                    reason: "invalid UTF-8".to_owned(),
+                })
+            }
+        }
+    }
+
     pub fn from_file(file: PolicyFile) -> Policy {
         Policy {
             file,

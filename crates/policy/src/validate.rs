@@ -275,7 +275,9 @@ impl Checker<'_> {
                         acl.proto.clone().unwrap_or_default()
                     )));
                 }
-                let alias = self.rule_alias(&host, Side::Dst, dst)?;
+                // Port errors above name the whole entry; alias errors name only the alias, as
+                // the control plane words them.
+                let alias = self.rule_alias(&host, Side::Dst, &host)?;
                 if alias == Alias::AutoGroup(AutoGroup::SelfDevices) {
                     self.check_self_sources(&srcs, true)?;
                 }

@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod conformance;
+mod fidelity;
 mod queries;
 mod validation;

@@ -215,7 +215,7 @@ fn errors_point_at_the_problem() {
     let err = Engine::build(Policy::parse(&bad).unwrap(), &inventory).unwrap_err();
     assert_eq!(
         err.api_message(),
-        r#"dst="tag:nope:22": tag not found: "tag:nope""#
+        r#"dst="tag:nope": tag not found: "tag:nope""#
     );
 
     let bad = example_text().replace("custom:tidegate_db == 'granted'", "custom:tidegate_db ~ 1");

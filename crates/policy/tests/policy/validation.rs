@@ -32,7 +32,7 @@ fn messages_match_the_control_plane() {
         ),
         (
             r#""acls": [{"action": "accept", "src": ["*"], "dst": ["tag:nonexistent:22"]}]"#,
-            r#"dst="tag:nonexistent:22": tag not found: "tag:nonexistent""#,
+            r#"dst="tag:nonexistent": tag not found: "tag:nonexistent""#,
         ),
         (
             r#""nodeAttrs": [{"target": ["tag:undefined-tag"], "attr": ["funnel"]}]"#,
