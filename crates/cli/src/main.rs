@@ -24,6 +24,40 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     connection: client_cmd::Connection,
+    /// Log lines on standard error: readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// The log level (error, warn, info, debug, trace) or a filter directive such as
+    /// `tidegate_core=debug,info`; also from TIDEGATE_LOG. Default: info for the server, warn
+    /// for other commands.
+    #[arg(long, global = true, env = "TIDEGATE_LOG")]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to standard error so that a command's output (a token, JSON) stays clean.
+fn init_logging(format: LogFormat, level: Option<&str>, default: &str) -> Result<(), Failure> {
+    let directive = level.unwrap_or(default);
+    let filter = tracing_subscriber::EnvFilter::try_new(directive).map_err(|e| {
+        Failure::Usage(format!(
+            "--log-level {directive:?} is neither a level nor a filter directive: {e}"
+        ))
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|e| Failure::Usage(format!("cannot start logging: {e}")))
 }
 
 #[derive(Subcommand)]
@@ -92,6 +126,16 @@ impl From<std::io::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve { .. } | Command::Demo { .. } | Command::Emulator(_) => "info",
+        _ => "warn",
+    };
+    if let Err(Failure::Usage(message) | Failure::Rejected(message)) =
+        init_logging(cli.log_format, cli.log_level.as_deref(), default_level)
+    {
+        eprintln!("tidegate: {message}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Policy { command } => policy_cmd::run(command),
         Command::Emulator(args) => emulator_cmd::run(args),

@@ -86,6 +86,14 @@ pub async fn start(
 ) -> Result<Running, Failure> {
     startup_check(&config, tailnet.as_ref()).await?;
     let url = format!("http://{}", listener.local_addr().map_err(usage)?);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %url,
+        tailnet = %config.tailnet.api_url,
+        database = %tidegate_store::redact_url(&config.database),
+        entitlements = config.entitlements.len(),
+        "starting"
+    );
     let lock = store
         .leader_lock()
         .await
@@ -140,6 +148,7 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Fai
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", config.listen)))?;
     let running = start(config, store, tailnet, clock, listener, Vec::new()).await?;
     println!("tidegate serving on {}", running.url);
+    tracing::info!(url = %running.url, "serving");
     let _ = tokio::signal::ctrl_c().await;
     running.stop().await;
     Ok(())

@@ -116,6 +116,7 @@ pub async fn run(
             }
         }
         metrics.set_leader(true);
+        tracing::info!("became the leader: running the reconciler");
         let run_stop = Arc::new(Notify::new());
         let running = reconciler.clone();
         let stop_run = run_stop.clone();
@@ -135,6 +136,7 @@ pub async fn run(
             }
             if !lock.held().await {
                 // Lost (connection cut, database restarted): stop writing now.
+                tracing::warn!("lost leadership: the reconciler stops");
                 task.abort();
                 let _ = task.await;
                 break;

@@ -58,6 +58,25 @@ pub fn audit_entries(events: &[Event], now: time::OffsetDateTime) -> Vec<NewAudi
         .collect()
 }
 
+/// One log line per stored lifecycle change, with the request id (reasons and comments are
+/// in the audit log, not here).
+pub(crate) fn log_events(r: &Request, events: &[Event]) {
+    for e in events {
+        if e.action == "tailnet.change_failed" {
+            continue; // logged as a warning where it happened
+        }
+        tracing::info!(
+            request = %r.id,
+            entitlement = %r.entitlement,
+            requester = %r.requester,
+            actor = %e.actor,
+            state = r.state.as_str(),
+            "{}",
+            e.action
+        );
+    }
+}
+
 /// A new request id: `r-` and 10 random base-32 characters.
 fn new_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
@@ -237,6 +256,7 @@ impl Service {
         self.store
             .insert_request(request, &audit_entries(events, now))
             .await?;
+        log_events(request, events);
         self.wake.notify_one();
         Ok(())
     }
@@ -345,6 +365,7 @@ impl Service {
                 .await
             {
                 Ok(()) => {
+                    log_events(&request, &events);
                     self.wake.notify_one();
                     return Ok(request);
                 }
@@ -473,9 +494,11 @@ impl Service {
             .await
         {
             // Nobody will ever see this key: revoke it rather than leave it valid.
+            tracing::error!(request = %id, key_id = %key.id, error = %e, "cannot record a claimed key: revoking it");
             let _ = self.tailnet.delete_key(&key.id).await;
             return Err(e.into());
         }
+        log_events(&request, &events);
         self.wake.notify_one();
         Ok((request, secret))
     }

@@ -4,6 +4,7 @@
 
 mod browser;
 mod chaos;
+mod logs;
 mod web;
 
 use std::path::{Path, PathBuf};
@@ -296,22 +297,24 @@ struct Demo {
 
 impl Demo {
     fn start() -> Demo {
+        Demo::start_with(&[], std::process::Stdio::inherit())
+    }
+
+    /// With extra arguments, and standard error (the log) sent to `stderr`.
+    fn start_with(extra: &[&str], stderr: std::process::Stdio) -> Demo {
         use std::io::BufRead;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["demo", "--listen", &listen, "--for-seconds", "120"];
+        args.extend_from_slice(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-            .args([
-                "demo",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--for-seconds",
-                "120",
-            ])
+            .args(args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

@@ -24,7 +24,7 @@ use crate::audit::NewAuditEntry;
 use crate::entitlement::{Entitlement, Strategy};
 use crate::leader::{LeaderLock, Metrics};
 use crate::request::{Event, Request, SYSTEM, State};
-use crate::service::{Service, audit_entries};
+use crate::service::{Service, audit_entries, log_events};
 use crate::store::{RequestFilter, StoreError};
 use crate::time_text;
 
@@ -614,23 +614,5 @@ impl Reconciler {
                 _ = stop.notified() => return,
             }
         }
-    }
-}
-
-/// One log line per lifecycle change the reconciler stored, with the request id.
-fn log_events(r: &Request, events: &[Event]) {
-    for e in events {
-        if e.action == "tailnet.change_failed" {
-            continue; // logged as a warning where it happened
-        }
-        tracing::info!(
-            request = %r.id,
-            entitlement = %r.entitlement,
-            requester = %r.requester,
-            state = r.state.as_str(),
-            detail = %e.detail,
-            "{}",
-            e.action
-        );
     }
 }
