@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tailnet::{ApiClient, ApiConfig, Credentials, Secret, SystemClock, Tailnet};
+use tidegate_core::access::Via;
 use tidegate_core::config::Config;
 use tidegate_core::reconciler::Reconciler;
 
@@ -192,13 +193,15 @@ async fn coalesced(grants: usize, latency: Duration) -> Result<Value> {
         client(emu.url())?,
         Arc::new(SystemClock),
     ));
+    let alice = service.actor("alice@example.com", Via::ApiToken).await?;
     for i in 0..grants {
         let new = NewRequest {
             entitlement: "prod-ssh".into(),
             ..NewRequest::default()
         };
-        let r = service.create(&login(i), new).await?;
-        service.approve(&r.id, "alice@example.com", "").await?;
+        let requester = service.actor(&login(i), Via::ApiToken).await?;
+        let r = service.create(&requester, new).await?;
+        service.approve(&alice, &r.id, "").await?;
     }
     // All approved: the reconciler's pass applies them.
     let reconciler = Reconciler::new(service.clone());

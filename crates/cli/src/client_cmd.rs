@@ -95,14 +95,14 @@ pub enum ClientCommand {
     Entitlements,
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
 }
 
 impl Client {
-    fn new(c: &Connection) -> Result<Client, Failure> {
+    pub(crate) fn new(c: &Connection) -> Result<Client, Failure> {
         let token = c.token.clone().ok_or_else(|| {
             Failure::Usage(
                 "no token: pass --token or set TIDEGATE_TOKEN (tidegate token create makes one)"
@@ -116,7 +116,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -150,12 +150,27 @@ impl Client {
     }
 }
 
-fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
+/// A field as printed to a terminal: control characters (escape sequences, newlines) are
+/// shown escaped, never sent raw, whatever the server stored.
+pub(crate) fn text(v: &Value, key: &str) -> String {
+    let raw = match v.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
-    }
+    };
+    printable(&raw)
+}
+
+pub(crate) fn printable(raw: &str) -> String {
+    raw.chars()
+        .flat_map(|c| {
+            if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn print_request(r: &Value) {
@@ -248,7 +263,7 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
             )
             .await?
         }
-        ClientCommand::Drop { id } => post(format!("/api/requests/{id}/revoke"), json!({})).await?,
+        ClientCommand::Drop { id } => post(format!("/api/requests/{id}/drop"), json!({})).await?,
         ClientCommand::Cancel { id } => {
             post(format!("/api/requests/{id}/cancel"), json!({})).await?
         }

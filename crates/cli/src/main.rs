@@ -144,7 +144,7 @@ fn main() -> ExitCode {
             listen,
             for_seconds,
         } => block_on(server_cmd::demo(&listen, for_seconds)),
-        Command::Token { command } => block_on(server_cmd::token(command)),
+        Command::Token { command } => block_on(server_cmd::token(command, &cli.connection)),
         Command::Audit { command } => block_on(server_cmd::audit(command)),
         Command::Client(command) => block_on(client_cmd::run(&cli.connection, command)),
     };

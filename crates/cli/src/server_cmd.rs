@@ -168,10 +168,128 @@ pub enum TokenCommand {
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// List your API tokens and web sessions (id, kind, description, created, last used,
+    /// expires); with --config and --user, an operator lists anyone's.
+    List {
+        #[arg(long, requires = "user")]
+        config: Option<PathBuf>,
+        #[arg(long, requires = "config")]
+        user: Option<String>,
+    },
+    /// Revoke one of your tokens (or sessions) by its id from `token list`, never its secret;
+    /// with --config and --user, an operator revokes anyone's.
+    Revoke {
+        id: String,
+        #[arg(long, requires = "user")]
+        config: Option<PathBuf>,
+        #[arg(long, requires = "config")]
+        user: Option<String>,
+    },
 }
 
-pub async fn token(command: TokenCommand) -> Result<(), Failure> {
+fn print_tokens(tokens: &[serde_json::Value], json: bool) -> Result<(), Failure> {
+    use crate::client_cmd::text;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "tokens": tokens }))
+                .map_err(usage)?
+        );
+        return Ok(());
+    }
+    if tokens.is_empty() {
+        println!("no tokens");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            let or_never = |k: &str| {
+                let v = text(t, k);
+                if v.is_empty() { "never".to_owned() } else { v }
+            };
+            vec![
+                text(t, "id"),
+                text(t, "kind"),
+                text(t, "description"),
+                text(t, "created_at"),
+                or_never("last_used_at"),
+                or_never("expires_at"),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::table::render(
+            &[
+                "ID",
+                "KIND",
+                "DESCRIPTION",
+                "CREATED",
+                "LAST USED",
+                "EXPIRES"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+pub async fn token(
+    command: TokenCommand,
+    connection: &crate::client_cmd::Connection,
+) -> Result<(), Failure> {
+    use crate::client_cmd::Client;
     match command {
+        TokenCommand::List { config, user } => match (config, user) {
+            (Some(config), Some(user)) => {
+                let config = load_config(&config)?;
+                let store = open_store(&config.database).await?;
+                let tokens = store.tokens_of(&user).await.map_err(usage)?;
+                let public: Vec<serde_json::Value> =
+                    tokens.iter().map(tidegate_server::tokens::public).collect();
+                print_tokens(&public, connection.json)
+            }
+            _ => {
+                let client = Client::new(connection)?;
+                let v = client
+                    .call(reqwest::Method::GET, "/api/tokens", None)
+                    .await?;
+                let tokens = v["tokens"].as_array().cloned().unwrap_or_default();
+                print_tokens(&tokens, connection.json)
+            }
+        },
+        TokenCommand::Revoke { id, config, user } => match (config, user) {
+            (Some(config), Some(user)) => {
+                let config = load_config(&config)?;
+                let store = open_store(&config.database).await?;
+                let token = tidegate_server::tokens::find(store.as_ref(), &user, &id)
+                    .await
+                    .map_err(usage)?
+                    .ok_or_else(|| Failure::Rejected(format!("{user} has no token {id}")))?;
+                store.delete_token(&token.hash).await.map_err(usage)?;
+                let entry = tidegate_core::audit::NewAuditEntry {
+                    at: tidegate_core::time_text(SystemClock.now()),
+                    actor: "operator (tidegate token revoke --config)".into(),
+                    action: "token.revoked".into(),
+                    request: None,
+                    detail:
+                        serde_json::json!({"token": id, "kind": token.kind.as_str(), "user": user})
+                            .to_string(),
+                };
+                store.append_audit(&[entry]).await.map_err(usage)?;
+                println!("revoked {id} ({}) of {user}", token.kind.as_str());
+                Ok(())
+            }
+            _ => {
+                let client = Client::new(connection)?;
+                client
+                    .call(reqwest::Method::DELETE, &format!("/api/tokens/{id}"), None)
+                    .await?;
+                println!("revoked {id}");
+                Ok(())
+            }
+        },
         TokenCommand::Create {
             config,
             user,
@@ -184,6 +302,18 @@ pub async fn token(command: TokenCommand) -> Result<(), Failure> {
                     "{user:?} is not a login (user@domain)"
                 )));
             }
+            // Tokens only for people who are users of the tailnet.
+            let tailnet = tailnet_client(&config, Arc::new(SystemClock))?;
+            let users = tailnet.users().await.map_err(|e| {
+                Failure::Usage(format!(
+                    "cannot read the tailnet's users to check {user}: {e}"
+                ))
+            })?;
+            if !users.iter().any(|u| u.login_name == user) {
+                return Err(Failure::Rejected(format!(
+                    "{user} is not a user of the tailnet: no token created"
+                )));
+            }
             let ttl = ttl
                 .map(|t| t.parse::<tidegate_core::Span>().map(|s| s.to_time()))
                 .transpose()
@@ -192,6 +322,7 @@ pub async fn token(command: TokenCommand) -> Result<(), Failure> {
             let secret = tidegate_server::tokens::create(
                 store.as_ref(),
                 &user,
+                tidegate_core::store::TokenKind::Api,
                 ttl,
                 &description,
                 SystemClock.now(),
@@ -407,10 +538,16 @@ pub async fn demo(listen: &str, for_seconds: Option<u64>) -> Result<(), Failure>
     println!();
     println!("Tokens for the example users (alice and bob are SREs; carol and dave engineers):");
     for login in &logins {
-        let secret =
-            tidegate_server::tokens::create(store.as_ref(), login, None, "demo", clock.now())
-                .await
-                .map_err(usage)?;
+        let secret = tidegate_server::tokens::create(
+            store.as_ref(),
+            login,
+            tidegate_core::store::TokenKind::Api,
+            None,
+            "demo",
+            clock.now(),
+        )
+        .await
+        .map_err(usage)?;
         println!("  export TIDEGATE_TOKEN={secret}   # {login}");
     }
     println!();

@@ -32,6 +32,43 @@ struct RawConfig {
     entitlements: Vec<RawEntitlement>,
     #[serde(default)]
     auth: RawAuth,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    roles: RawRoles,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    requests_visible: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoles {
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    auditors: Vec<String>,
+}
+
+/// Who may see a request besides the people it involves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RequestsVisible {
+    /// Its requester, those who may review its entitlement, admins and auditors.
+    #[default]
+    Involved,
+    /// Every user of the tailnet.
+    Everyone,
+}
+
+/// Who holds tidegate's own roles, besides the tailnet's owners and admins (admins) and
+/// its auditor role (auditors).
+#[derive(Debug, Clone, Default)]
+pub struct Roles {
+    pub admins: Vec<Selector>,
+    pub auditors: Vec<Selector>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -156,6 +193,8 @@ pub struct Config {
     pub tailnet: TailnetSettings,
     pub entitlements: Vec<Entitlement>,
     pub auth: AuthSettings,
+    pub requests_visible: RequestsVisible,
+    pub roles: Roles,
 }
 
 /// Resolves a secret given inline, as an environment variable name, or as a file path.
@@ -320,7 +359,24 @@ impl Config {
                 "[server] database {database:?}: use sqlite://PATH or postgres://USER@HOST/DB"
             )));
         }
+        let requests_visible = match raw.access.requests_visible.as_deref() {
+            None | Some("involved") => RequestsVisible::Involved,
+            Some("everyone") => RequestsVisible::Everyone,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "[access] requests_visible {other:?}: use \"involved\" or \"everyone\""
+                )));
+            }
+        };
+        let roles = Roles {
+            admins: selectors("admins", &raw.roles.admins)
+                .map_err(|m| invalid(format!("[roles] {m}")))?,
+            auditors: selectors("auditors", &raw.roles.auditors)
+                .map_err(|m| invalid(format!("[roles] {m}")))?,
+        };
         Ok(Config {
+            requests_visible,
+            roles,
             listen: raw
                 .server
                 .listen

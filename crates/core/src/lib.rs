@@ -3,6 +3,7 @@
 //! HTTP and no SQL; the tailnet is reached through the `tailnet::Tailnet` trait and time through
 //! `tailnet::Clock`.
 
+pub mod access;
 pub mod audit;
 pub mod config;
 pub mod duration;

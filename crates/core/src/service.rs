@@ -7,9 +7,10 @@ use rand::Rng;
 use tailnet::{Clock, Tailnet};
 use tokio::sync::{Mutex, Notify};
 
+use crate::access::{Actor, Auditor, Via};
 use crate::audit::NewAuditEntry;
 use crate::config::Config;
-use crate::entitlement::{Directory, Entitlement, Selector, Strategy};
+use crate::entitlement::{Directory, Entitlement, Strategy};
 use crate::request::{Ask, Event, LifecycleError, Request, State};
 use crate::store::{RequestFilter, Store, StoreError};
 use crate::{Span, time_text};
@@ -20,6 +21,9 @@ pub enum ServiceError {
     UnknownEntitlement(String),
     #[error("no request {0}")]
     UnknownRequest(String),
+    /// The login is not a user of the tailnet: nothing is done for it.
+    #[error("{0} is not a user of the tailnet")]
+    UnknownUser(String),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
@@ -178,20 +182,39 @@ impl Service {
             .ok_or_else(|| ServiceError::UnknownEntitlement(name.to_owned()))
     }
 
-    /// Is `login` a tailnet admin (owner or admin)?
-    pub async fn is_admin(&self, login: &str) -> Result<bool, ServiceError> {
+    /// Resolves a caller once: a user of the tailnet, with their tidegate roles.
+    pub async fn actor(&self, login: &str, via: Via) -> Result<Actor, ServiceError> {
         let dir = self.directory().await?;
-        Ok(dir.matches(&Selector::Role("admin".into()), login))
+        if via != Via::Local && !dir.is_user(login) {
+            return Err(ServiceError::UnknownUser(login.to_owned()));
+        }
+        Ok(Actor::resolve(login, via, &self.config.roles, &dir))
     }
 
-    /// Whether `who` may review `request` now: pending, not yet reviewed by them, an approver
-    /// of its entitlement, and not their own unless self-approval is allowed.
-    pub fn may_review(&self, request: &Request, who: &str, dir: &Directory) -> bool {
-        request.state == State::Pending
-            && !request.reviews.iter().any(|rev| rev.reviewer == who)
+    /// Whether `actor` may review `request` now: pending (or with a pending extension), not
+    /// yet reviewed by them, one of its entitlement's reviewers, and not their own unless
+    /// self-approval is allowed.
+    pub fn may_review(&self, request: &Request, actor: &Actor, dir: &Directory) -> bool {
+        let who = actor.login();
+        let (open, reviews) = match (&request.state, &request.extension) {
+            (State::Pending, _) => (true, &request.reviews),
+            (State::Active, Some(ext)) => (true, &ext.reviews),
+            _ => (false, &request.reviews),
+        };
+        open && !reviews.iter().any(|rev| rev.reviewer == who)
             && self.entitlement(&request.entitlement).is_ok_and(|e| {
-                dir.matches_any(&e.approvers, who) && (e.self_approval || request.requester != who)
+                actor.reviewer(e, dir).is_some() && (e.self_approval || request.requester != who)
             })
+    }
+
+    /// Whether `actor` may see `request`.
+    fn visible(&self, request: &Request, actor: &Actor, dir: &Directory) -> bool {
+        actor.may_see(
+            request,
+            self.config.entitlement(&request.entitlement),
+            dir,
+            self.config.requests_visible,
+        )
     }
 
     /// Entitlements `login` may request.
@@ -261,7 +284,8 @@ impl Service {
         Ok(())
     }
 
-    pub async fn create(&self, requester: &str, new: NewRequest) -> Result<Request, ServiceError> {
+    pub async fn create(&self, actor: &Actor, new: NewRequest) -> Result<Request, ServiceError> {
+        let requester = actor.login();
         let entitlement = self.entitlement(&new.entitlement)?.clone();
         let dir = self.directory().await?;
         let devices = match entitlement.strategy {
@@ -330,20 +354,53 @@ impl Service {
         }
     }
 
-    pub async fn get(&self, id: &str) -> Result<Request, ServiceError> {
+    /// A request, if `actor` may see it (otherwise it does not exist for them).
+    pub async fn get(&self, actor: &Actor, id: &str) -> Result<Request, ServiceError> {
+        let request = self.load(id).await?;
+        let dir = self.directory().await?;
+        if self.visible(&request, actor, &dir) {
+            Ok(request)
+        } else {
+            Err(ServiceError::UnknownRequest(id.to_owned()))
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<Request, ServiceError> {
         self.store
             .request(id)
             .await?
             .ok_or_else(|| ServiceError::UnknownRequest(id.to_owned()))
     }
 
-    pub async fn list(&self, filter: &RequestFilter) -> Result<Vec<Request>, ServiceError> {
+    /// The requests matching `filter` that `actor` may see.
+    pub async fn list(
+        &self,
+        actor: &Actor,
+        filter: &RequestFilter,
+    ) -> Result<Vec<Request>, ServiceError> {
+        let mut requests = self.store.requests(filter).await?;
+        let dir = self.directory().await?;
+        requests.retain(|r| self.visible(r, actor, &dir));
+        Ok(requests)
+    }
+
+    /// Every request matching `filter` (auditors and admins).
+    pub async fn list_all(
+        &self,
+        _auditor: Auditor<'_>,
+        filter: &RequestFilter,
+    ) -> Result<Vec<Request>, ServiceError> {
         Ok(self.store.requests(filter).await?)
     }
 
     /// Loads a request, applies `change`, stores it with its audit entries. Retries when a
     /// concurrent change won the race.
-    async fn change<F>(&self, id: &str, mut change: F) -> Result<Request, ServiceError>
+    async fn change<F>(
+        &self,
+        actor: &Actor,
+        id: &str,
+        mut change: F,
+    ) -> Result<Request, ServiceError>
     where
         F: FnMut(
             &mut Request,
@@ -353,9 +410,12 @@ impl Service {
         ) -> Result<Vec<Event>, ServiceError>,
     {
         for _ in 0..5 {
-            let mut request = self.get(id).await?;
+            let mut request = self.load(id).await?;
             let entitlement = self.entitlement(&request.entitlement)?.clone();
             let dir = self.directory().await?;
+            if !self.visible(&request, actor, &dir) {
+                return Err(ServiceError::UnknownRequest(id.to_owned()));
+            }
             let now = crate::now(self.clock.as_ref());
             let events = change(&mut request, &entitlement, &dir, now)?;
             request.version += 1;
@@ -378,62 +438,97 @@ impl Service {
 
     pub async fn approve(
         &self,
+        actor: &Actor,
         id: &str,
-        reviewer: &str,
         comment: &str,
     ) -> Result<Request, ServiceError> {
-        self.change(id, |r, e, dir, now| {
-            Ok(r.approve(e, reviewer, comment, dir, now)?)
+        self.change(actor, id, |r, e, dir, now| {
+            Ok(r.approve(e, actor.login(), comment, dir, now)?)
         })
         .await
     }
 
     pub async fn deny(
         &self,
+        actor: &Actor,
         id: &str,
-        reviewer: &str,
         comment: &str,
     ) -> Result<Request, ServiceError> {
-        self.change(id, |r, e, dir, now| {
-            Ok(r.deny(e, reviewer, comment, dir, now)?)
+        self.change(actor, id, |r, e, dir, now| {
+            Ok(r.deny(e, actor.login(), comment, dir, now)?)
         })
         .await
     }
 
-    pub async fn cancel(&self, id: &str, by: &str) -> Result<Request, ServiceError> {
-        self.change(id, |r, _, _, now| Ok(r.cancel(by, now)?)).await
+    pub async fn cancel(&self, actor: &Actor, id: &str) -> Result<Request, ServiceError> {
+        self.change(actor, id, |r, _, _, now| Ok(r.cancel(actor.login(), now)?))
+            .await
     }
 
-    /// Ends access early: by the requester (a drop) or an approver or admin (a revoke). A
-    /// pending request is cancelled instead.
-    pub async fn revoke(&self, id: &str, by: &str, reason: &str) -> Result<Request, ServiceError> {
-        let admin = self.is_admin(by).await?;
-        self.change(id, |r, e, dir, now| {
-            if r.state == State::Pending && by == r.requester {
-                return Ok(r.cancel(by, now)?);
+    /// The requester ends their own grant early (or withdraws a pending request). Another's
+    /// grant is refused, pointing at `revoke`: nothing changes.
+    pub async fn drop_grant(&self, actor: &Actor, id: &str) -> Result<Request, ServiceError> {
+        self.change(actor, id, |r, e, dir, now| {
+            if !actor.may_drop(r) {
+                return Err(ServiceError::Lifecycle(LifecycleError::NotAllowed(format!(
+                    "{id} is {}'s grant, not yours: drop ends only your own; an approver or admin ends another's with revoke",
+                    r.requester
+                ))));
             }
-            Ok(r.revoke(e, by, reason, dir, admin, now)?)
+            if r.state == State::Pending {
+                return Ok(r.cancel(actor.login(), now)?);
+            }
+            Ok(r.revoke(e, actor.login(), "", dir, false, now)?)
+        })
+        .await
+    }
+
+    /// Ends access early: an approver of its entitlement or an admin (or the requester, as a
+    /// drop). A pending request of one's own is cancelled instead.
+    pub async fn revoke(
+        &self,
+        actor: &Actor,
+        id: &str,
+        reason: &str,
+    ) -> Result<Request, ServiceError> {
+        self.change(actor, id, |r, e, dir, now| {
+            if !actor.may_revoke(r, Some(e), dir) {
+                return Err(ServiceError::Lifecycle(LifecycleError::NotAllowed(format!(
+                    "{} may not revoke {id}: only the requester, an approver of {:?} or an admin can",
+                    actor.login(),
+                    e.name
+                ))));
+            }
+            if r.state == State::Pending && actor.login() == r.requester {
+                return Ok(r.cancel(actor.login(), now)?);
+            }
+            Ok(r.revoke(e, actor.login(), reason, dir, actor.is_admin(), now)?)
         })
         .await
     }
 
     pub async fn extend(
         &self,
+        actor: &Actor,
         id: &str,
-        by: &str,
         duration: Span,
         reason: &str,
     ) -> Result<Request, ServiceError> {
-        self.change(id, |r, e, dir, now| {
-            Ok(r.request_extension(e, by, duration, reason, dir, now)?)
+        self.change(actor, id, |r, e, dir, now| {
+            Ok(r.request_extension(e, actor.login(), duration, reason, dir, now)?)
         })
         .await
     }
 
     /// `authkey` strategy: mints the key for an approved request and returns its secret, once.
     /// Only the key's id is stored; the grant starts now.
-    pub async fn claim_key(&self, id: &str, by: &str) -> Result<(Request, String), ServiceError> {
-        let mut request = self.get(id).await?;
+    pub async fn claim_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+    ) -> Result<(Request, String), ServiceError> {
+        let by = actor.login();
+        let mut request = self.get(actor, id).await?;
         let entitlement = self.entitlement(&request.entitlement)?.clone();
         let Strategy::AuthKey {
             tags,

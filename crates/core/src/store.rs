@@ -37,7 +37,35 @@ pub struct RequestFilter {
     pub limit: Option<usize>,
 }
 
-/// An API token, stored as a hash of its secret.
+/// What a stored secret is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// A bearer token for the API and the CLI.
+    #[default]
+    Api,
+    /// A web session (a browser's cookie); never accepted as a bearer token.
+    Session,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Api => "api",
+            TokenKind::Session => "session",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TokenKind> {
+        match text {
+            "api" => Some(TokenKind::Api),
+            "session" => Some(TokenKind::Session),
+            _ => None,
+        }
+    }
+}
+
+/// An API token or web session, stored as a hash of its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiToken {
     /// SHA-256 hex of the token.
@@ -46,6 +74,19 @@ pub struct ApiToken {
     pub description: String,
     pub created_at: String,
     pub expires_at: Option<String>,
+    #[serde(default)]
+    pub kind: TokenKind,
+    /// When it was last used (to the minute).
+    #[serde(default)]
+    pub last_used_at: Option<String>,
+}
+
+impl ApiToken {
+    /// A public name for the token, to list and revoke it by: `tok_` and the first 12 hex
+    /// digits of its hash (which says nothing of the secret).
+    pub fn id(&self) -> String {
+        format!("tok_{}", self.hash.get(..12).unwrap_or(&self.hash))
+    }
 }
 
 impl Request {
@@ -173,6 +214,12 @@ pub trait Store: Send + Sync {
         Ok(open.iter().filter(|r| r.overdue(now)).count() as u64)
     }
     async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
+    /// A user's tokens and sessions, newest first.
+    async fn tokens_of(&self, user: &str) -> Result<Vec<ApiToken>, StoreError>;
+    /// Records that a token was used at `at`, unless it was already recorded as used since
+    /// `unless_since` (so a busy token is not written on every call).
+    async fn touch_token(&self, hash: &str, at: &str, unless_since: &str)
+    -> Result<(), StoreError>;
 
     /// Open requests by state (requests that need nothing more are not counted).
     async fn count_open_by_state(

@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tidegate_core::Span;
+use tidegate_core::access::{Actor, Via};
 use tidegate_core::request::State as RequestState;
 use tidegate_core::service::{NewRequest, Service, ServiceError};
 use tidegate_core::store::{RequestFilter, StoreError};
@@ -66,6 +67,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::UnknownEntitlement(_) | ServiceError::UnknownRequest(_) => {
                 StatusCode::NOT_FOUND
             }
+            ServiceError::UnknownUser(_) => StatusCode::FORBIDDEN,
             ServiceError::Lifecycle(LifecycleError::NotAllowed(_)) => StatusCode::FORBIDDEN,
             ServiceError::Lifecycle(LifecycleError::WrongState { .. }) => StatusCode::CONFLICT,
             ServiceError::Lifecycle(LifecycleError::Invalid(_)) | ServiceError::Invalid(_) => {
@@ -81,8 +83,8 @@ impl From<ServiceError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The authenticated caller (from `Authorization: Bearer <token>`).
-pub struct Caller(pub String);
+/// The authenticated caller (from `Authorization: Bearer <token>`), resolved once.
+pub struct Caller(pub Actor);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -92,9 +94,57 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let login = tokens::authenticate(&parts.headers, state.service.as_ref()).await?;
-        Ok(Caller(login))
+        let actor = state
+            .service
+            .actor(&login, Via::ApiToken)
+            .await
+            .map_err(|e| match e {
+                ServiceError::UnknownUser(_) => ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    format!("{login} is no longer a user of the tailnet"),
+                ),
+                other => other.into(),
+            })?;
+        Ok(Caller(actor))
     }
 }
+
+/// A query string whose errors are JSON `{"error": ...}` like every other 4xx.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+    }
+}
+
+/// One path segment (a request or token id) whose errors are JSON.
+pub struct ApiPath(pub String);
+
+impl FromRequestParts<AppState> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| ApiPath(p))
+            .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+    }
+}
+
+/// The largest request body the API reads: requests, reviews and tokens are small.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A JSON body whose errors say what is wrong with it.
 pub struct Body<T>(pub T);
@@ -108,7 +158,16 @@ impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequest<AppState>
     ) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    ApiError::bad_request(format!("cannot read the body: {e}"))
+                }
+            })?;
         let text = if bytes.is_empty() {
             &b"{}"[..]
         } else {
@@ -213,7 +272,7 @@ async fn create(
 async fn list(
     State(app): State<AppState>,
     Caller(who): Caller,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let mut filter = RequestFilter {
         limit: q.limit,
@@ -229,9 +288,9 @@ async fn list(
         }
     }
     if q.mine {
-        filter.requester = Some(who.clone());
+        filter.requester = Some(who.login().to_owned());
     }
-    let mut requests = app.service.list(&filter).await?;
+    let mut requests = app.service.list(&who, &filter).await?;
     if q.review {
         let dir = app.service.directory().await?;
         requests.retain(|r| app.service.may_review(r, &who, &dir));
@@ -244,46 +303,46 @@ async fn list(
 
 async fn show(
     State(app): State<AppState>,
-    Caller(_): Caller,
-    Path(id): Path<String>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath,
 ) -> ApiResult<Json<Value>> {
-    let request = app.service.get(&id).await?;
+    let request = app.service.get(&who, &id).await?;
     Ok(Json(json_request(&request, app.service.clock().now())))
 }
 
 async fn approve(
     State(app): State<AppState>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     Body(b): Body<CommentBody>,
 ) -> ApiResult<Json<Value>> {
-    let r = app.service.approve(&id, &who, &b.comment).await?;
+    let r = app.service.approve(&who, &id, &b.comment).await?;
     Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn deny(
     State(app): State<AppState>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     Body(b): Body<CommentBody>,
 ) -> ApiResult<Json<Value>> {
-    let r = app.service.deny(&id, &who, &b.comment).await?;
+    let r = app.service.deny(&who, &id, &b.comment).await?;
     Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn cancel(
     State(app): State<AppState>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> ApiResult<Json<Value>> {
-    let r = app.service.cancel(&id, &who).await?;
+    let r = app.service.cancel(&who, &id).await?;
     Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn revoke(
     State(app): State<AppState>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     Body(b): Body<CommentBody>,
 ) -> ApiResult<Json<Value>> {
     let reason = if b.reason.is_empty() {
@@ -291,19 +350,28 @@ async fn revoke(
     } else {
         b.reason
     };
-    let r = app.service.revoke(&id, &who, &reason).await?;
+    let r = app.service.revoke(&who, &id, &reason).await?;
+    Ok(Json(json_request(&r, app.service.clock().now())))
+}
+
+async fn drop_grant(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath,
+) -> ApiResult<Json<Value>> {
+    let r = app.service.drop_grant(&who, &id).await?;
     Ok(Json(json_request(&r, app.service.clock().now())))
 }
 
 async fn extend(
     State(app): State<AppState>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     Body(b): Body<ExtendBody>,
 ) -> ApiResult<Json<Value>> {
     let r = app
         .service
-        .extend(&id, &who, span(&b.duration)?, &b.reason)
+        .extend(&who, &id, span(&b.duration)?, &b.reason)
         .await?;
     Ok(Json(json_request(&r, app.service.clock().now())))
 }
@@ -311,33 +379,37 @@ async fn extend(
 async fn claim_key(
     State(app): State<AppState>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> ApiResult<Json<Value>> {
-    let (r, secret) = app.service.claim_key(&id, &who).await?;
+    let (r, secret) = app.service.claim_key(&who, &id).await?;
     Ok(Json(
         json!({ "request": json_request(&r, app.service.clock().now()), "key": secret }),
     ))
 }
 
-async fn whoami(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
-    let admin = app.service.is_admin(&who).await?;
-    Ok(Json(json!({ "login": who, "admin": admin })))
+async fn whoami(Caller(who): Caller) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "login": who.login(), "admin": who.is_admin(), "auditor": who.is_auditor() }),
+    ))
 }
 
 async fn entitlements(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
-    let list = app.service.entitlements_for(&who).await?;
+    let list = app.service.entitlements_for(who.login()).await?;
     Ok(Json(json!({ "entitlements": list })))
 }
 
 async fn audit(
     State(app): State<AppState>,
     Caller(who): Caller,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    if !app.service.is_admin(&who).await? {
+    if who.auditor().is_none() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("{who} is not an admin of the tailnet"),
+            format!(
+                "{} is not an admin or auditor (tailnet owners, admins and auditors, and [roles] in the config)",
+                who.login()
+            ),
         ));
     }
     let entries = app
@@ -347,6 +419,46 @@ async fn audit(
         .await
         .map_err(ServiceError::from)?;
     Ok(Json(json!({ "entries": entries })))
+}
+
+/// The caller's own API tokens and web sessions (never their secrets).
+async fn list_tokens(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    let tokens = app
+        .service
+        .store()
+        .tokens_of(who.login())
+        .await
+        .map_err(ServiceError::from)?;
+    Ok(Json(
+        json!({ "tokens": tokens.iter().map(tokens::public).collect::<Vec<_>>() }),
+    ))
+}
+
+/// Revokes one of the caller's own tokens (or sessions) by its id.
+async fn revoke_token(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath,
+) -> ApiResult<Json<Value>> {
+    let store = app.service.store();
+    let token = tokens::find(store.as_ref(), who.login(), &id)
+        .await
+        .map_err(ServiceError::from)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("you have no token {id}")))?;
+    store
+        .delete_token(&token.hash)
+        .await
+        .map_err(ServiceError::from)?;
+    tracing::info!(user = %who.login(), token = %id, kind = token.kind.as_str(), "token revoked");
+    let entry = tidegate_core::audit::NewAuditEntry {
+        at: tidegate_core::time_text(app.service.now()),
+        actor: who.login().to_owned(),
+        action: "token.revoked".into(),
+        request: None,
+        detail: json!({"token": id, "kind": token.kind.as_str(), "user": token.user}).to_string(),
+    };
+    let _ = store.append_audit(&[entry]).await;
+    Ok(Json(json!({ "revoked": tokens::public(&token) })))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -379,11 +491,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/requests/{id}/deny", post(deny))
         .route("/api/requests/{id}/cancel", post(cancel))
         .route("/api/requests/{id}/revoke", post(revoke))
+        .route("/api/requests/{id}/drop", post(drop_grant))
         .route("/api/requests/{id}/extend", post(extend))
         .route("/api/requests/{id}/key", post(claim_key))
         .route("/api/audit", get(audit))
+        .route("/api/tokens", get(list_tokens))
+        .route("/api/tokens/{id}", axum::routing::delete(revoke_token))
         .merge(web::router())
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             web::security_headers,

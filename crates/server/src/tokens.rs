@@ -4,7 +4,7 @@ use axum::http::{HeaderMap, StatusCode};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tidegate_core::service::Service;
-use tidegate_core::store::{ApiToken, Store, StoreError};
+use tidegate_core::store::{ApiToken, Store, StoreError, TokenKind};
 
 use crate::ApiError;
 
@@ -19,6 +19,7 @@ pub fn hash(token: &str) -> String {
 pub async fn create(
     store: &dyn Store,
     user: &str,
+    kind: TokenKind,
     ttl: Option<time::Duration>,
     description: &str,
     now: time::OffsetDateTime,
@@ -39,6 +40,8 @@ pub async fn create(
             description: description.to_owned(),
             created_at: tidegate_core::time_text(now),
             expires_at: ttl.map(|t| tidegate_core::time_text(now + t)),
+            kind,
+            last_used_at: None,
         })
         .await?;
     Ok(secret)
@@ -66,7 +69,7 @@ pub async fn authenticate(headers: &HeaderMap, service: &Service) -> Result<Stri
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .ok_or_else(|| unauthorized("unknown token"))?;
     // A web session's secret is the browser's, not an API token.
-    if stored.description == crate::web::session::SESSION_DESCRIPTION {
+    if stored.kind != TokenKind::Api {
         return Err(unauthorized("unknown token"));
     }
     if let Some(text) = stored.expires_at.as_deref() {
@@ -77,5 +80,36 @@ pub async fn authenticate(headers: &HeaderMap, service: &Service) -> Result<Stri
             return Err(unauthorized("this token has expired; create a new one"));
         }
     }
+    // Last use, to the minute: at most one write per token a minute.
+    let now = service.now();
+    let _ = service
+        .store()
+        .touch_token(
+            &stored.hash,
+            &tidegate_core::time_text(now),
+            &tidegate_core::time_text(now - time::Duration::minutes(1)),
+        )
+        .await;
     Ok(stored.user)
+}
+
+/// A token as its owner sees it: never its secret or hash.
+pub fn public(token: &ApiToken) -> serde_json::Value {
+    serde_json::json!({
+        "id": token.id(),
+        "kind": token.kind.as_str(),
+        "description": token.description,
+        "created_at": token.created_at,
+        "last_used_at": token.last_used_at,
+        "expires_at": token.expires_at,
+    })
+}
+
+/// Finds one of `user`'s tokens by its public id.
+pub async fn find(store: &dyn Store, user: &str, id: &str) -> Result<Option<ApiToken>, StoreError> {
+    Ok(store
+        .tokens_of(user)
+        .await?
+        .into_iter()
+        .find(|t| t.id() == id))
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tidegate_core::audit::{AuditEntry, GENESIS, NewAuditEntry};
 use tidegate_core::request::Request;
-use tidegate_core::store::Store;
+use tidegate_core::store::{Store, TokenKind};
 use time::OffsetDateTime;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
@@ -265,6 +265,35 @@ pub(crate) fn parse_sortable_time(text: &str) -> Result<OffsetDateTime, StoreErr
 /// A `LIMIT` for SQL.
 pub(crate) fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The columns of a stored token, in [`TokenRow`] order.
+pub(crate) const TOKEN_COLUMNS: &str = "SELECT hash, user_name, description, created_at, expires_at, kind, last_used_at FROM api_tokens";
+
+pub(crate) type TokenRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+/// A token as both backends read it (the SQL differs only in its placeholders).
+pub(crate) fn api_token(row: TokenRow) -> Result<ApiToken, StoreError> {
+    let (hash, user, description, created_at, expires_at, kind, last_used_at) = row;
+    let kind = TokenKind::parse(&kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("API token kind {kind:?}")))?;
+    Ok(ApiToken {
+        hash,
+        user,
+        description,
+        created_at,
+        expires_at,
+        kind,
+        last_used_at,
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{TOKEN_COLUMNS, TokenRow};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
@@ -540,14 +541,16 @@ impl Store for PostgresStore {
 
     async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at, kind, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&token.hash)
         .bind(&token.user)
         .bind(&token.description)
         .bind(&token.created_at)
         .bind(&token.expires_at)
+        .bind(token.kind.as_str())
+        .bind(&token.last_used_at)
         .execute(&self.pool)
         .await
         .map_err(|e| self.db(e, "an API token with this hash"))?;
@@ -555,23 +558,42 @@ impl Store for PostgresStore {
     }
 
     async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
-        let row: Option<(String, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT hash, user_name, description, created_at, expires_at \
-             FROM api_tokens WHERE hash = $1",
-        )
-        .bind(hash)
-        .fetch_optional(&self.pool)
+        let row: Option<TokenRow> = sqlx::query_as(&format!("{TOKEN_COLUMNS} WHERE hash = $1"))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "API token"))?;
+        row.map(crate::api_token).transpose()
+    }
+
+    async fn tokens_of(&self, user: &str) -> Result<Vec<ApiToken>, StoreError> {
+        let rows: Vec<TokenRow> = sqlx::query_as(&format!(
+            "{TOKEN_COLUMNS} WHERE user_name = $1 ORDER BY created_at DESC, hash"
+        ))
+        .bind(user)
+        .fetch_all(&self.pool)
         .await
         .map_err(|e| self.db(e, "API token"))?;
-        Ok(row.map(
-            |(hash, user, description, created_at, expires_at)| ApiToken {
-                hash,
-                user,
-                description,
-                created_at,
-                expires_at,
-            },
-        ))
+        rows.into_iter().map(crate::api_token).collect()
+    }
+
+    async fn touch_token(
+        &self,
+        hash: &str,
+        at: &str,
+        unless_since: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = $1 \
+             WHERE hash = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(at)
+        .bind(hash)
+        .bind(unless_since)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "API token"))?;
+        Ok(())
     }
 }
 

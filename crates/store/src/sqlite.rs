@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::{TOKEN_COLUMNS, TokenRow};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -530,14 +531,16 @@ impl Store for SqliteStore {
 
     async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at, kind, last_used_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&token.hash)
         .bind(&token.user)
         .bind(&token.description)
         .bind(&token.created_at)
         .bind(&token.expires_at)
+        .bind(token.kind.as_str())
+        .bind(&token.last_used_at)
         .execute(&self.pool)
         .await
         .map_err(|e| db(e, "an API token with this hash"))?;
@@ -545,22 +548,41 @@ impl Store for SqliteStore {
     }
 
     async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
-        let row: Option<(String, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT hash, user_name, description, created_at, expires_at \
-             FROM api_tokens WHERE hash = ?",
-        )
-        .bind(hash)
-        .fetch_optional(&self.pool)
+        let row: Option<TokenRow> = sqlx::query_as(&format!("{TOKEN_COLUMNS} WHERE hash = ?"))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db(e, "API token"))?;
+        row.map(crate::api_token).transpose()
+    }
+
+    async fn tokens_of(&self, user: &str) -> Result<Vec<ApiToken>, StoreError> {
+        let rows: Vec<TokenRow> = sqlx::query_as(&format!(
+            "{TOKEN_COLUMNS} WHERE user_name = ? ORDER BY created_at DESC, hash"
+        ))
+        .bind(user)
+        .fetch_all(&self.pool)
         .await
         .map_err(|e| db(e, "API token"))?;
-        Ok(row.map(
-            |(hash, user, description, created_at, expires_at)| ApiToken {
-                hash,
-                user,
-                description,
-                created_at,
-                expires_at,
-            },
-        ))
+        rows.into_iter().map(crate::api_token).collect()
+    }
+
+    async fn touch_token(
+        &self,
+        hash: &str,
+        at: &str,
+        unless_since: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = ? \
+             WHERE hash = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+        )
+        .bind(at)
+        .bind(hash)
+        .bind(unless_since)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db(e, "API token"))?;
+        Ok(())
     }
 }

@@ -157,7 +157,7 @@ impl World {
         let r = self
             .service
             .create(
-                requester,
+                &who(&self.service, requester).await,
                 NewRequest {
                     entitlement: "prod-ssh".into(),
                     reason: "INC-4211".into(),
@@ -172,7 +172,10 @@ impl World {
         } else {
             "alice@example.com"
         };
-        self.service.approve(&r.id, approver, "ok").await.unwrap();
+        self.service
+            .approve(&who(&self.service, approver).await, &r.id, "ok")
+            .await
+            .unwrap();
         r.id
     }
 
@@ -191,6 +194,22 @@ impl Drop for World {
     }
 }
 
+/// The caller `login`, as an API token holder.
+async fn who(service: &Service, login: &str) -> tidegate_core::access::Actor {
+    service
+        .actor(login, tidegate_core::access::Via::ApiToken)
+        .await
+        .unwrap()
+}
+
+/// An operator on the server (sees everything), for reading requests back.
+async fn operator(service: &Service, login: &str) -> tidegate_core::access::Actor {
+    service
+        .actor(login, tidegate_core::access::Via::Local)
+        .await
+        .unwrap()
+}
+
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -205,7 +224,11 @@ async fn group_grant_is_applied_expires_on_time_and_is_verified_removed() {
     let report = w.pass().await;
     assert_eq!((report.applied, report.policy_writes), (1, 1));
     assert_eq!(w.members(), ["dave@example.com"]);
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert_eq!(r.state, State::Active);
     assert_eq!(r.expires_at, Some(w.clock.now() + time::Duration::hours(2)));
     assert!(
@@ -241,7 +264,11 @@ async fn group_grant_is_applied_expires_on_time_and_is_verified_removed() {
     let report = w.pass().await;
     assert_eq!(report.removed, 1);
     assert!(w.members().is_empty());
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert_eq!(r.state, State::Expired);
     assert!(r.tailnet.removal_verified_at.is_some() && !r.open());
     assert_eq!(report.overdue, 0);
@@ -313,7 +340,11 @@ async fn faults_are_survived_and_overdue_is_visible() {
     let report = w.reconciler.pass().await;
     assert!(!report.errors.is_empty());
     assert_eq!(report.overdue, 1, "past expiry and not removed");
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert!(r.overdue(w.clock.now()));
     assert!(
         r.tailnet.last_error.is_some()
@@ -392,7 +423,7 @@ async fn posture_grant_carries_tailscales_expiry_and_is_removed() {
     let r = w
         .service
         .create(
-            "dave@example.com",
+            &who(&w.service, "dave@example.com").await,
             NewRequest {
                 entitlement: "prod-db".into(),
                 reason: "query".into(),
@@ -404,7 +435,7 @@ async fn posture_grant_carries_tailscales_expiry_and_is_removed() {
         .await
         .unwrap();
     w.service
-        .approve(&r.id, "alice@example.com", "")
+        .approve(&who(&w.service, "alice@example.com").await, &r.id, "")
         .await
         .unwrap();
     assert_eq!(w.pass().await.applied, 1);
@@ -423,11 +454,16 @@ async fn posture_grant_carries_tailscales_expiry_and_is_removed() {
 
     // Extension moves the attribute's expiry too.
     w.service
-        .extend(&r.id, "dave@example.com", "30m".parse().unwrap(), "more")
+        .extend(
+            &who(&w.service, "dave@example.com").await,
+            &r.id,
+            "30m".parse().unwrap(),
+            "more",
+        )
         .await
         .unwrap();
     w.service
-        .approve(&r.id, "bob@example.com", "")
+        .approve(&who(&w.service, "bob@example.com").await, &r.id, "")
         .await
         .unwrap();
     w.pass().await;
@@ -443,7 +479,7 @@ async fn posture_grant_carries_tailscales_expiry_and_is_removed() {
     );
 
     w.service
-        .revoke(&r.id, "dave@example.com", "")
+        .revoke(&who(&w.service, "dave@example.com").await, &r.id, "")
         .await
         .unwrap();
     assert_eq!(w.pass().await.removed, 1);
@@ -471,7 +507,14 @@ async fn a_grant_the_policy_tests_refuse_fails_alone() {
     let report = w.reconciler.pass().await;
     assert_eq!(report.applied, 1);
     assert_eq!(w.members(), ["dave@example.com"]);
-    let refused = w.service.get(&carol).await.unwrap();
+    let refused = w
+        .service
+        .get(
+            &operator(&w.service, "tidegate-test-operator").await,
+            &carol,
+        )
+        .await
+        .unwrap();
     assert_eq!(refused.state, State::Failed);
     assert!(
         refused
@@ -482,7 +525,14 @@ async fn a_grant_the_policy_tests_refuse_fails_alone() {
         "{:?}",
         refused.end_reason
     );
-    assert_eq!(w.service.get(&dave).await.unwrap().state, State::Active);
+    assert_eq!(
+        w.service
+            .get(&operator(&w.service, "tidegate-test-operator").await, &dave)
+            .await
+            .unwrap()
+            .state,
+        State::Active
+    );
 }
 
 #[tokio::test]
@@ -491,7 +541,7 @@ async fn a_grant_that_cannot_be_applied_fails_after_a_few_passes() {
     let r = w
         .service
         .create(
-            "dave@example.com",
+            &who(&w.service, "dave@example.com").await,
             NewRequest {
                 entitlement: "prod-db".into(),
                 reason: "query".into(),
@@ -502,7 +552,7 @@ async fn a_grant_that_cannot_be_applied_fails_after_a_few_passes() {
         .await
         .unwrap();
     w.service
-        .approve(&r.id, "alice@example.com", "")
+        .approve(&who(&w.service, "alice@example.com").await, &r.id, "")
         .await
         .unwrap();
     // The device leaves the tailnet before the grant is applied.
@@ -520,10 +570,21 @@ async fn a_grant_that_cannot_be_applied_fails_after_a_few_passes() {
     assert!(api.device("n0004CNTRL").await.is_err());
     for _ in 0..4 {
         assert!(!w.reconciler.pass().await.errors.is_empty());
-        assert_eq!(w.service.get(&r.id).await.unwrap().state, State::Approved);
+        assert_eq!(
+            w.service
+                .get(&operator(&w.service, "tidegate-test-operator").await, &r.id)
+                .await
+                .unwrap()
+                .state,
+            State::Approved
+        );
     }
     w.reconciler.pass().await;
-    let failed = w.service.get(&r.id).await.unwrap();
+    let failed = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &r.id)
+        .await
+        .unwrap();
     assert_eq!(failed.state, State::Failed);
     assert!(failed.end_reason.unwrap().contains("after 5 attempts"));
 }
@@ -548,10 +609,23 @@ async fn due_passes_touch_only_what_is_due() {
     let report = w.reconciler.pass_due().await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(report.drift.is_empty());
-    assert_eq!(w.service.get(&short).await.unwrap().state, State::Expired);
+    assert_eq!(
+        w.service
+            .get(
+                &operator(&w.service, "tidegate-test-operator").await,
+                &short
+            )
+            .await
+            .unwrap()
+            .state,
+        State::Expired
+    );
     assert!(
         w.service
-            .get(&short)
+            .get(
+                &operator(&w.service, "tidegate-test-operator").await,
+                &short
+            )
             .await
             .unwrap()
             .tailnet
@@ -563,7 +637,14 @@ async fn due_passes_touch_only_what_is_due() {
         ["carol@example.com", "dave@example.com"],
         "dave keeps the longer grant; carol is not looked at"
     );
-    assert_eq!(w.service.get(&long).await.unwrap().state, State::Active);
+    assert_eq!(
+        w.service
+            .get(&operator(&w.service, "tidegate-test-operator").await, &long)
+            .await
+            .unwrap()
+            .state,
+        State::Active
+    );
 
     w.pass().await;
     assert_eq!(
@@ -591,12 +672,20 @@ async fn a_grant_revoked_while_it_is_being_applied_is_still_removed() {
     let pass = tokio::spawn(async move { passing.pass_due().await });
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     w.service
-        .revoke(&id, "alice@example.com", "not needed after all")
+        .revoke(
+            &who(&w.service, "alice@example.com").await,
+            &id,
+            "not needed after all",
+        )
         .await
         .unwrap();
     pass.await.unwrap();
     assert_eq!(w.members(), ["dave@example.com"], "the write went through");
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert_eq!(r.state, State::Revoked);
     assert!(
         r.tailnet.applied_at.is_some() && r.open(),
@@ -606,7 +695,13 @@ async fn a_grant_revoked_while_it_is_being_applied_is_still_removed() {
     let report = reconciler.pass_due().await;
     assert_eq!(report.removed, 1, "{report:?}");
     assert!(w.members().is_empty());
-    assert!(!w.service.get(&id).await.unwrap().open());
+    assert!(
+        !w.service
+            .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+            .await
+            .unwrap()
+            .open()
+    );
     w.audit_verifies().await;
 }
 
@@ -641,7 +736,14 @@ async fn a_replica_that_lost_leadership_changes_nothing() {
         report.errors
     );
     assert!(w.members().is_empty());
-    assert_eq!(w.service.get(&id).await.unwrap().state, State::Approved);
+    assert_eq!(
+        w.service
+            .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+            .await
+            .unwrap()
+            .state,
+        State::Approved
+    );
 
     lock.0.store(true, std::sync::atomic::Ordering::SeqCst);
     let report = reconciler.pass().await;

@@ -15,10 +15,16 @@ fn role_of(w: &World, login: &str) -> String {
         .clone()
 }
 
-async fn ask(w: &World, who: &str, entitlement: &str, duration: &str, devices: &[&str]) -> String {
+async fn ask(
+    w: &World,
+    login: &str,
+    entitlement: &str,
+    duration: &str,
+    devices: &[&str],
+) -> String {
     w.service
         .create(
-            who,
+            &who(&w.service, login).await,
             NewRequest {
                 entitlement: entitlement.into(),
                 reason: "INC-4211".into(),
@@ -34,7 +40,7 @@ async fn ask(w: &World, who: &str, entitlement: &str, duration: &str, devices: &
 
 async fn approve(w: &World, id: &str) {
     w.service
-        .approve(id, "alice@example.com", "ok")
+        .approve(&who(&w.service, "alice@example.com").await, id, "ok")
         .await
         .unwrap();
 }
@@ -70,7 +76,14 @@ async fn overlapping_role_grants_leave_no_standing_role() {
     let second = ask(&w, carol, "network-admin", "1h", &[]).await;
     approve(&w, &second).await;
     w.pass().await;
-    let second_stored = w.service.get(&second).await.unwrap();
+    let second_stored = w
+        .service
+        .get(
+            &operator(&w.service, "tidegate-test-operator").await,
+            &second,
+        )
+        .await
+        .unwrap();
     assert_eq!(second_stored.state, State::Active);
     assert_eq!(
         second_stored.tailnet.previous_role.as_deref(),
@@ -79,7 +92,14 @@ async fn overlapping_role_grants_leave_no_standing_role() {
     );
     w.advance(30);
     w.pass().await;
-    let first_stored = w.service.get(&first).await.unwrap();
+    let first_stored = w
+        .service
+        .get(
+            &operator(&w.service, "tidegate-test-operator").await,
+            &first,
+        )
+        .await
+        .unwrap();
     assert_eq!(first_stored.state, State::Expired);
     assert!(first_stored.tailnet.removal_verified_at.is_some());
     assert_eq!(
@@ -104,7 +124,7 @@ async fn a_role_grant_never_lowers_and_a_manual_change_wins() {
     let refused = w
         .service
         .create(
-            "bob@example.com",
+            &who(&w.service, "bob@example.com").await,
             NewRequest {
                 entitlement: "network-admin".into(),
                 reason: "x".into(),
@@ -136,7 +156,11 @@ async fn a_role_grant_never_lowers_and_a_manual_change_wins() {
     w.advance(60);
     w.pass().await;
     assert_eq!(role_of(&w, dave), "admin", "the manual change wins");
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert!(r.tailnet.removal_verified_at.is_some());
     assert!(
         audit_actions(&w, None)
@@ -167,7 +191,10 @@ async fn overlapping_posture_grants_keep_the_latest_end() {
         "the shorter grant must not cut the longer one's expiry"
     );
     // Dropping the shorter one leaves the attribute to the longer one.
-    w.service.revoke(&short, dave, "").await.unwrap();
+    w.service
+        .revoke(&who(&w.service, dave).await, &short, "")
+        .await
+        .unwrap();
     w.pass().await;
     let a = attrs(&w).await;
     assert_eq!(a.attributes["custom:tidegate_db"], json!("granted"));
@@ -175,10 +202,20 @@ async fn overlapping_posture_grants_keep_the_latest_end() {
         a.expiries["custom:tidegate_db"],
         tidegate_core::time_text(t0 + time::Duration::hours(2))
     );
-    assert_eq!(w.service.get(&long).await.unwrap().state, State::Active);
+    assert_eq!(
+        w.service
+            .get(&operator(&w.service, "tidegate-test-operator").await, &long)
+            .await
+            .unwrap()
+            .state,
+        State::Active
+    );
     assert!(
         w.service
-            .get(&short)
+            .get(
+                &operator(&w.service, "tidegate-test-operator").await,
+                &short
+            )
             .await
             .unwrap()
             .tailnet
@@ -189,12 +226,22 @@ async fn overlapping_posture_grants_keep_the_latest_end() {
     let longest = ask(&w, dave, "prod-db", "4h", &["dave-desktop"]).await;
     approve(&w, &longest).await;
     w.pass().await;
-    let stored = w.service.get(&longest).await.unwrap();
+    let stored = w
+        .service
+        .get(
+            &operator(&w.service, "tidegate-test-operator").await,
+            &longest,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         attrs(&w).await.expiries["custom:tidegate_db"],
         tidegate_core::time_text(stored.expires_at.unwrap())
     );
-    w.service.revoke(&longest, dave, "").await.unwrap();
+    w.service
+        .revoke(&who(&w.service, dave).await, &longest, "")
+        .await
+        .unwrap();
     w.pass().await;
     assert_eq!(
         attrs(&w).await.expiries["custom:tidegate_db"],
@@ -239,7 +286,11 @@ async fn a_crash_between_the_write_and_its_record_does_not_stretch_access() {
     w.advance(5);
     w.restart().await;
     w.pass().await;
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert_eq!(r.state, State::Active);
     assert_eq!(
         r.expires_at,
@@ -251,7 +302,7 @@ async fn a_crash_between_the_write_and_its_record_does_not_stretch_access() {
     assert!(w.members().is_empty());
     assert!(
         w.service
-            .get(&id)
+            .get(&operator(&w.service, "tidegate-test-operator").await, &id)
             .await
             .unwrap()
             .tailnet
@@ -274,7 +325,11 @@ async fn a_grant_revoked_after_a_lost_write_is_still_removed() {
     assert_eq!(w.members(), ["dave@example.com"]);
     // Revoked before the reconciler learned that the write went through.
     w.service
-        .revoke(&id, "alice@example.com", "not needed")
+        .revoke(
+            &who(&w.service, "alice@example.com").await,
+            &id,
+            "not needed",
+        )
         .await
         .unwrap();
     w.pass().await;
@@ -295,7 +350,11 @@ async fn failed_changes_are_counted_recorded_and_audited() {
         assert!(!report.errors.is_empty());
         w.advance(1);
     }
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert_eq!(r.state, State::Approved);
     assert_eq!(r.tailnet.attempts, 2);
     let error = r.tailnet.last_error.clone().unwrap();
@@ -321,7 +380,14 @@ async fn failed_changes_are_counted_recorded_and_audited() {
     // Removal failures count too.
     clear_faults(&w).await;
     w.pass().await;
-    assert_eq!(w.service.get(&id).await.unwrap().state, State::Active);
+    assert_eq!(
+        w.service
+            .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+            .await
+            .unwrap()
+            .state,
+        State::Active
+    );
     w.control(
         "faults",
         json!({"status": 500, "method": "POST", "path": "/tailnet/-/acl"}),
@@ -329,7 +395,11 @@ async fn failed_changes_are_counted_recorded_and_audited() {
     .await;
     w.advance(60);
     let _ = w.reconciler.pass().await;
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert_eq!(r.state, State::Expired);
     assert!(r.tailnet.attempts >= 3, "{:?}", r.tailnet);
     assert!(r.overdue(w.clock.now()));
@@ -351,7 +421,11 @@ async fn an_approved_grant_whose_group_vanished_says_so() {
     let id = w.approved_prod_request("dave@example.com", "1h").await;
     let report = w.reconciler.pass().await;
     assert!(!report.errors.is_empty());
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     let error = r.tailnet.last_error.unwrap_or_default();
     assert!(
         error.contains("group:prod-access is not in the policy file"),
@@ -366,21 +440,29 @@ async fn an_approved_key_not_claimed_in_time_lapses() {
     // ci-runner-key: pending_ttl defaults; alice (sre) may self-approve.
     let id = ask(&w, "alice@example.com", "ci-runner-key", "30m", &[]).await;
     w.service
-        .approve(&id, "alice@example.com", "")
+        .approve(&who(&w.service, "alice@example.com").await, &id, "")
         .await
         .unwrap();
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert_eq!(r.state, State::Approved);
     let lapse = r.pending_until - w.clock.now();
     w.clock.advance(lapse);
     let err = w
         .service
-        .claim_key(&id, "alice@example.com")
+        .claim_key(&who(&w.service, "alice@example.com").await, &id)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not claimed in time"), "{err}");
     w.pass().await;
-    let r = w.service.get(&id).await.unwrap();
+    let r = w
+        .service
+        .get(&operator(&w.service, "tidegate-test-operator").await, &id)
+        .await
+        .unwrap();
     assert_eq!(r.state, State::Cancelled);
     assert_eq!(
         r.end_reason.as_deref(),

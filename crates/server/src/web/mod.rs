@@ -258,11 +258,14 @@ async fn my_access(State(app): State<AppState>, viewer: Viewer) -> Page {
     let now = app.service.clock().now();
     let mine = match app
         .service
-        .list(&RequestFilter {
-            requester: Some(viewer.login.clone()),
-            limit: Some(200),
-            ..RequestFilter::default()
-        })
+        .list(
+            &viewer.actor,
+            &RequestFilter {
+                requester: Some(viewer.login.clone()),
+                limit: Some(200),
+                ..RequestFilter::default()
+            },
+        )
         .await
     {
         Ok(r) => r,
@@ -518,7 +521,7 @@ async fn request_submit(
         },
         ..Default::default()
     };
-    match app.service.create(&viewer.login, new).await {
+    match app.service.create(&viewer.actor, new).await {
         Ok(r) => {
             app.service.wake_reconciler();
             Ok(Redirect::to(&format!("/requests/{}", r.id)))
@@ -531,10 +534,13 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
     let now = app.service.clock().now();
     let (pending, dir) = match (
         app.service
-            .list(&RequestFilter {
-                states: vec![RequestState::Pending],
-                ..RequestFilter::default()
-            })
+            .list(
+                &viewer.actor,
+                &RequestFilter {
+                    states: vec![RequestState::Pending],
+                    ..RequestFilter::default()
+                },
+            )
             .await,
         app.service.directory().await,
     ) {
@@ -545,7 +551,7 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
     };
     let mine: Vec<&Request> = pending
         .iter()
-        .filter(|r| app.service.may_review(r, &viewer.login, &dir))
+        .filter(|r| app.service.may_review(r, &viewer.actor, &dir))
         .collect();
     let mut body = String::new();
     if mine.is_empty() {
@@ -602,7 +608,7 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
 
 async fn detail(State(app): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Page {
     let now = app.service.clock().now();
-    let r = match app.service.get(&id).await {
+    let r = match app.service.get(&viewer.actor, &id).await {
         Ok(r) => r,
         Err(e) => return service_error(&viewer, e, StatusCode::NOT_FOUND),
     };
@@ -681,13 +687,14 @@ async fn act(
     Form(f): Form<ActForm>,
 ) -> Result<Redirect, Page> {
     check_csrf(&viewer, &f.csrf)?;
-    let who = viewer.login.as_str();
+    let who = &viewer.actor;
     let done = match f.action.as_str() {
-        "approve" => app.service.approve(&id, who, &f.comment).await,
-        "deny" => app.service.deny(&id, who, &f.comment).await,
-        "drop" | "revoke" => app.service.revoke(&id, who, &f.comment).await,
+        "approve" => app.service.approve(who, &id, &f.comment).await,
+        "deny" => app.service.deny(who, &id, &f.comment).await,
+        "drop" => app.service.drop_grant(who, &id).await,
+        "revoke" => app.service.revoke(who, &id, &f.comment).await,
         "extend" => match f.duration.trim().parse() {
-            Ok(d) => app.service.extend(&id, who, d, &f.comment).await,
+            Ok(d) => app.service.extend(who, &id, d, &f.comment).await,
             Err(e) => {
                 return Err(message(
                     StatusCode::BAD_REQUEST,
@@ -744,16 +751,15 @@ impl AuditFilter {
 /// How far back the admin page's audit filters look.
 const AUDIT_WINDOW: i64 = 2000;
 
-async fn require_admin(app: &AppState, viewer: &Viewer) -> Result<(), Page> {
-    match app.service.is_admin(&viewer.login).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(message(
+async fn require_admin(_app: &AppState, viewer: &Viewer) -> Result<(), Page> {
+    match viewer.actor.admin() {
+        Some(_) => Ok(()),
+        None => Err(message(
             StatusCode::FORBIDDEN,
             "Admin",
             Some(viewer),
             "Only tailnet admins and owners see this page.",
         )),
-        Err(e) => Err(service_error(viewer, e, StatusCode::SERVICE_UNAVAILABLE)),
     }
 }
 
@@ -822,11 +828,14 @@ async fn admin(
 
     let overdue = app
         .service
-        .list(&RequestFilter {
-            overdue_at: Some(now),
-            limit: Some(100),
-            ..RequestFilter::default()
-        })
+        .list(
+            &viewer.actor,
+            &RequestFilter {
+                overdue_at: Some(now),
+                limit: Some(100),
+                ..RequestFilter::default()
+            },
+        )
         .await
         .unwrap_or_default();
     body.push_str("<h2>Overdue revocations</h2><ul>");

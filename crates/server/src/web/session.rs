@@ -43,6 +43,8 @@ pub const SESSION_HOURS: i64 = 12;
 #[derive(Debug, Clone)]
 pub struct Viewer {
     pub login: String,
+    /// The viewer as the service's rules see them.
+    pub actor: tidegate_core::access::Actor,
     /// The CSRF token every form of this session carries.
     pub csrf: String,
 }
@@ -104,7 +106,7 @@ pub async fn session_login(secret: &str, app: &AppState) -> Option<String> {
         .token(&crate::tokens::hash(secret))
         .await
         .ok()??;
-    if stored.description != SESSION_DESCRIPTION {
+    if stored.kind != tidegate_core::store::TokenKind::Session {
         return None;
     }
     let now = app.service.clock().now();
@@ -124,6 +126,7 @@ pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::Ap
     let secret = crate::tokens::create(
         app.service.store().as_ref(),
         login,
+        tidegate_core::store::TokenKind::Session,
         Some(time::Duration::hours(SESSION_HOURS)),
         SESSION_DESCRIPTION,
         app.service.clock().now(),
@@ -202,9 +205,16 @@ impl FromRequestParts<AppState> for Viewer {
         {
             return Err(SignIn(back));
         }
+        // A login that is no longer a user of the tailnet has no session.
+        let actor = app
+            .service
+            .actor(&login, tidegate_core::access::Via::WebSession)
+            .await
+            .map_err(|_| SignIn(back.clone()))?;
         Ok(Viewer {
             csrf: csrf_of(&secret),
             login,
+            actor,
         })
     }
 }

@@ -541,6 +541,8 @@ pub async fn tokens(db: Db) {
         description: "laptop CLI — ünïcödé".into(),
         created_at: "2026-11-22T10:00:00Z".into(),
         expires_at: Some("2027-11-22T10:00:00Z".into()),
+        kind: Default::default(),
+        last_used_at: None,
     };
     let forever = ApiToken {
         hash: "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752".into(),
@@ -548,6 +550,8 @@ pub async fn tokens(db: Db) {
         description: String::new(),
         created_at: "2026-11-22T11:00:00.123+02:00".into(),
         expires_at: None,
+        kind: Default::default(),
+        last_used_at: None,
     };
     assert_eq!(store.token(&token.hash).await.unwrap(), None);
     store.insert_token(&token).await.unwrap();
@@ -559,8 +563,41 @@ pub async fn tokens(db: Db) {
     again.user = "mallory@example.com".into();
     let err = store.insert_token(&again).await.unwrap_err();
     assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
-    assert_eq!(store.token(&token.hash).await.unwrap(), Some(token));
+    assert_eq!(store.token(&token.hash).await.unwrap(), Some(token.clone()));
     assert_eq!(store.token("0000").await.unwrap(), None);
+
+    // A user's tokens and sessions, newest first, with their kind; last use to the minute.
+    let session = ApiToken {
+        hash: "ab".repeat(32),
+        created_at: "2026-11-23T10:00:00Z".into(),
+        kind: tidegate_core::store::TokenKind::Session,
+        ..token.clone()
+    };
+    store.insert_token(&session).await.unwrap();
+    let mine = store.tokens_of("alice@example.com").await.unwrap();
+    assert_eq!(mine, [session.clone(), token.clone()]);
+    assert!(
+        store
+            .tokens_of("nobody@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .touch_token(&token.hash, "2026-11-24T10:00:00Z", "2026-11-24T09:59:00Z")
+        .await
+        .unwrap();
+    let used = store.token(&token.hash).await.unwrap().unwrap();
+    assert_eq!(used.last_used_at.as_deref(), Some("2026-11-24T10:00:00Z"));
+    // Used again within the minute: not written.
+    store
+        .touch_token(&token.hash, "2026-11-24T10:00:30Z", "2026-11-24T09:59:30Z")
+        .await
+        .unwrap();
+    let used = store.token(&token.hash).await.unwrap().unwrap();
+    assert_eq!(used.last_used_at.as_deref(), Some("2026-11-24T10:00:00Z"));
+    assert!(store.delete_token(&session.hash).await.unwrap());
+    assert_eq!(store.tokens_of("alice@example.com").await.unwrap().len(), 1);
 }
 
 /// Opening runs the migrations; opening again (and migrating again) changes nothing.
@@ -639,6 +676,8 @@ pub async fn reopened_store_keeps_its_data(db: Db) {
         description: "t".into(),
         created_at: "2026-11-22T10:00:00Z".into(),
         expires_at: None,
+        kind: Default::default(),
+        last_used_at: None,
     };
     let log = {
         let opened = Opened::open(&db).await;
@@ -1478,6 +1517,8 @@ pub async fn request_trail_and_token_removal(db: Db) {
         description: "web session".into(),
         created_at: "2026-11-22T10:00:00Z".into(),
         expires_at: Some("2026-11-23T10:00:00Z".into()),
+        kind: tidegate_core::store::TokenKind::Session,
+        last_used_at: None,
     };
     store.insert_token(&token).await.unwrap();
     assert!(store.token(&token.hash).await.unwrap().is_some());

@@ -1,0 +1,302 @@
+//! Who may do what: every rule in one place.
+//!
+//! A caller is resolved once per call into an [`Actor`] (by [`crate::service::Service::actor`],
+//! which refuses logins that are not users of the tailnet). Operations that need a permission
+//! take a capability value — [`Admin`], [`Auditor`], [`Reviewer`] — that only this module can
+//! make, so code without the permission cannot call them. Request-level rules (see, drop,
+//! revoke) are [`Actor`] methods here too; the request lifecycle checks them again.
+
+use crate::config::RequestsVisible;
+use crate::entitlement::{Directory, Entitlement, Selector};
+use crate::request::Request;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// An API token (`Authorization: Bearer`).
+    ApiToken,
+    /// A web session cookie.
+    WebSession,
+    /// The command line on the server, with the config file (an operator).
+    Local,
+}
+
+/// A resolved caller: a tailnet user, and what tidegate knows of their roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    login: String,
+    via: Via,
+    admin: bool,
+    auditor: bool,
+}
+
+/// Admin capability: adopt groups, act on anyone's tokens, revoke any grant, read everything.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin<'a>(&'a Actor);
+
+/// Auditor capability (admins have it too): read every request and the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct Auditor<'a>(&'a Actor);
+
+/// May review (approve, deny, revoke) requests for one entitlement.
+#[derive(Debug, Clone, Copy)]
+pub struct Reviewer<'a> {
+    actor: &'a Actor,
+    entitlement: &'a str,
+}
+
+impl Admin<'_> {
+    pub fn login(&self) -> &str {
+        &self.0.login
+    }
+}
+
+impl Auditor<'_> {
+    pub fn login(&self) -> &str {
+        &self.0.login
+    }
+}
+
+impl Reviewer<'_> {
+    pub fn login(&self) -> &str {
+        &self.actor.login
+    }
+
+    pub fn entitlement(&self) -> &str {
+        self.entitlement
+    }
+}
+
+impl Actor {
+    /// Resolves a login's tidegate roles: admins are the tailnet's owners and admins and the
+    /// config's `[roles] admins`; auditors its auditor role and `[roles] auditors`.
+    pub(crate) fn resolve(
+        login: &str,
+        via: Via,
+        roles: &crate::config::Roles,
+        dir: &Directory,
+    ) -> Actor {
+        let admin = dir.matches(&Selector::Role("admin".into()), login)
+            || dir.matches_any(&roles.admins, login)
+            || via == Via::Local;
+        let auditor = admin
+            || dir.roles.get(login).is_some_and(|r| r == "auditor")
+            || dir.matches_any(&roles.auditors, login);
+        Actor {
+            login: login.to_owned(),
+            via,
+            admin,
+            auditor,
+        }
+    }
+
+    pub fn login(&self) -> &str {
+        &self.login
+    }
+
+    pub fn via(&self) -> Via {
+        self.via
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+
+    pub fn is_auditor(&self) -> bool {
+        self.auditor
+    }
+
+    pub fn admin(&self) -> Option<Admin<'_>> {
+        self.admin.then_some(Admin(self))
+    }
+
+    pub fn auditor(&self) -> Option<Auditor<'_>> {
+        self.auditor.then_some(Auditor(self))
+    }
+
+    /// May review requests for `entitlement`: one of its approvers.
+    pub fn reviewer<'a>(
+        &'a self,
+        entitlement: &'a Entitlement,
+        dir: &Directory,
+    ) -> Option<Reviewer<'a>> {
+        dir.matches_any(&entitlement.approvers, &self.login)
+            .then_some(Reviewer {
+                actor: self,
+                entitlement: &entitlement.name,
+            })
+    }
+
+    /// May see `request` (others get "no such request"): its requester, its entitlement's
+    /// reviewers, admins and auditors; everyone with `requests_visible = "everyone"`.
+    pub fn may_see(
+        &self,
+        request: &Request,
+        entitlement: Option<&Entitlement>,
+        dir: &Directory,
+        visible: RequestsVisible,
+    ) -> bool {
+        visible == RequestsVisible::Everyone
+            || self.auditor
+            || request.requester == self.login
+            || entitlement.is_some_and(|e| self.reviewer(e, dir).is_some())
+    }
+
+    /// May drop `request`: one's own grant only.
+    pub fn may_drop(&self, request: &Request) -> bool {
+        request.requester == self.login
+    }
+
+    /// May revoke `request`: its requester, its entitlement's reviewers, and admins.
+    pub fn may_revoke(
+        &self,
+        request: &Request,
+        entitlement: Option<&Entitlement>,
+        dir: &Directory,
+    ) -> bool {
+        self.admin
+            || request.requester == self.login
+            || entitlement.is_some_and(|e| self.reviewer(e, dir).is_some())
+    }
+
+    /// May act on `owner`'s API tokens: one's own, or anyone's as an admin.
+    pub fn may_manage_tokens_of(&self, owner: &str) -> bool {
+        self.admin || owner == self.login
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Roles};
+    use crate::request::{Ask, Request};
+
+    const CONFIG: &str = r#"
+[tailnet]
+api_token = "tskey-api-test"
+
+[roles]
+auditors = ["erin@example.com"]
+
+[[entitlement]]
+name = "prod-ssh"
+strategy = "group"
+group = "group:prod"
+requesters = ["autogroup:member"]
+approvers = ["group:sre"]
+"#;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Op {
+        See,
+        SeeWhenEveryone,
+        Review,
+        Drop,
+        Revoke,
+        Audit,
+        Admin,
+        TokensOfDave,
+    }
+
+    /// Actor × operation → allowed, on one request by dave.
+    #[test]
+    fn who_may_do_what_table() {
+        let config = Config::parse(CONFIG, "test").unwrap();
+        let mut dir = Directory::default();
+        for (login, role) in [
+            ("owner@example.com", "owner"),
+            ("admin@example.com", "admin"),
+            ("sre@example.com", "member"),
+            ("dave@example.com", "member"),
+            ("eve@example.com", "member"),
+            ("erin@example.com", "member"),
+            ("tsaud@example.com", "auditor"),
+        ] {
+            dir.roles.insert(login.into(), role.into());
+        }
+        dir.groups
+            .insert("group:sre".into(), ["sre@example.com".into()].into());
+        let e = config.entitlement("prod-ssh").unwrap();
+        let (r, _) = Request::create(
+            "r1".into(),
+            e,
+            "dave@example.com",
+            Ask {
+                reason: "x".into(),
+                ..Ask::default()
+            },
+            &dir,
+            time::macros::datetime!(2026-11-22 10:00 UTC),
+        )
+        .unwrap();
+        use Op::*;
+        let table: &[(&str, Via, &[Op])] = &[
+            (
+                "owner@example.com",
+                Via::ApiToken,
+                &[See, SeeWhenEveryone, Revoke, Audit, Admin, TokensOfDave],
+            ),
+            (
+                "admin@example.com",
+                Via::WebSession,
+                &[See, SeeWhenEveryone, Revoke, Audit, Admin, TokensOfDave],
+            ),
+            (
+                "sre@example.com",
+                Via::ApiToken,
+                &[See, SeeWhenEveryone, Review, Revoke],
+            ),
+            (
+                "dave@example.com",
+                Via::ApiToken,
+                &[See, SeeWhenEveryone, Drop, Revoke, TokensOfDave],
+            ),
+            ("eve@example.com", Via::ApiToken, &[SeeWhenEveryone]),
+            (
+                "erin@example.com",
+                Via::ApiToken,
+                &[See, SeeWhenEveryone, Audit],
+            ),
+            (
+                "tsaud@example.com",
+                Via::WebSession,
+                &[See, SeeWhenEveryone, Audit],
+            ),
+            (
+                "ops@example.com",
+                Via::Local,
+                &[See, SeeWhenEveryone, Revoke, Audit, Admin, TokensOfDave],
+            ),
+        ];
+        let roles: &Roles = &config.roles;
+        for (login, via, allowed) in table {
+            let actor = Actor::resolve(login, *via, roles, &dir);
+            for op in [
+                See,
+                SeeWhenEveryone,
+                Review,
+                Drop,
+                Revoke,
+                Audit,
+                Admin,
+                TokensOfDave,
+            ] {
+                let outcome = match op {
+                    See => actor.may_see(&r, Some(e), &dir, RequestsVisible::Involved),
+                    SeeWhenEveryone => actor.may_see(&r, Some(e), &dir, RequestsVisible::Everyone),
+                    Review => actor.reviewer(e, &dir).is_some(),
+                    Drop => actor.may_drop(&r),
+                    Revoke => actor.may_revoke(&r, Some(e), &dir),
+                    Audit => actor.auditor().is_some(),
+                    Admin => actor.admin().is_some(),
+                    TokensOfDave => actor.may_manage_tokens_of("dave@example.com"),
+                };
+                assert_eq!(
+                    outcome,
+                    allowed.contains(&op),
+                    "{login} via {via:?}: {op:?}"
+                );
+            }
+        }
+    }
+}
