@@ -93,6 +93,9 @@ pub enum ClientCommand {
     Whoami,
     /// The entitlements you may request.
     Entitlements,
+    /// Standing members of managed groups: there before tidegate managed the group, never
+    /// removed until an admin adopts it (admins and auditors).
+    Standing,
 }
 
 pub(crate) struct Client {
@@ -383,6 +386,39 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                     "{}",
                     table::render(&["NAME", "STRATEGY", "MAX", "DESCRIPTION"], &rows)
                 );
+                return Ok(());
+            }
+            v
+        }
+        ClientCommand::Standing => {
+            let v = client.call(Method::GET, "/api/standing", None).await?;
+            if !connection.json {
+                let rows: Vec<Vec<String>> = v["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|g| {
+                        let group = text(g, "group");
+                        let since = text(g, "first_managed_at");
+                        g["standing"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(move |m| {
+                                vec![
+                                    group.clone(),
+                                    printable(m.as_str().unwrap_or_default()),
+                                    since.clone(),
+                                ]
+                            })
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    println!("no standing members");
+                } else {
+                    print!("{}", table::render(&["GROUP", "MEMBER", "SINCE"], &rows));
+                }
                 return Ok(());
             }
             v

@@ -91,6 +91,13 @@ enum Command {
         #[command(subcommand)]
         command: server_cmd::TokenCommand,
     },
+    /// Adopt a managed group: its standing members (there before tidegate managed it) lose
+    /// their standing and become drift, removed where the entitlement says remove_drift.
+    Adopt {
+        group: String,
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
     /// The hash-chained audit log: verify it, export it for auditors.
     Audit {
         #[command(subcommand)]
@@ -146,6 +153,7 @@ fn main() -> ExitCode {
         } => block_on(server_cmd::demo(&listen, for_seconds)),
         Command::Token { command } => block_on(server_cmd::token(command, &cli.connection)),
         Command::Audit { command } => block_on(server_cmd::audit(command)),
+        Command::Adopt { group, config } => block_on(server_cmd::adopt(&config, &group)),
         Command::Client(command) => block_on(client_cmd::run(&cli.connection, command)),
     };
     match result {

@@ -335,6 +335,43 @@ pub async fn token(
     }
 }
 
+/// `tidegate adopt GROUP --config F`: an operator on the server adopts a managed group.
+pub async fn adopt(config_path: &Path, group: &str) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = open_store(&config.database).await?;
+    let tailnet = tailnet_client(&config, clock.clone())?;
+    let service = Service::new(Arc::new(config), store, tailnet, clock);
+    let operator = service
+        .actor(
+            "operator (tidegate adopt --config)",
+            tidegate_core::access::Via::Local,
+        )
+        .await
+        .map_err(usage)?;
+    let admin = operator
+        .admin()
+        .ok_or_else(|| Failure::Usage("an operator is an admin".into()))?;
+    let before = service.managed_groups().await.map_err(usage)?;
+    let released = before
+        .get(group)
+        .map(|g| g.standing.iter().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    service
+        .adopt(admin, group)
+        .await
+        .map_err(|e| Failure::Rejected(e.to_string()))?;
+    if released.is_empty() {
+        println!("adopted {group}: it had no standing members");
+    } else {
+        println!(
+            "adopted {group}: {} no longer standing; from the next full pass they are drift",
+            released.join(", ")
+        );
+    }
+    Ok(())
+}
+
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain: exit 1 and say where if any entry was edited or deleted.

@@ -7,7 +7,7 @@ use rand::Rng;
 use tailnet::{Clock, Tailnet};
 use tokio::sync::{Mutex, Notify};
 
-use crate::access::{Actor, Auditor, Via};
+use crate::access::{Actor, Admin, Auditor, Via};
 use crate::audit::NewAuditEntry;
 use crate::config::Config;
 use crate::entitlement::{Directory, Entitlement, Strategy};
@@ -79,6 +79,28 @@ pub(crate) fn log_events(r: &Request, events: &[Event]) {
             e.action
         );
     }
+}
+
+/// What tidegate recorded of a managed policy group: the members it found there when it
+/// first managed the group (standing members: reported, never removed) until an admin adopts
+/// the group, after which every member no grant explains is drift.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ManagedGroup {
+    pub group: String,
+    pub standing: std::collections::BTreeSet<String>,
+    pub first_managed_at: String,
+    #[serde(default)]
+    pub adopted_at: Option<String>,
+    #[serde(default)]
+    pub adopted_by: Option<String>,
+}
+
+/// The state record that asks the leader for a full pass.
+const FULL_PASS_KEY: &str = "reconciler:full_pass_requested";
+
+/// The state record key of a managed group.
+fn managed_key(group: &str) -> String {
+    format!("managed:{group}")
 }
 
 /// A new request id: `r-` and 10 random base-32 characters.
@@ -205,6 +227,99 @@ impl Service {
             && self.entitlement(&request.entitlement).is_ok_and(|e| {
                 actor.reviewer(e, dir).is_some() && (e.self_approval || request.requester != who)
             })
+    }
+
+    /// Every managed group tidegate has recorded, by name.
+    pub async fn managed_groups(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, ManagedGroup>, ServiceError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (key, value) in self.store.states("managed:").await? {
+            let group: ManagedGroup = serde_json::from_str(&value).map_err(|e| {
+                ServiceError::Store(StoreError::Corrupt(format!("state {key}: {e}")))
+            })?;
+            out.insert(group.group.clone(), group);
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn save_managed_group(
+        &self,
+        group: &ManagedGroup,
+    ) -> Result<(), ServiceError> {
+        let value = serde_json::to_string(group)
+            .map_err(|e| ServiceError::Invalid(format!("cannot encode {}: {e}", group.group)))?;
+        self.store
+            .put_state(
+                &managed_key(&group.group),
+                &value,
+                &crate::time_text(self.now()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Standing members of the managed groups, for admins and auditors.
+    pub async fn standing(&self, _auditor: Auditor<'_>) -> Result<Vec<ManagedGroup>, ServiceError> {
+        Ok(self.managed_groups().await?.into_values().collect())
+    }
+
+    /// An admin adopts a managed group: its standing members lose their standing, so from the
+    /// next full pass every member no grant explains is drift (removed where the entitlement
+    /// says `remove_drift`). Audited.
+    pub async fn adopt(&self, admin: Admin<'_>, group: &str) -> Result<ManagedGroup, ServiceError> {
+        let managed = self
+            .config
+            .entitlements
+            .iter()
+            .any(|e| matches!(&e.strategy, Strategy::Group { group: g, .. } if g == group));
+        if !managed {
+            return Err(ServiceError::Invalid(format!(
+                "{group} is not managed by any entitlement of this config"
+            )));
+        }
+        let mut record = self
+            .managed_groups()
+            .await?
+            .remove(group)
+            .ok_or_else(|| {
+                ServiceError::Invalid(format!(
+                    "tidegate has not managed {group} yet: start the server once so it records the group's standing members"
+                ))
+            })?;
+        let released = std::mem::take(&mut record.standing);
+        let now = crate::time_text(self.now());
+        record.adopted_at = Some(now.clone());
+        record.adopted_by = Some(admin.login().to_owned());
+        self.save_managed_group(&record).await?;
+        let entry = NewAuditEntry {
+            at: now,
+            actor: admin.login().to_owned(),
+            action: "group.adopted".into(),
+            request: None,
+            detail: serde_json::json!({"group": group, "no_longer_standing": released}).to_string(),
+        };
+        self.store.append_audit(&[entry]).await?;
+        tracing::warn!(group, by = admin.login(), released = ?released, "group adopted: its former standing members are now drift");
+        self.request_full_pass().await?;
+        Ok(record)
+    }
+
+    /// Asks the leader, whichever process it is, for a full pass (drift included) now rather
+    /// than at its next periodic one.
+    pub async fn request_full_pass(&self) -> Result<(), ServiceError> {
+        let now = crate::time_text(self.now());
+        let nonce: u64 = rand::thread_rng().r#gen();
+        self.store
+            .put_state(FULL_PASS_KEY, &format!("{now} {nonce}"), &now)
+            .await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The latest full-pass request (compared by the reconciler with the one it last served).
+    pub async fn full_pass_requested(&self) -> Option<String> {
+        self.store.get_state(FULL_PASS_KEY).await.ok().flatten()
     }
 
     /// Whether `actor` may see `request`.

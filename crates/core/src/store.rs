@@ -214,6 +214,13 @@ pub trait Store: Send + Sync {
         Ok(open.iter().filter(|r| r.overdue(now)).count() as u64)
     }
     async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
+    /// A small named record tidegate keeps about itself (a managed group's standing members,
+    /// the last chain head written out): JSON text, or `None` if never written.
+    async fn get_state(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Writes a named record (replacing it).
+    async fn put_state(&self, key: &str, value: &str, at: &str) -> Result<(), StoreError>;
+    /// Every named record whose key starts with `prefix`, by key.
+    async fn states(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// A user's tokens and sessions, newest first.
     async fn tokens_of(&self, user: &str) -> Result<Vec<ApiToken>, StoreError>;
     /// Records that a token was used at `at`, unless it was already recorded as used since

@@ -421,6 +421,18 @@ async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
+/// Standing members of the managed groups (admins and auditors).
+async fn standing(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    let auditor = who.auditor().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} is not an admin or auditor", who.login()),
+        )
+    })?;
+    let groups = app.service.standing(auditor).await?;
+    Ok(Json(json!({ "groups": groups })))
+}
+
 /// The caller's own API tokens and web sessions (never their secrets).
 async fn list_tokens(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
     let tokens = app
@@ -496,6 +508,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/requests/{id}/key", post(claim_key))
         .route("/api/audit", get(audit))
         .route("/api/tokens", get(list_tokens))
+        .route("/api/standing", get(standing))
         .route("/api/tokens/{id}", axum::routing::delete(revoke_token))
         .merge(web::router())
         .fallback(not_found)

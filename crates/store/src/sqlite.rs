@@ -556,6 +556,43 @@ impl Store for SqliteStore {
         row.map(crate::api_token).transpose()
     }
 
+    async fn get_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM tidegate_state WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db(e, "state record"))?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    async fn put_state(&self, key: &str, value: &str, at: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tidegate_state (key, value, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db(e, "state record"))?;
+        Ok(())
+    }
+
+    async fn states(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        // A prefix compared exactly, not with LIKE: keys may hold `%` or `_`.
+        sqlx::query_as(
+            "SELECT key, value FROM tidegate_state \
+             WHERE substr(key, 1, length(?)) = ? ORDER BY key",
+        )
+        .bind(prefix)
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db(e, "state record"))
+    }
+
     async fn tokens_of(&self, user: &str) -> Result<Vec<ApiToken>, StoreError> {
         let rows: Vec<TokenRow> = sqlx::query_as(&format!(
             "{TOKEN_COLUMNS} WHERE user_name = ? ORDER BY created_at DESC, hash"

@@ -1,6 +1,8 @@
 //! Who may see and do what, and bad input, as users and attackers meet them over the API and
 //! the CLI. Each test reproduces an observation from the trust issue.
 
+use std::process::Command;
+
 use crate::{Demo, stderr, stdout, tidegate};
 
 fn api(
@@ -250,4 +252,53 @@ fn input_that_would_crash_or_deceive_is_refused_clearly() {
         0,
         "nothing was created"
     );
+}
+
+#[test]
+fn standing_members_are_kept_reported_and_removed_only_once_adopted() {
+    let d = crate::Deployment::new("standing", |c| c);
+    // The group already has people in it before tidegate manages it (remove_drift = true).
+    let state = crate::http_get(&format!("{}/emulator/state", d.emulator_url)).unwrap();
+    let policy = state["policy"].as_str().unwrap().replace(
+        "\"group:prod-access\": []",
+        "\"group:prod-access\": [\"bob@example.com\", \"carol@example.com\"]",
+    );
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/emulator/policy", d.emulator_url))
+        .body(policy)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    let alice = d.token("alice@example.com");
+    let mut server = d.serve();
+    let listed = d.cli(&alice, &["standing"]);
+    let standing = listed["groups"][0]["standing"].clone();
+    assert_eq!(
+        standing,
+        serde_json::json!(["bob@example.com", "carol@example.com"]),
+        "{listed}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        d.members(),
+        ["bob@example.com", "carol@example.com"],
+        "kept"
+    );
+
+    let out = tidegate(&["adopt", "group:prod-access", "--config", d.config()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("bob@example.com, carol@example.com no longer standing"));
+    crate::wait_until("the former standing members to be removed", || {
+        d.members().is_empty()
+    });
+    let dave = d.token("dave@example.com");
+    let refused = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["standing"])
+        .env("TIDEGATE_SERVER", d.server_url())
+        .env("TIDEGATE_TOKEN", &dave)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "members are not auditors");
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::{ChangeError, PassReport, Reconciler, event, needs_change};
 use crate::entitlement::Strategy;
 use crate::request::{Request, State};
+use crate::service::ManagedGroup;
 use crate::time_text;
 
 /// How many times one pass re-reads and re-applies the policy after a 412.
@@ -22,8 +23,11 @@ struct Edit<'a> {
     keep: &'a BTreeMap<String, BTreeSet<String>>,
     /// Members whose last grant ended.
     remove: &'a BTreeSet<(String, String)>,
-    /// Whether to look for (and, where configured, remove) drift.
+    /// Whether to look for (and, where configured, remove) drift; only such (full) passes
+    /// record a group's standing members the first time they see it.
     drift_check: bool,
+    /// What tidegate recorded of each managed group: its standing members.
+    baselines: &'a BTreeMap<String, ManagedGroup>,
 }
 
 /// What an edit left in the policy, and what it could not do.
@@ -31,6 +35,8 @@ struct Edited {
     text: String,
     /// Managed groups that are not a list of logins in the policy file.
     missing: BTreeSet<String>,
+    /// Baselines recorded or changed by this edit (first sight, standing members who left).
+    baselines: BTreeMap<String, ManagedGroup>,
 }
 
 impl Reconciler {
@@ -54,6 +60,7 @@ impl Reconciler {
             let mut drift = Vec::new();
             let mut changes: Vec<String> = Vec::new();
             let mut missing = BTreeSet::new();
+            let mut baselines = BTreeMap::new();
             for (group, remove_drift) in edit.managed {
                 let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
                 let Some(members) = doc.strings(&path) else {
@@ -63,6 +70,45 @@ impl Reconciler {
                 let present: BTreeSet<String> = members.into_iter().collect();
                 let empty = BTreeSet::new();
                 let kept = edit.keep.get(group).unwrap_or(&empty);
+                // Members already there when tidegate first manages the group are standing:
+                // reported, never removed, until an admin adopts the group.
+                let standing: BTreeSet<String> = match edit.baselines.get(group) {
+                    Some(b) => {
+                        let still: BTreeSet<String> =
+                            b.standing.intersection(&present).cloned().collect();
+                        if still != b.standing {
+                            let mut changed = b.clone();
+                            changed.standing = still.clone();
+                            baselines.insert(group.clone(), changed);
+                        }
+                        still
+                    }
+                    None if edit.drift_check => {
+                        let ending: BTreeSet<&String> = edit
+                            .remove
+                            .iter()
+                            .filter(|(g, _)| g == group)
+                            .map(|(_, l)| l)
+                            .collect();
+                        let standing: BTreeSet<String> = present
+                            .iter()
+                            .filter(|l| !kept.contains(*l) && !ending.contains(l))
+                            .cloned()
+                            .collect();
+                        baselines.insert(
+                            group.clone(),
+                            ManagedGroup {
+                                group: group.clone(),
+                                standing: standing.clone(),
+                                first_managed_at: time_text(self.now()),
+                                adopted_at: None,
+                                adopted_by: None,
+                            },
+                        );
+                        standing
+                    }
+                    None => BTreeSet::new(),
+                };
                 let new: Vec<&str> = kept.difference(&present).map(String::as_str).collect();
                 changes.extend(new.iter().map(|login| format!("+{login} {group}")));
                 doc.add_strings(&path, &new).map_err(|e| {
@@ -70,6 +116,9 @@ impl Reconciler {
                 })?;
                 let mut leaving: Vec<&str> = Vec::new();
                 for login in present.difference(kept) {
+                    if standing.contains(login) {
+                        continue;
+                    }
                     let ending = edit.remove.contains(&(group.clone(), login.clone()));
                     if !ending && !edit.drift_check {
                         continue;
@@ -93,6 +142,7 @@ impl Reconciler {
                 return Ok(Edited {
                     text: current.text,
                     missing,
+                    baselines,
                 });
             }
             let detail = json!({"changes": changes, "if_match": current.etag});
@@ -114,6 +164,7 @@ impl Reconciler {
                     return Ok(Edited {
                         text: new.text,
                         missing,
+                        baselines,
                     });
                 }
                 Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
@@ -219,18 +270,36 @@ impl Reconciler {
             }
         }
         let want = keep.clone();
+        let baselines = match self.service.managed_groups().await {
+            Ok(b) => b,
+            Err(e) => {
+                // Without them, standing members could be taken for drift: change nothing.
+                report.errors.push(format!(
+                    "cannot read the managed groups' standing members: {e}"
+                ));
+                return;
+            }
+        };
         let edit = Edit {
             managed: &managed,
             keep: &keep,
             remove: &remove,
             drift_check: full,
+            baselines: &baselines,
         };
         let result = match self.edit_policy(&edit, report).await {
             Err(ChangeError::Tailnet {
                 source: tailnet::Error::BadRequest { .. },
                 ..
             }) if !add.is_empty() => {
-                self.apply_one_by_one(&managed, &keep, &add, &remove, &mut requests, full, report)
+                let context = Edit {
+                    managed: &managed,
+                    keep: &keep,
+                    remove: &remove,
+                    drift_check: full,
+                    baselines: &baselines,
+                };
+                self.apply_one_by_one(&context, &add, &mut requests, report)
                     .await
             }
             other => other,
@@ -265,6 +334,9 @@ impl Reconciler {
                 }
                 self.note_failure(affected, &error, report).await;
             }
+        }
+        for (group, baseline) in &written.baselines {
+            self.record_baseline(baseline, baselines.get(group)).await;
         }
         self.report_drift(&report.drift).await;
         // Verify by reading back what the tailnet now holds.
@@ -317,9 +389,16 @@ impl Reconciler {
                 let still_wanted = want
                     .get(group.as_str())
                     .is_some_and(|w| w.contains(&r.requester));
-                if !present || still_wanted {
+                let standing = written
+                    .baselines
+                    .get(group.as_str())
+                    .or_else(|| baselines.get(group.as_str()))
+                    .is_some_and(|b| b.standing.contains(&r.requester));
+                if !present || still_wanted || standing {
                     let detail = if still_wanted {
                         json!({"group": group, "note": "membership kept for another active grant"})
+                    } else if standing && present {
+                        json!({"group": group, "note": "kept: a standing member of the group since before tidegate managed it"})
                     } else {
                         json!({"group": group})
                     };
@@ -335,19 +414,15 @@ impl Reconciler {
 
     /// After the tailnet refused the edit as a whole: removals and the grants already active
     /// first, then each new grant on its own; a grant refused alone fails with the reason.
-    #[allow(clippy::too_many_arguments)]
     async fn apply_one_by_one(
         &self,
-        managed: &BTreeMap<String, bool>,
-        keep: &BTreeMap<String, BTreeSet<String>>,
+        context: &Edit<'_>,
         add: &BTreeMap<String, BTreeSet<String>>,
-        remove: &BTreeSet<(String, String)>,
         requests: &mut Vec<(Request, String)>,
-        full: bool,
         report: &mut PassReport,
     ) -> Result<Edited, ChangeError> {
         let now = self.now();
-        let mut active = keep.clone();
+        let mut active = context.keep.clone();
         for (group, logins) in add {
             if let Some(members) = active.get_mut(group) {
                 for login in logins {
@@ -363,29 +438,15 @@ impl Reconciler {
                 }
             }
         }
-        fn edit<'a>(
-            managed: &'a BTreeMap<String, bool>,
-            keep: &'a BTreeMap<String, BTreeSet<String>>,
-            remove: &'a BTreeSet<(String, String)>,
-            drift_check: bool,
-        ) -> Edit<'a> {
-            Edit {
-                managed,
-                keep,
-                remove,
-                drift_check,
-            }
+        fn edit<'b>(context: &Edit<'b>, keep: &'b BTreeMap<String, BTreeSet<String>>) -> Edit<'b> {
+            Edit { keep, ..*context }
         }
-        let mut last = self
-            .edit_policy(&edit(managed, &active, remove, full), report)
-            .await;
+        let mut last = self.edit_policy(&edit(context, &active), report).await;
         for (group, logins) in add {
             for login in logins {
                 let mut one = active.clone();
                 one.entry(group.clone()).or_default().insert(login.clone());
-                let result = self
-                    .edit_policy(&edit(managed, &one, remove, full), report)
-                    .await;
+                let result = self.edit_policy(&edit(context, &one), report).await;
                 match result {
                     Ok(edited) => {
                         active = one;
@@ -423,6 +484,27 @@ impl Reconciler {
             }
         }
         last
+    }
+
+    /// Stores a managed group's baseline, with an audit entry and a log line the first time
+    /// (its standing members).
+    async fn record_baseline(&self, baseline: &ManagedGroup, before: Option<&ManagedGroup>) {
+        if let Err(e) = self.service.save_managed_group(baseline).await {
+            tracing::error!(group = %baseline.group, error = %e, "cannot store the group's standing members");
+            return;
+        }
+        if before.is_none() {
+            tracing::warn!(
+                group = %baseline.group,
+                standing = ?baseline.standing,
+                "first managed: its present members are standing (never removed until an admin adopts the group)"
+            );
+            self.record(
+                "group.standing_recorded",
+                json!({"group": baseline.group, "standing": baseline.standing}),
+            )
+            .await;
+        }
     }
 
     async fn report_drift(&self, drift: &[(String, String)]) {

@@ -590,10 +590,15 @@ impl Reconciler {
         const FULL_EVERY: time::Duration = time::Duration::minutes(5);
         let tick_time = time::Duration::try_from(tick).unwrap_or(time::Duration::seconds(10));
         let mut last_full: Option<OffsetDateTime> = None;
+        let mut served_request = self.service.full_pass_requested().await;
         loop {
             let now = self.now();
             let started = std::time::Instant::now();
-            if last_full.is_none_or(|t| now - t >= FULL_EVERY) {
+            // A full pass asked for through the store (an adoption, from any process).
+            let requested = self.service.full_pass_requested().await;
+            let asked = requested != served_request;
+            if asked || last_full.is_none_or(|t| now - t >= FULL_EVERY) {
+                served_request = requested;
                 let _ = self.pass().await;
                 last_full = Some(now);
             } else {

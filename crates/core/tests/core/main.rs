@@ -392,6 +392,8 @@ async fn after_a_crash_overdue_revocations_happen_at_once() {
 #[tokio::test]
 async fn drift_is_reported_and_removed_when_configured() {
     let w = World::new().await;
+    // tidegate manages the group (empty) first; carol appears in it afterwards.
+    w.pass().await;
     let text = w.emu.state().policy.replace(
         "\"group:prod-access\": []",
         "\"group:prod-access\": [\"carol@example.com\"]",

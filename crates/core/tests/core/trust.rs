@@ -469,3 +469,82 @@ async fn an_approved_key_not_claimed_in_time_lapses() {
         Some("approved but not used in time")
     );
 }
+
+#[tokio::test]
+async fn members_found_in_a_managed_group_are_standing_until_adopted() {
+    let w = World::new().await;
+    // The group already has members when tidegate first manages it (remove_drift = true).
+    let text = w.emu.state().policy.replace(
+        "\"group:prod-access\": []",
+        "\"group:prod-access\": [\"bob@example.com\", \"carol@example.com\"]",
+    );
+    w.admin_edit(text).await;
+    let report = w.pass().await;
+    assert!(report.drift.is_empty(), "{:?}", report.drift);
+    assert_eq!(w.members(), ["bob@example.com", "carol@example.com"]);
+    let admin = operator(&w.service, "ops@example.com").await;
+    let standing = w.service.standing(admin.auditor().unwrap()).await.unwrap();
+    assert_eq!(standing.len(), 1);
+    assert_eq!(
+        standing[0].standing.iter().collect::<Vec<_>>(),
+        ["bob@example.com", "carol@example.com"]
+    );
+    assert!(
+        audit_actions(&w, None)
+            .await
+            .contains(&"group.standing_recorded".to_owned())
+    );
+
+    // A grant to a standing member ends: the member stays (their standing access is theirs).
+    let id = w.approved_prod_request("carol@example.com", "10m").await;
+    w.pass().await;
+    w.advance(10);
+    w.pass().await;
+    assert!(
+        w.service
+            .get(&admin, &id)
+            .await
+            .unwrap()
+            .tailnet
+            .removal_verified_at
+            .is_some()
+    );
+    assert_eq!(w.members(), ["bob@example.com", "carol@example.com"]);
+    // Someone added by hand after tidegate took over is drift, and goes.
+    let text = w.emu.state().policy.replace(
+        "\"carol@example.com\"]",
+        "\"carol@example.com\", \"dave@example.com\"]",
+    );
+    w.admin_edit(text).await;
+    let report = w.pass().await;
+    assert_eq!(
+        report.drift,
+        [(
+            "group:prod-access".to_owned(),
+            "dave@example.com".to_owned()
+        )]
+    );
+    assert_eq!(w.members(), ["bob@example.com", "carol@example.com"]);
+
+    // An admin adopts the group: former standing members are drift from now on.
+    let adopted = w
+        .service
+        .adopt(admin.admin().unwrap(), "group:prod-access")
+        .await
+        .unwrap();
+    assert!(adopted.standing.is_empty() && adopted.adopted_by.is_some());
+    let report = w.pass().await;
+    assert_eq!(report.drift.len(), 2, "{:?}", report.drift);
+    assert!(w.members().is_empty());
+    assert!(
+        audit_actions(&w, None)
+            .await
+            .contains(&"group.adopted".to_owned())
+    );
+    let err = w
+        .service
+        .adopt(admin.admin().unwrap(), "group:sre")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not managed"), "{err}");
+}

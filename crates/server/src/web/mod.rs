@@ -847,6 +847,31 @@ async fn admin(
     }
     body.push_str("</ul>");
 
+    body.push_str(
+        "<h2>Standing members</h2><p class=\"muted\">Members a managed group had when \
+         tidegate first managed it: reported, never removed, until an admin runs \
+         <code>tidegate adopt GROUP</code>.</p><ul>",
+    );
+    match app.service.managed_groups().await {
+        Ok(groups) if groups.values().any(|g| !g.standing.is_empty()) => {
+            for g in groups.values().filter(|g| !g.standing.is_empty()) {
+                let members: Vec<&str> = g.standing.iter().map(String::as_str).collect();
+                let _ = write!(
+                    body,
+                    "<li>{}: {} <span class=\"muted\">(since {})</span></li>",
+                    esc(&g.group),
+                    esc(&members.join(", ")),
+                    esc(&g.first_managed_at)
+                );
+            }
+        }
+        Ok(_) => body.push_str("<li class=\"muted\">None.</li>"),
+        Err(e) => {
+            let _ = write!(body, "<li class=\"error\">{}</li>", esc(&e.to_string()));
+        }
+    }
+    body.push_str("</ul>");
+
     let length = app.service.store().audit_length().await.unwrap_or(0);
     let window = app
         .service

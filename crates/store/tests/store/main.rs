@@ -37,6 +37,7 @@ conformance!(
     concurrent_writers_keep_one_chain,
     audit_detail_is_kept_byte_for_byte,
     tokens,
+    state_records,
     migrations_are_idempotent,
     migrations_run_concurrently,
     reopened_store_keeps_its_data,

@@ -600,6 +600,42 @@ pub async fn tokens(db: Db) {
     assert_eq!(store.tokens_of("alice@example.com").await.unwrap().len(), 1);
 }
 
+/// Named state records: written, replaced, and listed by an exact prefix (`%` and `_` are
+/// not wildcards).
+pub async fn state_records(db: Db) {
+    let store = db.open().await;
+    assert_eq!(store.get_state("group:a").await.unwrap(), None);
+    store
+        .put_state("group:a", "{\"standing\":[]}", "2026-11-22T10:00:00Z")
+        .await
+        .unwrap();
+    store
+        .put_state("group:a", "{\"standing\":[\"x\"]}", "2026-11-22T10:01:00Z")
+        .await
+        .unwrap();
+    store
+        .put_state("group:a_b", "2", "2026-11-22T10:00:00Z")
+        .await
+        .unwrap();
+    store
+        .put_state("groupXa", "3", "2026-11-22T10:00:00Z")
+        .await
+        .unwrap();
+    store
+        .put_state("chain", "4", "2026-11-22T10:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_state("group:a").await.unwrap().as_deref(),
+        Some("{\"standing\":[\"x\"]}")
+    );
+    let groups = store.states("group:").await.unwrap();
+    let keys: Vec<&str> = groups.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["group:a", "group:a_b"]);
+    assert_eq!(store.states("group:a_").await.unwrap().len(), 1);
+    assert_eq!(store.states("group%").await.unwrap().len(), 0);
+}
+
 /// Opening runs the migrations; opening again (and migrating again) changes nothing.
 pub async fn migrations_are_idempotent(db: Db) {
     let first = db.open().await;
