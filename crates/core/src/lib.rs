@@ -9,6 +9,8 @@ pub mod config;
 pub mod duration;
 pub mod entitlement;
 pub mod leader;
+pub mod live;
+pub mod preflight;
 pub mod reconciler;
 pub mod request;
 pub mod service;

@@ -11,6 +11,7 @@ use crate::access::{Actor, Admin, Auditor, Via};
 use crate::audit::NewAuditEntry;
 use crate::config::Config;
 use crate::entitlement::{Directory, Entitlement, Strategy};
+use crate::live::Live;
 use crate::request::{Ask, Event, LifecycleError, Request, State};
 use crate::store::{RequestFilter, Store, StoreError};
 use crate::{Span, time_text};
@@ -45,7 +46,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// Wakes the reconciler when desired state changes.
     wake: Arc<Notify>,
-    directory: Mutex<Option<(time::OffsetDateTime, Arc<Directory>)>>,
+    live: Mutex<Option<(time::OffsetDateTime, Arc<Live>)>>,
 }
 
 /// Audit entries for events, stamped with the clock's time.
@@ -139,7 +140,7 @@ impl Service {
             tailnet,
             clock,
             wake: Arc::new(Notify::new()),
-            directory: Mutex::new(None),
+            live: Mutex::new(None),
         }
     }
 
@@ -174,28 +175,33 @@ impl Service {
         self.wake.notified().await
     }
 
-    /// Users and groups, read from the tailnet at most every 30 seconds.
-    pub async fn directory(&self) -> Result<Arc<Directory>, ServiceError> {
+    /// The tailnet's users, devices and policy, read at most every 30 seconds.
+    pub async fn live(&self) -> Result<Arc<Live>, ServiceError> {
         let now = crate::now(self.clock.as_ref());
-        let mut cached = self.directory.lock().await;
-        if let Some((at, dir)) = cached.as_ref()
+        let mut cached = self.live.lock().await;
+        if let Some((at, live)) = cached.as_ref()
             && now - *at < DIRECTORY_TTL
         {
-            return Ok(dir.clone());
+            return Ok(live.clone());
         }
-        let users = self.tailnet.users().await?;
-        let policy_text = self.tailnet.policy().await?;
-        let policy = policy::Policy::parse(&policy_text.text).map_err(|e| {
-            ServiceError::Invalid(format!("the tailnet's policy file does not parse: {e}"))
-        })?;
-        let dir = Arc::new(Directory::from_tailnet(&users, &policy.file));
-        *cached = Some((now, dir.clone()));
-        Ok(dir)
+        let (users, devices, policy) = tokio::try_join!(
+            self.tailnet.users(),
+            self.tailnet.devices(),
+            self.tailnet.policy()
+        )?;
+        let live = Arc::new(Live::new(users, devices, policy.text).map_err(ServiceError::Invalid)?);
+        *cached = Some((now, live.clone()));
+        Ok(live)
     }
 
-    /// Forgets the cached directory (after the policy or users change).
+    /// Users and groups, read from the tailnet at most every 30 seconds.
+    pub async fn directory(&self) -> Result<Arc<Directory>, ServiceError> {
+        Ok(self.live().await?.directory.clone())
+    }
+
+    /// Forgets what was read of the tailnet (after the policy, users or devices change).
     pub async fn refresh_directory(&self) {
-        *self.directory.lock().await = None;
+        *self.live.lock().await = None;
     }
 
     pub fn entitlement(&self, name: &str) -> Result<&Entitlement, ServiceError> {
@@ -351,7 +357,18 @@ impl Service {
         requester: &str,
         names: &[String],
     ) -> Result<Vec<String>, ServiceError> {
-        let devices = self.tailnet.devices().await?;
+        let mut live = self.live().await?;
+        // A device that joined since the last read: read again, once.
+        let unknown = |live: &Live| {
+            names
+                .iter()
+                .any(|n| !live.devices.iter().any(|d| device_matches(d, n)))
+        };
+        if unknown(&live) {
+            self.refresh_directory().await;
+            live = self.live().await?;
+        }
+        let devices = &live.devices;
         let own: Vec<&tailnet::Device> = devices
             .iter()
             .filter(|d| d.user == requester && d.tags.is_empty())
@@ -433,6 +450,10 @@ impl Service {
             &dir,
             crate::now(self.clock.as_ref()),
         )?;
+        // Refused now, naming the test, rather than after someone approved it.
+        let live = self.live().await?;
+        crate::preflight::check(&live, &entitlement.strategy, requester, &request.devices)
+            .map_err(|refusal| LifecycleError::Invalid(refusal.to_string()))?;
         self.store_new(&request, &events).await?;
         Ok(request)
     }

@@ -497,15 +497,15 @@ async fn posture_grant_carries_tailscales_expiry_and_is_removed() {
 #[tokio::test]
 async fn a_grant_the_policy_tests_refuse_fails_alone() {
     let w = World::new().await;
-    // The admin adds a test: carol must never reach production.
+    let carol = w.approved_prod_request("carol@example.com", "1h").await;
+    let dave = w.approved_prod_request("dave@example.com", "1h").await;
+    // After approval, the admin adds a test: carol must never reach production.
     let text = w.emu.state().policy.replace(
         r#""tests": ["#,
         r#""tests": [
 		{"src": "carol@example.com", "deny": ["tag:prod:22"]},"#,
     );
     w.admin_edit(text).await;
-    let carol = w.approved_prod_request("carol@example.com", "1h").await;
-    let dave = w.approved_prod_request("dave@example.com", "1h").await;
     let report = w.reconciler.pass().await;
     assert_eq!(report.applied, 1);
     assert_eq!(w.members(), ["dave@example.com"]);

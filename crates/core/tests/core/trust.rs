@@ -548,3 +548,36 @@ async fn members_found_in_a_managed_group_are_standing_until_adopted() {
         .unwrap_err();
     assert!(err.to_string().contains("not managed"), "{err}");
 }
+
+#[tokio::test]
+async fn a_request_the_policys_tests_refuse_is_refused_when_asked() {
+    let w = World::new().await;
+    // The policy says carol must never reach production over SSH.
+    let text = w.emu.state().policy.replace(
+        r#""tests": ["#,
+        r#""tests": [
+		{"src": "carol@example.com", "deny": ["tag:prod:22"]},"#,
+    );
+    w.admin_edit(text).await;
+    let err = w
+        .service
+        .create(
+            &who(&w.service, "carol@example.com").await,
+            NewRequest {
+                entitlement: "prod-ssh".into(),
+                reason: "INC-1".into(),
+                ..NewRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the policy's own tests[0] refuses this grant"),
+        "{err}"
+    );
+    let all = w.store.requests(&RequestFilter::default()).await.unwrap();
+    assert!(all.is_empty(), "nothing stored, nobody asked to approve");
+    // dave is not concerned by that test.
+    w.approved_prod_request("dave@example.com", "1h").await;
+}

@@ -62,6 +62,26 @@ impl Snapshot {
         login: &str,
         devices: &[String],
     ) -> Vec<String> {
+        // What the policy's own tests say comes first: such a request would be refused.
+        if let Ok(live) = service.live().await {
+            let ids: Vec<String> = live
+                .devices
+                .iter()
+                .filter(|d| d.user == login)
+                .filter(|d| {
+                    devices.is_empty()
+                        || devices
+                            .iter()
+                            .any(|n| tidegate_core::service::device_matches(d, n))
+                })
+                .map(|d| d.node_id.clone())
+                .collect();
+            if let Err(refusal) =
+                tidegate_core::preflight::check(&live, &entitlement.strategy, login, &ids)
+            {
+                return vec![format!("refused: {refusal}")];
+            }
+        }
         match self.compute(service, entitlement, login, devices).await {
             Ok(lines) if lines.is_empty() => {
                 vec!["no new network access under the current policy".to_owned()]
