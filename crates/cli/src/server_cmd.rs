@@ -115,6 +115,26 @@ pub async fn start(
         std::time::Duration::from_secs(1),
         stop.clone(),
     ));
+    // The chain head, written to the log every `[audit] head_interval`.
+    let every = std::time::Duration::from_secs(service.config().audit_head_interval.as_secs());
+    let head_service = service.clone();
+    let head_stop = stop.clone();
+    let heads = tokio::spawn(async move {
+        loop {
+            match head_service.audit_head().await {
+                Ok(head) => tracing::info!(
+                    length = head.length,
+                    hash = %head.hash,
+                    "audit chain head"
+                ),
+                Err(e) => tracing::error!(error = %e, "cannot read the audit chain head"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = head_stop.notified() => return,
+            }
+        }
+    });
     let app = tidegate_server::router(tidegate_server::AppState {
         service: service.clone(),
         metrics,
@@ -131,7 +151,7 @@ pub async fn start(
     Ok(Running {
         url,
         stop,
-        tasks: vec![reconcile, http],
+        tasks: vec![reconcile, http, heads],
     })
 }
 
@@ -435,12 +455,30 @@ pub async fn audit(command: AuditCommand) -> Result<(), Failure> {
                     )));
                 }
             }
+            // The requests table must be what the log says (an edited state is found).
+            let requests = store
+                .requests(&tidegate_core::store::RequestFilter::default())
+                .await
+                .map_err(usage)?;
+            let disagreements = tidegate_core::audit::check_requests(&entries, &requests);
+            if let Some(first) = disagreements.first() {
+                let more = disagreements.len() - 1;
+                return Err(Failure::Rejected(format!(
+                    "the requests table does not match the audit log: {first}{}",
+                    if more > 0 {
+                        format!(" (and {more} more)")
+                    } else {
+                        String::new()
+                    }
+                )));
+            }
             println!(
-                "audit log intact: {} entries, last hash {}",
+                "audit log intact: {} entries, last hash {}; the requests table matches it ({} requests)",
                 entries.len(),
                 entries
                     .last()
-                    .map_or(tidegate_core::audit::GENESIS, |e| e.hash.as_str())
+                    .map_or(tidegate_core::audit::GENESIS, |e| e.hash.as_str()),
+                requests.len()
             );
             Ok(())
         }

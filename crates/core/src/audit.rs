@@ -114,6 +114,102 @@ pub fn verify(entries: &[AuditEntry]) -> Result<(), ChainBreak> {
     Ok(())
 }
 
+/// A request as the audit log tells it: its state and whether its removal was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Told {
+    pub state: crate::request::State,
+    pub removal_verified: bool,
+}
+
+/// Replays the log's lifecycle entries: what each request must be now.
+pub fn replay(entries: &[AuditEntry]) -> std::collections::BTreeMap<String, Told> {
+    use crate::request::State;
+    let mut told: std::collections::BTreeMap<String, Told> = std::collections::BTreeMap::new();
+    for e in entries {
+        let Some(id) = &e.request else { continue };
+        if e.action == "request.created" {
+            told.insert(
+                id.clone(),
+                Told {
+                    state: State::Pending,
+                    removal_verified: false,
+                },
+            );
+            continue;
+        }
+        let Some(t) = told.get_mut(id) else { continue };
+        match e.action.as_str() {
+            "request.approved" | "request.auto_approved" | "request.break_glass"
+                if t.state == State::Pending =>
+            {
+                t.state = State::Approved
+            }
+            // A grant applied while its request was being ended stays ended.
+            "grant.applied" if t.state == State::Approved => t.state = State::Active,
+            "grant.expired" => t.state = State::Expired,
+            "grant.revoked" | "grant.dropped" => t.state = State::Revoked,
+            "request.denied" => t.state = State::Denied,
+            "request.cancelled" | "request.lapsed" => t.state = State::Cancelled,
+            "grant.failed" => t.state = State::Failed,
+            "grant.removal_verified" => t.removal_verified = true,
+            _ => {}
+        }
+    }
+    told
+}
+
+/// Where the requests table and the log disagree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("request {request}: {problem}")]
+pub struct Disagreement {
+    pub request: String,
+    pub problem: String,
+}
+
+/// Checks the stored requests against what the (already verified) log says of them: every
+/// request is in the log, in the state the log leads to, with its removal verified if and only
+/// if the log says so; no request the log created is missing.
+pub fn check_requests(
+    entries: &[AuditEntry],
+    requests: &[crate::request::Request],
+) -> Vec<Disagreement> {
+    let told = replay(entries);
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in requests {
+        seen.insert(r.id.as_str());
+        let problem = match told.get(&r.id) {
+            None => Some("is in the requests table but was never created in the log".to_owned()),
+            Some(t) if t.state != r.state => Some(format!(
+                "is {} in the requests table, but the log says {}",
+                r.state.as_str(),
+                t.state.as_str()
+            )),
+            Some(t) if t.removal_verified != r.tailnet.removal_verified_at.is_some() => {
+                Some(if t.removal_verified {
+                    "the log verified its removal, the requests table does not say so".to_owned()
+                } else {
+                    "the requests table says its removal was verified, the log does not".to_owned()
+                })
+            }
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            out.push(Disagreement {
+                request: r.id.clone(),
+                problem,
+            });
+        }
+    }
+    for id in told.keys().filter(|id| !seen.contains(id.as_str())) {
+        out.push(Disagreement {
+            request: id.clone(),
+            problem: "was created in the log but is missing from the requests table".into(),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

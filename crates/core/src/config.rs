@@ -36,6 +36,14 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     roles: RawRoles,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    head_interval: Option<Span>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -195,6 +203,8 @@ pub struct Config {
     pub auth: AuthSettings,
     pub requests_visible: RequestsVisible,
     pub roles: Roles,
+    /// How often the audit chain's head (length and last hash) is written to the log.
+    pub audit_head_interval: Span,
 }
 
 /// Resolves a secret given inline, as an environment variable name, or as a file path.
@@ -375,6 +385,7 @@ impl Config {
                 .map_err(|m| invalid(format!("[roles] {m}")))?,
         };
         Ok(Config {
+            audit_head_interval: raw.audit.head_interval.unwrap_or(Span::minutes(5)),
             requests_visible,
             roles,
             listen: raw

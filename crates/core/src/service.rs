@@ -96,6 +96,14 @@ pub struct ManagedGroup {
     pub adopted_by: Option<String>,
 }
 
+/// The audit chain's head at a time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditHead {
+    pub length: i64,
+    pub hash: String,
+    pub at: String,
+}
+
 /// The state record that asks the leader for a full pass.
 const FULL_PASS_KEY: &str = "reconciler:full_pass_requested";
 
@@ -233,6 +241,20 @@ impl Service {
             && self.entitlement(&request.entitlement).is_ok_and(|e| {
                 actor.reviewer(e, dir).is_some() && (e.self_approval || request.requester != who)
             })
+    }
+
+    /// The audit chain's head: how long it is and its last hash. Written out periodically (log,
+    /// metrics) so a log cut short later is caught by comparing.
+    pub async fn audit_head(&self) -> Result<AuditHead, ServiceError> {
+        let length = self.store.audit_length().await?;
+        let last = self.store.audit((length - 1).max(0), 1).await?;
+        Ok(AuditHead {
+            length,
+            hash: last
+                .first()
+                .map_or(crate::audit::GENESIS.to_owned(), |e| e.hash.clone()),
+            at: crate::time_text(self.now()),
+        })
     }
 
     /// Every managed group tidegate has recorded, by name.

@@ -421,6 +421,18 @@ async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
+/// The audit chain's head now (admins and auditors).
+async fn audit_head(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    if who.auditor().is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} is not an admin or auditor", who.login()),
+        ));
+    }
+    let head = app.service.audit_head().await?;
+    Ok(Json(json!(head)))
+}
+
 /// Standing members of the managed groups (admins and auditors).
 async fn standing(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
     let auditor = who.auditor().ok_or_else(|| {
@@ -507,6 +519,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/requests/{id}/extend", post(extend))
         .route("/api/requests/{id}/key", post(claim_key))
         .route("/api/audit", get(audit))
+        .route("/api/audit/head", get(audit_head))
         .route("/api/tokens", get(list_tokens))
         .route("/api/standing", get(standing))
         .route("/api/tokens/{id}", axum::routing::delete(revoke_token))

@@ -105,6 +105,19 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         );
         let _ = writeln!(out, "tidegate_audit_chain_length {length}");
     }
+    if let Ok(head) = service.audit_head().await {
+        family(
+            &mut out,
+            "tidegate_audit_chain_head_info",
+            "gauge",
+            "The audit chain's last hash (label) at this length: keep it to catch a log cut short.",
+        );
+        let _ = writeln!(
+            out,
+            "tidegate_audit_chain_head_info{{hash=\"{}\",length=\"{}\"}} 1",
+            head.hash, head.length
+        );
+    }
     family(
         &mut out,
         "tidegate_store_up",

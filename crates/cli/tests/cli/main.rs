@@ -919,3 +919,75 @@ fn an_entitlement_that_would_grant_nothing_stops_the_server() {
         stderr(&out)
     );
 }
+
+#[test]
+fn audit_verify_finds_an_edited_request_and_the_head_is_published() {
+    let d = Deployment::new("replay", |t| t);
+    let (dave, alice) = (d.token("dave@example.com"), d.token("alice@example.com"));
+    let mut server = d.serve();
+    let r = d.cli(
+        &dave,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-7"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    d.cli(&alice, &["deny", &id, "--comment", "not now"]);
+    // The head, as an auditor reads it, and as /metrics publishes it.
+    let head: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{}/api/audit/head", d.server_url()))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let length = head["length"].as_i64().unwrap();
+    let hash = head["hash"].as_str().unwrap().to_owned();
+    assert!(length >= 2 && hash.len() == 64, "{head}");
+    let metrics = http_text(&format!("{}/metrics", d.server_url()));
+    assert!(
+        metrics.contains(&format!(
+            "tidegate_audit_chain_head_info{{hash=\"{hash}\",length=\"{length}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let members = reqwest::blocking::Client::new()
+        .get(format!("{}/api/audit/head", d.server_url()))
+        .bearer_auth(&dave)
+        .send()
+        .unwrap();
+    assert_eq!(members.status().as_u16(), 403, "members are not auditors");
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let ok = tidegate(&["audit", "verify", "--config", d.config()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("the requests table matches it (1 requests)"),
+        "{}",
+        stdout(&ok)
+    );
+    // Someone with the database turns the denied request into an approved one.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", d.dir.join("tidegate.db").display());
+        let store = tidegate_store::SqliteStore::open(&url).await.unwrap();
+        sqlx::query(
+            "UPDATE requests SET state = 'approved', body = replace(body, '\"state\":\"denied\"', '\"state\":\"approved\"')",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        store.close().await;
+    });
+    let found = tidegate(&["audit", "verify", "--config", d.config()]);
+    assert_eq!(found.status.code(), Some(1), "{}", stdout(&found));
+    assert!(
+        stderr(&found).contains(&format!(
+            "request {id}: is approved in the requests table, but the log says denied"
+        )),
+        "{}",
+        stderr(&found)
+    );
+}
