@@ -7,6 +7,7 @@
 mod expiry;
 mod generate;
 mod grants;
+mod posture;
 mod replicas;
 
 use std::hint::black_box;
@@ -151,6 +152,13 @@ fn policy_bench() -> Result<serde_json::Value> {
 }
 
 fn main() -> Result<()> {
+    // Logs on standard error when asked (TIDEGATE_LOG=info, say); the figures stay on stdout.
+    if let Ok(filter) = std::env::var("TIDEGATE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let which = std::env::args().nth(1).unwrap_or_default();
     let figures = match which.as_str() {
         "policy" => policy_bench()?,
@@ -173,6 +181,14 @@ fn main() -> Result<()> {
             let (count, spread) = (arg(2, 100_000)?, arg(3, 60)?);
             tokio::runtime::Runtime::new()?.block_on(expiry::run(count as usize, spread))?
         }
+        "posture" => {
+            let count = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(200);
+            tokio::runtime::Runtime::new()?.block_on(posture::run(count))?
+        }
         "failover" => {
             let kills = std::env::args()
                 .nth(2)
@@ -191,7 +207,7 @@ fn main() -> Result<()> {
         }
         _ => {
             bail!(
-                "usage: tidegate-bench policy | grants [COUNT] | expiry [COUNT] [SPREAD_SECONDS] \
+                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | expiry [COUNT] [SPREAD_SECONDS] \
                  | failover [KILLS] | throughput [SECONDS]"
             )
         }

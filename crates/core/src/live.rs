@@ -15,6 +15,10 @@ pub struct Live {
     pub directory: Arc<Directory>,
     /// Users and devices as the policy engine takes them.
     pub inventory: policy::Inventory,
+    /// Whether the policy has any `tests` or `sshTests` (without, there is nothing to preflight).
+    pub has_tests: bool,
+    /// The policy's own test failures as it stands (worked out once per reading).
+    baseline_failures: std::sync::OnceLock<Vec<policy::TestFailure>>,
 }
 
 impl Live {
@@ -27,6 +31,7 @@ impl Live {
         let policy = policy::Policy::parse(&policy_text)
             .map_err(|e| format!("the tailnet's policy file does not parse: {e}"))?;
         let directory = Arc::new(Directory::from_tailnet(&users, &policy.file));
+        let has_tests = !policy.file.tests.is_empty() || !policy.file.ssh_tests.is_empty();
         let inventory: policy::Inventory = serde_json::from_value(serde_json::json!({
             "users": users,
             "devices": devices,
@@ -38,6 +43,17 @@ impl Live {
             policy_text,
             directory,
             inventory,
+            has_tests,
+            baseline_failures: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The tests the policy fails as it stands (none, normally); `compute` works them out the
+    /// first time they are asked for.
+    pub fn baseline_failures(
+        &self,
+        compute: impl FnOnce() -> Vec<policy::TestFailure>,
+    ) -> &[policy::TestFailure] {
+        self.baseline_failures.get_or_init(compute)
     }
 }

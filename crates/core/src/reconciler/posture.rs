@@ -13,6 +13,9 @@ use crate::entitlement::Strategy;
 use crate::request::{Event, Request, State};
 use crate::time_text;
 
+/// How many devices are read back at once after a write.
+const READ_CONCURRENCY: usize = 32;
+
 /// One device's attribute.
 type Target = (String, String);
 
@@ -215,12 +218,20 @@ impl Reconciler {
             .collect();
         let comment = format!("tidegate: {} posture change(s)", changes.len());
         let mut out = BTreeMap::new();
+        tracing::debug!(changes = changes.len(), "writing posture attributes");
         match self
             .tailnet()
             .patch_posture_attributes(&changes, Some(&comment))
             .await
         {
-            Ok(()) => {}
+            Ok(()) => {
+                let set = changes.iter().filter(|c| c.set.is_some()).count();
+                tracing::info!(
+                    set,
+                    deleted = changes.len() - set,
+                    "posture attributes written"
+                );
+            }
             // One device the batch refuses (deleted, say) must not hold back the others:
             // each change alone, so only that one fails.
             Err(e) if !e.is_transient() && changes.len() > 1 => {
@@ -252,9 +263,32 @@ impl Reconciler {
                 return all(e);
             }
         }
-        let devices: BTreeSet<&String> = wanted.keys().map(|(d, _)| d).collect();
-        for device in devices {
-            let read = self.tailnet().posture_attributes(device).await;
+        // Each device is read back once; the reads run concurrently (bounded), since the API
+        // has no call that reads many devices' attributes.
+        let devices: BTreeSet<String> = wanted.keys().map(|(d, _)| d.clone()).collect();
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_CONCURRENCY));
+        let mut reads = tokio::task::JoinSet::new();
+        for device in devices.iter().cloned() {
+            let tailnet = self.service.tailnet().clone();
+            let limit = limit.clone();
+            reads.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let read = tailnet.posture_attributes(&device).await;
+                (device, read)
+            });
+        }
+        let mut read_back = BTreeMap::new();
+        while let Some(joined) = reads.join_next().await {
+            if let Ok((device, read)) = joined {
+                read_back.insert(device, read);
+            }
+        }
+        for device in &devices {
+            let read = read_back.remove(device).unwrap_or_else(|| {
+                Err(tailnet::Error::Protocol(
+                    "the read-back did not finish".into(),
+                ))
+            });
             for ((d, attribute), w) in wanted.iter().filter(|((d, _), _)| d == device) {
                 let result = match (&read, w) {
                     (Err(tailnet::Error::NotFound(_)), None) => Ok(()),
