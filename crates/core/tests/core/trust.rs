@@ -581,3 +581,200 @@ async fn a_request_the_policys_tests_refuse_is_refused_when_asked() {
     // dave is not concerned by that test.
     w.approved_prod_request("dave@example.com", "1h").await;
 }
+
+/// One step of a random history over three targets: dave in group:prod-access (prod-ssh),
+/// the attribute on dave-desktop (prod-db), carol's role (network-admin).
+#[derive(Debug, Clone)]
+enum Step {
+    Request { target: usize, minutes: i64 },
+    Approve(usize),
+    Drop(usize),
+    Advance(i64),
+    Crash,
+    LoseNextWrite,
+    Pass,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0..3usize, prop::sample::select(vec![10i64, 30, 60]))
+            .prop_map(|(target, minutes)| Step::Request { target, minutes }),
+        3 => (0..8usize).prop_map(Step::Approve),
+        1 => (0..8usize).prop_map(Step::Drop),
+        2 => prop::sample::select(vec![5i64, 20, 45]).prop_map(Step::Advance),
+        1 => Just(Step::Crash),
+        1 => Just(Step::LoseNextWrite),
+        3 => Just(Step::Pass),
+    ]
+}
+
+const TARGETS: [(&str, &str); 3] = [
+    ("dave@example.com", "prod-ssh"),
+    ("dave@example.com", "prod-db"),
+    ("carol@example.com", "network-admin"),
+];
+
+/// The tailnet as the three targets show it: (dave in the group, the attribute's expiry on
+/// dave's desktop, carol's role).
+async fn observed(w: &World) -> (bool, Option<String>, String) {
+    let attrs = w
+        .service
+        .tailnet()
+        .posture_attributes("n0004CNTRL")
+        .await
+        .unwrap();
+    (
+        w.members().contains(&"dave@example.com".to_owned()),
+        attrs.expiries.get("custom:tidegate_db").cloned(),
+        role_of(w, "carol@example.com"),
+    )
+}
+
+/// What the active grants say the tailnet must be.
+async fn wanted(w: &World) -> (bool, Option<String>, String) {
+    let now = w.clock.now();
+    let ops = operator(&w.service, "ops@example.com").await;
+    let all = w
+        .service
+        .list(&ops, &RequestFilter::default())
+        .await
+        .unwrap();
+    let active = |entitlement: &str| {
+        all.iter()
+            .filter(|r| r.entitlement == entitlement && r.state == State::Active)
+            .filter(|r| r.expires_at.is_some_and(|e| e > now))
+            .filter_map(|r| r.expires_at)
+            .max()
+    };
+    (
+        active("prod-ssh").is_some(),
+        active("prod-db").map(tidegate_core::time_text),
+        if active("network-admin").is_some() {
+            "network-admin".to_owned()
+        } else {
+            "member".to_owned()
+        },
+    )
+}
+
+async fn history(steps: Vec<Step>) {
+    let mut w = World::new().await;
+    let mut ids: Vec<String> = Vec::new();
+    let mut faulty = false;
+    for step in steps {
+        match step {
+            Step::Request { target, minutes } => {
+                let (login, entitlement) = TARGETS[target];
+                let devices: &[&str] = if entitlement == "prod-db" {
+                    &["dave-desktop"]
+                } else {
+                    &[]
+                };
+                let r = w
+                    .service
+                    .create(
+                        &who(&w.service, login).await,
+                        NewRequest {
+                            entitlement: entitlement.into(),
+                            reason: "INC-1".into(),
+                            duration: Some(format!("{minutes}m").parse().unwrap()),
+                            devices: devices.iter().map(|d| d.to_string()).collect(),
+                            ..NewRequest::default()
+                        },
+                    )
+                    .await;
+                // Refusals (a role grant while carol holds a raised role, say) are fine.
+                if let Ok(r) = r {
+                    ids.push(r.id);
+                }
+            }
+            Step::Approve(i) => {
+                if let Some(id) = ids.get(i) {
+                    let _ = w
+                        .service
+                        .approve(&who(&w.service, "alice@example.com").await, id, "")
+                        .await;
+                }
+            }
+            Step::Drop(i) => {
+                if let Some(id) = ids.get(i) {
+                    let ops = operator(&w.service, "ops@example.com").await;
+                    let requester = w.service.get(&ops, id).await.unwrap().requester;
+                    let _ = w
+                        .service
+                        .drop_grant(&who(&w.service, &requester).await, id)
+                        .await;
+                }
+            }
+            Step::Advance(minutes) => w.advance(minutes),
+            Step::Crash => w.restart().await,
+            Step::LoseNextWrite => {
+                faulty = true;
+                w.control(
+                    "faults",
+                    json!({"drop": true, "after": true, "count": 1, "method": "POST"}),
+                )
+                .await;
+            }
+            Step::Pass => {
+                let report = w.reconciler.pass().await;
+                if report.errors.is_empty() && !faulty {
+                    assert_eq!(observed(&w).await, wanted(&w).await, "after a clean pass");
+                }
+                faulty = !report.errors.is_empty() && faulty;
+            }
+        }
+    }
+    // Whatever happened: faults clear, the reconciler catches up, the tailnet is the union of
+    // the active grants...
+    clear_faults(&w).await;
+    w.advance(1);
+    for _ in 0..2 {
+        let _ = w.reconciler.pass().await;
+        w.advance(1);
+    }
+    w.pass().await;
+    assert_eq!(observed(&w).await, wanted(&w).await, "after catching up");
+    // ...and once every grant has ended (and every request lapsed), nothing is left.
+    w.advance(3 * 24 * 60);
+    let _ = w.reconciler.pass().await;
+    w.pass().await;
+    assert_eq!(
+        observed(&w).await,
+        (false, None, "member".to_owned()),
+        "nothing left once all have ended"
+    );
+    let open = w
+        .store
+        .requests(&RequestFilter {
+            open_only: true,
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+    w.audit_verifies().await;
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 24,
+        max_shrink_iters: 64,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Random interleavings of request, approve, drop, expiry, crash and lost writes over
+    /// overlapping grants on three targets.
+    #[test]
+    fn any_history_ends_with_the_tailnet_equal_to_the_active_grants(
+        steps in proptest::collection::vec(step(), 1..28)
+    ) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(history(steps));
+    }
+}
