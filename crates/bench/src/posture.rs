@@ -228,7 +228,7 @@ pub async fn run(count: usize) -> Result<Value> {
     let url = format!("http://{}", listener.local_addr()?);
     let app = tidegate_server::router(tidegate_server::AppState {
         service: service.clone(),
-        metrics: Arc::new(tidegate_core::leader::Metrics::default()),
+        metrics: Arc::new(tidegate_core::metrics::Metrics::default()),
         demo_logins: Vec::new(),
     });
     let http_server = tokio::spawn(async move {

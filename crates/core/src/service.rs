@@ -185,7 +185,7 @@ impl Service {
 
     /// The tailnet's users, devices and policy, read at most every 30 seconds.
     pub async fn live(&self) -> Result<Arc<Live>, ServiceError> {
-        let now = crate::now(self.clock.as_ref());
+        let now = self.now();
         let mut cached = self.live.lock().await;
         if let Some((at, live)) = cached.as_ref()
             && now - *at < DIRECTORY_TTL
@@ -429,7 +429,7 @@ impl Service {
     }
 
     async fn store_new(&self, request: &Request, events: &[Event]) -> Result<(), ServiceError> {
-        let now = crate::now(self.clock.as_ref());
+        let now = self.now();
         self.store
             .insert_request(request, &audit_entries(events, now))
             .await?;
@@ -464,14 +464,8 @@ impl Service {
             devices,
             break_glass: new.break_glass,
         };
-        let (request, events) = Request::create(
-            new_id(),
-            &entitlement,
-            requester,
-            ask,
-            &dir,
-            crate::now(self.clock.as_ref()),
-        )?;
+        let (request, events) =
+            Request::create(new_id(), &entitlement, requester, ask, &dir, self.now())?;
         // Refused now, naming the test, rather than after someone approved it.
         let live = self.live().await?;
         crate::preflight::check(&live, &entitlement.strategy, requester, &request.devices)
@@ -574,7 +568,7 @@ impl Service {
             if !self.visible(&request, actor, &dir) {
                 return Err(ServiceError::UnknownRequest(id.to_owned()));
             }
-            let now = crate::now(self.clock.as_ref());
+            let now = self.now();
             let events = change(&mut request, &entitlement, &dir, now)?;
             request.version += 1;
             match self
@@ -704,7 +698,7 @@ impl Service {
                 format!("only {} can claim the key of {id}", request.requester),
             )));
         }
-        let now = crate::now(self.clock.as_ref());
+        let now = self.now();
         if request.state == State::Approved && request.pending_until <= now {
             return Err(ServiceError::Invalid(format!(
                 "{id} was approved but its key was not claimed in time (by {}); request it again",

@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use crate::audit::{AuditEntry, NewAuditEntry};
-use crate::leader::{LeaderLock, SoleProcess};
 use crate::request::{Request, State};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +124,31 @@ impl Request {
         !self.state.is_final()
             || (self.may_hold_access() && self.tailnet.removal_verified_at.is_none())
     }
+}
+
+/// Leadership, as the store provides it.
+#[async_trait::async_trait]
+pub trait LeaderLock: Send + Sync {
+    /// Takes leadership if nobody holds it; `Ok(true)` if this process now holds it.
+    async fn try_acquire(&self) -> Result<bool, StoreError>;
+    /// Whether this process still holds it, checked against the database now.
+    async fn held(&self) -> bool;
+    /// Gives it up.
+    async fn release(&self);
+}
+
+/// The lock of a store only one process uses (SQLite): always held.
+pub struct SoleProcess;
+
+#[async_trait::async_trait]
+impl LeaderLock for SoleProcess {
+    async fn try_acquire(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    async fn held(&self) -> bool {
+        true
+    }
+    async fn release(&self) {}
 }
 
 #[async_trait::async_trait]

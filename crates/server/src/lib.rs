@@ -29,7 +29,7 @@ pub use openapi::document as openapi_document;
 pub struct AppState {
     pub service: Arc<Service>,
     /// Leadership and reconciler figures of this replica.
-    pub metrics: Arc<tidegate_core::leader::Metrics>,
+    pub metrics: Arc<tidegate_core::metrics::Metrics>,
     /// Demo mode only: the example users anyone may sign in as. Empty otherwise.
     pub demo_logins: Vec<String>,
 }
@@ -265,7 +265,7 @@ async fn create(
     let request = app.service.create(&who, new).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json_request(&request, app.service.clock().now())),
+        Json(json_request(&request, app.service.now())),
     ))
 }
 
@@ -295,7 +295,7 @@ async fn list(
         let dir = app.service.directory().await?;
         requests.retain(|r| app.service.may_review(r, &who, &dir));
     }
-    let now = app.service.clock().now();
+    let now = app.service.now();
     Ok(Json(
         json!({ "requests": requests.iter().map(|r| json_request(r, now)).collect::<Vec<_>>() }),
     ))
@@ -307,7 +307,7 @@ async fn show(
     ApiPath(id): ApiPath,
 ) -> ApiResult<Json<Value>> {
     let request = app.service.get(&who, &id).await?;
-    Ok(Json(json_request(&request, app.service.clock().now())))
+    Ok(Json(json_request(&request, app.service.now())))
 }
 
 async fn approve(
@@ -317,7 +317,7 @@ async fn approve(
     Body(b): Body<CommentBody>,
 ) -> ApiResult<Json<Value>> {
     let r = app.service.approve(&who, &id, &b.comment).await?;
-    Ok(Json(json_request(&r, app.service.clock().now())))
+    Ok(Json(json_request(&r, app.service.now())))
 }
 
 async fn deny(
@@ -327,7 +327,7 @@ async fn deny(
     Body(b): Body<CommentBody>,
 ) -> ApiResult<Json<Value>> {
     let r = app.service.deny(&who, &id, &b.comment).await?;
-    Ok(Json(json_request(&r, app.service.clock().now())))
+    Ok(Json(json_request(&r, app.service.now())))
 }
 
 async fn cancel(
@@ -336,7 +336,7 @@ async fn cancel(
     ApiPath(id): ApiPath,
 ) -> ApiResult<Json<Value>> {
     let r = app.service.cancel(&who, &id).await?;
-    Ok(Json(json_request(&r, app.service.clock().now())))
+    Ok(Json(json_request(&r, app.service.now())))
 }
 
 async fn revoke(
@@ -351,7 +351,7 @@ async fn revoke(
         b.reason
     };
     let r = app.service.revoke(&who, &id, &reason).await?;
-    Ok(Json(json_request(&r, app.service.clock().now())))
+    Ok(Json(json_request(&r, app.service.now())))
 }
 
 async fn drop_grant(
@@ -360,7 +360,7 @@ async fn drop_grant(
     ApiPath(id): ApiPath,
 ) -> ApiResult<Json<Value>> {
     let r = app.service.drop_grant(&who, &id).await?;
-    Ok(Json(json_request(&r, app.service.clock().now())))
+    Ok(Json(json_request(&r, app.service.now())))
 }
 
 async fn extend(
@@ -373,7 +373,7 @@ async fn extend(
         .service
         .extend(&who, &id, span(&b.duration)?, &b.reason)
         .await?;
-    Ok(Json(json_request(&r, app.service.clock().now())))
+    Ok(Json(json_request(&r, app.service.now())))
 }
 
 async fn claim_key(
@@ -383,7 +383,7 @@ async fn claim_key(
 ) -> ApiResult<Json<Value>> {
     let (r, secret) = app.service.claim_key(&who, &id).await?;
     Ok(Json(
-        json!({ "request": json_request(&r, app.service.clock().now()), "key": secret }),
+        json!({ "request": json_request(&r, app.service.now()), "key": secret }),
     ))
 }
 

@@ -22,8 +22,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
 use tidegate_core::audit::{AuditEntry, NewAuditEntry};
-use tidegate_core::leader::LeaderLock;
 use tidegate_core::request::Request;
+use tidegate_core::store::LeaderLock;
 use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
 
 use time::OffsetDateTime;

@@ -22,10 +22,10 @@ use time::OffsetDateTime;
 
 use crate::audit::NewAuditEntry;
 use crate::entitlement::{Entitlement, Strategy};
-use crate::leader::{LeaderLock, Metrics};
+use crate::metrics::Metrics;
 use crate::request::{Event, Request, SYSTEM, State};
 use crate::service::{Service, audit_entries, log_events};
-use crate::store::{RequestFilter, StoreError};
+use crate::store::{LeaderLock, RequestFilter, StoreError};
 use crate::time_text;
 
 /// What one pass did.

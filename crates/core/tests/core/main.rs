@@ -711,7 +711,7 @@ async fn a_grant_revoked_while_it_is_being_applied_is_still_removed() {
 struct TestLock(std::sync::atomic::AtomicBool);
 
 #[async_trait::async_trait]
-impl tidegate_core::leader::LeaderLock for TestLock {
+impl tidegate_core::store::LeaderLock for TestLock {
     async fn try_acquire(&self) -> Result<bool, tidegate_core::store::StoreError> {
         Ok(self.0.load(std::sync::atomic::Ordering::SeqCst))
     }

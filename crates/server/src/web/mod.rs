@@ -255,7 +255,7 @@ async fn js() -> impl IntoResponse {
 }
 
 async fn my_access(State(app): State<AppState>, viewer: Viewer) -> Page {
-    let now = app.service.clock().now();
+    let now = app.service.now();
     let mine = match app
         .service
         .list(
@@ -531,7 +531,7 @@ async fn request_submit(
 }
 
 async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
-    let now = app.service.clock().now();
+    let now = app.service.now();
     let (pending, dir) = match (
         app.service
             .list(
@@ -607,7 +607,7 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
 }
 
 async fn detail(State(app): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> Page {
-    let now = app.service.clock().now();
+    let now = app.service.now();
     let r = match app.service.get(&viewer.actor, &id).await {
         Ok(r) => r,
         Err(e) => return service_error(&viewer, e, StatusCode::NOT_FOUND),
@@ -771,7 +771,7 @@ async fn admin(
     if let Err(page) = require_admin(&app, &viewer).await {
         return page;
     }
-    let now = app.service.clock().now();
+    let now = app.service.now();
     let policy = app.service.tailnet().policy().await;
     let parsed = policy
         .as_ref()

@@ -226,13 +226,7 @@ pub async fn callback(
         Some(Err(e)) => return refused(&e),
         None => return refused("The provider sent no ID token."),
     };
-    if let Err(e) = check_claims(
-        &claims,
-        &oidc,
-        &provider.issuer,
-        &nonce,
-        app.service.clock().now(),
-    ) {
+    if let Err(e) = check_claims(&claims, &oidc, &provider.issuer, &nonce, app.service.now()) {
         return refused(&e);
     }
     // Providers may keep scope claims (like `email`) out of the ID token: then from userinfo,

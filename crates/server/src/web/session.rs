@@ -109,7 +109,7 @@ pub async fn session_login(secret: &str, app: &AppState) -> Option<String> {
     if stored.kind != tidegate_core::store::TokenKind::Session {
         return None;
     }
-    let now = app.service.clock().now();
+    let now = app.service.now();
     let live = stored
         .expires_at
         .as_deref()
@@ -121,7 +121,7 @@ pub async fn session_login(secret: &str, app: &AppState) -> Option<String> {
 /// Starts a session for `login`; the `Set-Cookie` value to send. Sessions that ended over a
 /// day ago are cleared out on the way (a day's margin: stored times are compared as text).
 pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::ApiError> {
-    let day_ago = tidegate_core::time_text(app.service.clock().now() - time::Duration::days(1));
+    let day_ago = tidegate_core::time_text(app.service.now() - time::Duration::days(1));
     let _ = app.service.store().purge_expired_tokens(&day_ago).await;
     let secret = crate::tokens::create(
         app.service.store().as_ref(),
@@ -129,7 +129,7 @@ pub async fn start(app: &AppState, login: &str) -> Result<HeaderValue, crate::Ap
         tidegate_core::store::TokenKind::Session,
         Some(time::Duration::hours(SESSION_HOURS)),
         SESSION_DESCRIPTION,
-        app.service.clock().now(),
+        app.service.now(),
     )
     .await
     .map_err(|e| {
