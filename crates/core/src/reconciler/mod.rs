@@ -88,6 +88,11 @@ pub struct Reconciler {
     /// makes none.
     fence: Option<Arc<dyn LeaderLock>>,
     metrics: Option<Arc<Metrics>>,
+    /// This pass's time transitions (expired, lapsed) not yet stored: they go out with the
+    /// request's next save, after the tailnet change they call for, or at the end of the pass.
+    /// The tailnet is changed first and the bookkeeping after, so a pass with thousands of
+    /// expiries (after a restart, say) removes access before it writes them down.
+    transitions: std::sync::Mutex<BTreeMap<String, (Request, Vec<Event>)>>,
 }
 
 fn event(request: &Request, action: &str, detail: serde_json::Value) -> Event {
@@ -117,6 +122,7 @@ impl Reconciler {
             memberships: tokio::sync::Mutex::new(BTreeMap::new()),
             fence: None,
             metrics: None,
+            transitions: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -147,6 +153,9 @@ impl Reconciler {
     /// Stores a changed request with its events. A conflict (someone else changed it) is not
     /// an error: the next pass sees the new version.
     async fn save(&self, request: &mut Request, events: &[Event], report: &mut PassReport) -> bool {
+        let mut events = events.to_vec();
+        self.with_transitions(&request.id, &mut events);
+        let events = &events[..];
         request.version += 1;
         let entries = audit_entries(events, self.now());
         match self.service.store().update_request(request, &entries).await {
@@ -180,6 +189,9 @@ impl Reconciler {
         if changes.is_empty() {
             return Vec::new();
         }
+        for (r, events) in changes.iter_mut() {
+            self.with_transitions(&r.id, events);
+        }
         let now = self.now();
         let batch: Vec<(Request, Vec<NewAuditEntry>)> = changes
             .iter()
@@ -206,6 +218,29 @@ impl Reconciler {
             }
         }
         stored
+    }
+
+    /// Puts the request's unstored time transition (its events) in front of `events`: the
+    /// save about to be made stores it too.
+    fn with_transitions(&self, id: &str, events: &mut Vec<Event>) {
+        let pending = match self.transitions.lock() {
+            Ok(mut t) => t.remove(id),
+            Err(poisoned) => poisoned.into_inner().remove(id),
+        };
+        if let Some((_, mut first)) = pending {
+            first.append(events);
+            *events = first;
+        }
+    }
+
+    /// Stores the time transitions no strategy stored with a change of its own.
+    async fn flush_transitions(&self, report: &mut PassReport) {
+        let pending = match self.transitions.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        let mut changes: Vec<(Request, Vec<Event>)> = pending.into_values().collect();
+        self.save_batch(&mut changes, report).await;
     }
 
     /// Records, on each approved request about to be applied, the intent to apply it now
@@ -373,7 +408,7 @@ impl Reconciler {
                 return report;
             }
         };
-        let requests = self.time_transitions(requests, &mut report).await;
+        let requests = self.time_transitions(requests);
         let mut groups = Vec::new();
         let mut posture = Vec::new();
         let mut roles = Vec::new();
@@ -403,6 +438,7 @@ impl Reconciler {
         self.posture(posture, &mut report).await;
         let roles = self.with_related(roles, full, "role", &mut report).await;
         self.roles(roles, &mut report).await;
+        self.flush_transitions(&mut report).await;
         match self.service.store().count_overdue(self.now()).await {
             Ok(n) => report.overdue = n as usize,
             Err(e) => report
@@ -430,35 +466,29 @@ impl Reconciler {
     }
 
     /// Pending requests nobody decided and approved requests not applied or claimed within
-    /// their pending time lapse; active grants past their end expire. Stored in one batch;
-    /// returns the requests as now stored.
-    async fn time_transitions(
-        &self,
-        requests: Vec<Request>,
-        report: &mut PassReport,
-    ) -> Vec<Request> {
+    /// their pending time lapse; active grants past their end expire. Made in memory and kept
+    /// in [`Self::transitions`] until stored with the tailnet change they call for.
+    fn time_transitions(&self, requests: Vec<Request>) -> Vec<Request> {
         let now = self.now();
-        let mut changes = Vec::new();
-        let mut out = Vec::new();
-        for mut r in requests {
-            let events = match r.state {
-                State::Pending | State::Approved => r.lapse(now).ok(),
-                State::Active if r.expires_at.is_some_and(|e| e <= now) => r.expire(now).ok(),
-                _ => None,
-            };
-            match events {
-                Some(events) => changes.push((r, events)),
-                None => out.push(r),
-            }
-        }
-        let stored = self.save_batch(&mut changes, report).await;
-        out.extend(
-            changes
-                .into_iter()
-                .zip(stored)
-                .filter_map(|((r, _), ok)| ok.then_some(r)),
-        );
-        out
+        let mut pending = match self.transitions.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        pending.clear();
+        requests
+            .into_iter()
+            .map(|mut r| {
+                let events = match r.state {
+                    State::Pending | State::Approved => r.lapse(now).ok(),
+                    State::Active if r.expires_at.is_some_and(|e| e <= now) => r.expire(now).ok(),
+                    _ => None,
+                };
+                if let Some(events) = events {
+                    pending.insert(r.id.clone(), (r.clone(), events));
+                }
+                r
+            })
+            .collect()
     }
 
     /// A target's desired state needs every open grant on it, not only those due now: in a

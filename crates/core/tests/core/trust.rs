@@ -778,3 +778,32 @@ proptest::proptest! {
             .block_on(history(steps));
     }
 }
+
+#[tokio::test]
+async fn after_a_restart_access_is_removed_before_the_bookkeeping() {
+    let mut w = World::new().await;
+    let ids = [
+        w.approved_prod_request("carol@example.com", "10m").await,
+        w.approved_prod_request("dave@example.com", "10m").await,
+    ];
+    w.pass().await;
+    w.advance(30);
+    w.restart().await;
+    w.pass().await;
+    assert!(w.members().is_empty());
+    let log = w.store.audit(0, 100_000).await.unwrap();
+    let write = log
+        .iter()
+        .rposition(|e| e.action == "tailnet.policy_write")
+        .unwrap();
+    for id in &ids {
+        let expired = log
+            .iter()
+            .position(|e| e.action == "grant.expired" && e.request.as_deref() == Some(id))
+            .unwrap();
+        assert!(
+            write < expired,
+            "the removal's intent is recorded before the expiry"
+        );
+    }
+}
