@@ -285,20 +285,7 @@ pub async fn run(count: usize) -> Result<Value> {
     // 3. One at a time: approval answered → attribute visible.
     let mut one_by_one = Vec::new();
     for i in 0..ONE_AT_A_TIME.min(count) {
-        let r = api
-            .post(
-                &login(i),
-                "/api/requests",
-                json!({"entitlement": "db", "duration": "1h", "devices": [format!("laptop-{i}")]}),
-            )
-            .await?;
-        let id = r["id"].as_str().context("no id")?.to_owned();
-        api.post(
-            "alice@example.com",
-            &format!("/api/requests/{id}/approve"),
-            json!({}),
-        )
-        .await?;
+        let id = api.request_approved(i).await?;
         let approved = Instant::now();
         let host = format!("laptop-{i}");
         one_by_one.push(until(&emu, approved, |c| c.contains(&host)).await?);

@@ -64,16 +64,7 @@ impl Snapshot {
     ) -> Vec<String> {
         // What the policy's own tests say comes first: such a request would be refused.
         if let Ok(live) = service.live().await {
-            let ids: Vec<String> = live
-                .devices
-                .iter()
-                .filter(|d| d.user == login)
-                .filter(|d| {
-                    devices.is_empty()
-                        || devices
-                            .iter()
-                            .any(|n| tidegate_core::service::device_matches(d, n))
-                })
+            let ids: Vec<String> = chosen_devices(&live.devices, login, devices)
                 .map(|d| d.node_id.clone())
                 .collect();
             if let Err(refusal) =
@@ -141,16 +132,8 @@ impl Snapshot {
             }
             Strategy::Posture { attribute, value } => {
                 // From the requester's chosen devices (or all their own), with the attribute set.
-                let mine: Vec<&tailnet::Device> = all_devices
-                    .iter()
-                    .filter(|d| d.user == login)
-                    .filter(|d| {
-                        devices.is_empty()
-                            || devices
-                                .iter()
-                                .any(|n| tidegate_core::service::device_matches(d, n))
-                    })
-                    .collect();
+                let mine: Vec<&tailnet::Device> =
+                    chosen_devices(all_devices, login, devices).collect();
                 let Some(first) = mine.first() else {
                     return Ok(vec![format!("{login} has no device this could be set on")]);
                 };
@@ -176,6 +159,21 @@ impl Snapshot {
         lines.extend(describe(&gained(&before, &after)));
         Ok(lines)
     }
+}
+
+/// The requester's devices among `names` (all of their own when none is named).
+fn chosen_devices<'a>(
+    all: &'a [tailnet::Device],
+    login: &'a str,
+    names: &'a [String],
+) -> impl Iterator<Item = &'a tailnet::Device> {
+    all.iter().filter(move |d| {
+        d.user == login
+            && (names.is_empty()
+                || names
+                    .iter()
+                    .any(|n| tidegate_core::service::device_matches(d, n)))
+    })
 }
 
 /// "SSH as ec2-user to 3 devices: db-1, db-2, api-1 (with a check)": the local users the grant
