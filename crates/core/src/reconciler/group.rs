@@ -40,6 +40,13 @@ struct Edited {
 }
 
 impl Reconciler {
+    fn group_of(&self, r: &Request) -> Option<String> {
+        match &self.entitlement(&r.entitlement)?.strategy {
+            Strategy::Group { group, .. } => Some(group.clone()),
+            _ => None,
+        }
+    }
+
     /// One read-edit-write of the policy, written with `If-Match` and re-applied on 412.
     async fn edit_policy(
         &self,
@@ -189,12 +196,7 @@ impl Reconciler {
     /// All `group` grants and removals in one policy edit and write. If the tailnet refuses
     /// that write (the policy's own tests fail), removals go out alone first, then each grant
     /// on its own, so one refused grant never holds back a revocation or another grant.
-    pub(super) async fn groups(
-        &self,
-        requests: Vec<(Request, String)>,
-        full: bool,
-        report: &mut PassReport,
-    ) {
+    pub(super) async fn groups(&self, requests: Vec<Request>, full: bool, report: &mut PassReport) {
         let managed: BTreeMap<String, bool> = self
             .service
             .config()
@@ -214,23 +216,12 @@ impl Reconciler {
         }
         // The intent to add each new member is recorded before the write: the grant's time
         // counts from it.
-        let (adding, others): (Vec<_>, Vec<_>) = requests
+        let mut requests: Vec<(Request, String)> = self
+            .record_intent(requests, |_| {}, report)
+            .await
             .into_iter()
-            .partition(|(r, _)| r.wants_access(self.now()) && r.state == State::Approved);
-        let group_of: BTreeMap<String, String> = adding
-            .iter()
-            .map(|(r, g)| (r.id.clone(), g.clone()))
+            .filter_map(|r| self.group_of(&r).map(|g| (r, g)))
             .collect();
-        let adding = self
-            .record_intent(adding.into_iter().map(|(r, _)| r).collect(), |_| {}, report)
-            .await;
-        let mut requests = others;
-        for r in adding {
-            if let Some(g) = group_of.get(&r.id) {
-                let g = g.clone();
-                requests.push((r, g));
-            }
-        }
         let now = self.now();
         // Members that must stay (active grants, from the membership index) and members whose
         // last grant ended.

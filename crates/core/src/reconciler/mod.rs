@@ -243,10 +243,10 @@ impl Reconciler {
         self.save_batch(&mut changes, report).await;
     }
 
-    /// Records, on each approved request about to be applied, the intent to apply it now
-    /// (and what `prepare` adds, such as the role to restore), before any tailnet write: the
-    /// grant's time counts from here. Returns the requests whose intent is stored; the others
-    /// changed meanwhile and wait for the next pass.
+    /// Records, on each approved request due to be applied now (not one scheduled later), the
+    /// intent to apply it (and what `prepare` adds, such as the role to restore), before any
+    /// tailnet write: the grant's time counts from here. Returns every request, except those
+    /// that changed meanwhile, which wait for the next pass.
     async fn record_intent<F>(
         &self,
         requests: Vec<Request>,
@@ -260,7 +260,10 @@ impl Reconciler {
         let mut out = Vec::new();
         let mut changes = Vec::new();
         for mut r in requests {
-            if r.state == State::Approved && r.tailnet.applying_since.is_none() {
+            if r.state == State::Approved
+                && r.wants_access(now)
+                && r.tailnet.applying_since.is_none()
+            {
                 r.tailnet.applying_since = Some(now);
                 prepare(&mut r);
                 changes.push((r, Vec::new()));
@@ -422,10 +425,7 @@ impl Reconciler {
                 continue;
             };
             match &entitlement.strategy {
-                Strategy::Group { group, .. } => {
-                    let group = group.clone();
-                    groups.push((r, group));
-                }
+                Strategy::Group { .. } => groups.push(r),
                 Strategy::Posture { .. } => posture.push(r),
                 Strategy::Role { .. } => roles.push(r),
                 Strategy::AuthKey { .. } => self.authkey(r, &mut report).await,

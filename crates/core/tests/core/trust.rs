@@ -807,3 +807,44 @@ async fn after_a_restart_access_is_removed_before_the_bookkeeping() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_scheduled_grant_counts_from_its_start_even_beside_another_on_the_same_device() {
+    let w = World::new().await;
+    let t0 = w.clock.now();
+    let dave = "dave@example.com";
+    let start = t0 + time::Duration::minutes(30);
+    let scheduled = w
+        .service
+        .create(
+            &who(&w.service, dave).await,
+            NewRequest {
+                entitlement: "prod-db".into(),
+                reason: "deploy window".into(),
+                duration: Some("1h".parse().unwrap()),
+                start_at: Some(start),
+                devices: vec!["dave-desktop".into()],
+                ..NewRequest::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    approve(&w, &scheduled).await;
+    // Another grant on the same device is applied now, before the scheduled one starts.
+    let now = ask(&w, dave, "prod-db", "30m", &["dave-desktop"]).await;
+    approve(&w, &now).await;
+    w.pass().await;
+    let ops = operator(&w.service, "ops@example.com").await;
+    let waiting = w.service.get(&ops, &scheduled).await.unwrap();
+    assert_eq!(waiting.state, State::Approved);
+    assert_eq!(
+        waiting.tailnet.applying_since, None,
+        "nothing intended before its start"
+    );
+    w.advance(30);
+    w.pass().await;
+    let started = w.service.get(&ops, &scheduled).await.unwrap();
+    assert_eq!(started.state, State::Active);
+    assert_eq!(started.expires_at, Some(start + time::Duration::hours(1)));
+}
