@@ -25,7 +25,6 @@ pub enum Via {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     login: String,
-    via: Via,
     admin: bool,
     auditor: bool,
 }
@@ -42,7 +41,6 @@ pub struct Auditor<'a>(&'a Actor);
 #[derive(Debug, Clone, Copy)]
 pub struct Reviewer<'a> {
     actor: &'a Actor,
-    entitlement: &'a str,
 }
 
 impl Admin<'_> {
@@ -60,10 +58,6 @@ impl Auditor<'_> {
 impl Reviewer<'_> {
     pub fn login(&self) -> &str {
         &self.actor.login
-    }
-
-    pub fn entitlement(&self) -> &str {
-        self.entitlement
     }
 }
 
@@ -84,7 +78,6 @@ impl Actor {
             || dir.matches_any(&roles.auditors, login);
         Actor {
             login: login.to_owned(),
-            via,
             admin,
             auditor,
         }
@@ -92,10 +85,6 @@ impl Actor {
 
     pub fn login(&self) -> &str {
         &self.login
-    }
-
-    pub fn via(&self) -> Via {
-        self.via
     }
 
     pub fn is_admin(&self) -> bool {
@@ -115,16 +104,28 @@ impl Actor {
     }
 
     /// May review requests for `entitlement`: one of its approvers.
-    pub fn reviewer<'a>(
-        &'a self,
-        entitlement: &'a Entitlement,
-        dir: &Directory,
-    ) -> Option<Reviewer<'a>> {
+    pub fn reviewer(&self, entitlement: &Entitlement, dir: &Directory) -> Option<Reviewer<'_>> {
         dir.matches_any(&entitlement.approvers, &self.login)
-            .then_some(Reviewer {
-                actor: self,
-                entitlement: &entitlement.name,
-            })
+            .then_some(Reviewer { actor: self })
+    }
+
+    /// May review `request` now: pending (or an active grant with a pending extension), not
+    /// yet reviewed by them, one of its entitlement's reviewers, and not their own unless the
+    /// entitlement allows self-approval.
+    pub fn may_review(
+        &self,
+        request: &Request,
+        entitlement: &Entitlement,
+        dir: &Directory,
+    ) -> bool {
+        let reviews = match (&request.state, &request.extension) {
+            (crate::request::State::Pending, _) => &request.reviews,
+            (crate::request::State::Active, Some(ext)) => &ext.reviews,
+            _ => return false,
+        };
+        !reviews.iter().any(|rev| rev.reviewer == self.login)
+            && self.reviewer(entitlement, dir).is_some()
+            && (entitlement.self_approval || request.requester != self.login)
     }
 
     /// May see `request` (others get "no such request"): its requester, its entitlement's
@@ -158,11 +159,6 @@ impl Actor {
             || request.requester == self.login
             || entitlement.is_some_and(|e| self.reviewer(e, dir).is_some())
     }
-
-    /// May act on `owner`'s API tokens: one's own, or anyone's as an admin.
-    pub fn may_manage_tokens_of(&self, owner: &str) -> bool {
-        self.admin || owner == self.login
-    }
 }
 
 #[cfg(test)]
@@ -195,7 +191,7 @@ approvers = ["group:sre"]
         Revoke,
         Audit,
         Admin,
-        TokensOfDave,
+        ReviewNow,
     }
 
     /// Actor × operation → allowed, on one request by dave.
@@ -234,22 +230,22 @@ approvers = ["group:sre"]
             (
                 "owner@example.com",
                 Via::ApiToken,
-                &[See, SeeWhenEveryone, Revoke, Audit, Admin, TokensOfDave],
+                &[See, SeeWhenEveryone, Revoke, Audit, Admin],
             ),
             (
                 "admin@example.com",
                 Via::WebSession,
-                &[See, SeeWhenEveryone, Revoke, Audit, Admin, TokensOfDave],
+                &[See, SeeWhenEveryone, Revoke, Audit, Admin],
             ),
             (
                 "sre@example.com",
                 Via::ApiToken,
-                &[See, SeeWhenEveryone, Review, Revoke],
+                &[See, SeeWhenEveryone, Review, Revoke, ReviewNow],
             ),
             (
                 "dave@example.com",
                 Via::ApiToken,
-                &[See, SeeWhenEveryone, Drop, Revoke, TokensOfDave],
+                &[See, SeeWhenEveryone, Drop, Revoke],
             ),
             ("eve@example.com", Via::ApiToken, &[SeeWhenEveryone]),
             (
@@ -265,7 +261,7 @@ approvers = ["group:sre"]
             (
                 "ops@example.com",
                 Via::Local,
-                &[See, SeeWhenEveryone, Revoke, Audit, Admin, TokensOfDave],
+                &[See, SeeWhenEveryone, Revoke, Audit, Admin],
             ),
         ];
         let roles: &Roles = &config.roles;
@@ -279,7 +275,7 @@ approvers = ["group:sre"]
                 Revoke,
                 Audit,
                 Admin,
-                TokensOfDave,
+                ReviewNow,
             ] {
                 let outcome = match op {
                     See => actor.may_see(&r, Some(e), &dir, RequestsVisible::Involved),
@@ -289,7 +285,7 @@ approvers = ["group:sre"]
                     Revoke => actor.may_revoke(&r, Some(e), &dir),
                     Audit => actor.auditor().is_some(),
                     Admin => actor.admin().is_some(),
-                    TokensOfDave => actor.may_manage_tokens_of("dave@example.com"),
+                    ReviewNow => actor.may_review(&r, e, &dir),
                 };
                 assert_eq!(
                     outcome,

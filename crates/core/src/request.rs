@@ -782,6 +782,20 @@ impl Request {
     }
 }
 
+/// A user's own role as tidegate recorded it, before its first role grant raised it: from
+/// the earliest of their grants that may hold access. `None` when no grant has touched it.
+pub fn recorded_own_role(requests: &[Request]) -> Option<String> {
+    requests
+        .iter()
+        .filter(|r| r.may_hold_access())
+        .filter_map(|r| {
+            let since = r.tailnet.applying_since.or(r.tailnet.applied_at)?;
+            Some((since, r.tailnet.previous_role.clone()?))
+        })
+        .min()
+        .map(|(_, role)| role)
+}
+
 fn check_duration(entitlement: &Entitlement, duration: Span) -> Result<(), LifecycleError> {
     if duration < entitlement.min_duration || duration > entitlement.max_duration {
         return Err(LifecycleError::Invalid(format!(

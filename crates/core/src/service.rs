@@ -227,20 +227,10 @@ impl Service {
         Ok(Actor::resolve(login, via, &self.config.roles, &dir))
     }
 
-    /// Whether `actor` may review `request` now: pending (or with a pending extension), not
-    /// yet reviewed by them, one of its entitlement's reviewers, and not their own unless
-    /// self-approval is allowed.
+    /// Whether `actor` may review `request` now (see [`Actor::may_review`]).
     pub fn may_review(&self, request: &Request, actor: &Actor, dir: &Directory) -> bool {
-        let who = actor.login();
-        let (open, reviews) = match (&request.state, &request.extension) {
-            (State::Pending, _) => (true, &request.reviews),
-            (State::Active, Some(ext)) => (true, &ext.reviews),
-            _ => (false, &request.reviews),
-        };
-        open && !reviews.iter().any(|rev| rev.reviewer == who)
-            && self.entitlement(&request.entitlement).is_ok_and(|e| {
-                actor.reviewer(e, dir).is_some() && (e.self_approval || request.requester != who)
-            })
+        self.entitlement(&request.entitlement)
+            .is_ok_and(|e| actor.may_review(request, e, dir))
     }
 
     /// The audit chain's head: how long it is and its last hash. Written out periodically (log,
@@ -466,7 +456,8 @@ impl Service {
         };
         let (request, events) =
             Request::create(new_id(), &entitlement, requester, ask, &dir, self.now())?;
-        // Refused now, naming the test, rather than after someone approved it.
+        // Refused now, naming the test, rather than after someone approved it. (A device that
+        // joined since `live` was read made `own_devices` read again: take the newest.)
         let live = self.live().await?;
         crate::preflight::check(&live, &entitlement.strategy, requester, &request.devices)
             .map_err(|refusal| LifecycleError::Invalid(refusal.to_string()))?;
@@ -490,11 +481,7 @@ impl Service {
                 ..RequestFilter::default()
             })
             .await?;
-        let recorded = open
-            .iter()
-            .filter(|r| r.may_hold_access())
-            .find_map(|r| r.tailnet.previous_role.clone());
-        let own = recorded
+        let own = crate::request::recorded_own_role(&open)
             .or_else(|| dir.roles.get(requester).cloned())
             .unwrap_or_else(|| "member".to_owned());
         if crate::entitlement::role_above(role, &own) {
@@ -534,15 +521,6 @@ impl Service {
         let dir = self.directory().await?;
         requests.retain(|r| self.visible(r, actor, &dir));
         Ok(requests)
-    }
-
-    /// Every request matching `filter` (auditors and admins).
-    pub async fn list_all(
-        &self,
-        _auditor: Auditor<'_>,
-        filter: &RequestFilter,
-    ) -> Result<Vec<Request>, ServiceError> {
-        Ok(self.store.requests(filter).await?)
     }
 
     /// Loads a request, applies `change`, stores it with its audit entries. Retries when a

@@ -26,6 +26,15 @@ struct Wanted {
     until: OffsetDateTime,
 }
 
+/// Whether a posture grant calls for a write on its devices: to apply, to remove, or to move
+/// the expiry of an active grant whose end changed (an extension).
+fn needs_write(r: &Request, now: OffsetDateTime) -> bool {
+    needs_change(r, now)
+        || (r.wants_access(now)
+            && r.state == State::Active
+            && r.tailnet.applied_until != r.expires_at)
+}
+
 impl Reconciler {
     fn posture_of(&self, r: &Request) -> Option<(String, serde_json::Value)> {
         match &self.entitlement(&r.entitlement)?.strategy {
@@ -46,13 +55,10 @@ impl Reconciler {
         });
         self.fail_requests(late, "its time ran out before it could be applied", report)
             .await;
-        // Which targets need a write: any grant on them to apply, to move (an extension), or
-        // to remove.
-        let moved =
-            |r: &Request| r.state == State::Active && r.tailnet.applied_until != r.expires_at;
+        // Which targets need a write: any grant on them to apply, to move, or to remove.
         let mut dirty: BTreeSet<Target> = BTreeSet::new();
         for r in &requests {
-            if (needs_change(r, now) || (r.wants_access(now) && moved(r)))
+            if needs_write(r, now)
                 && let Some((attribute, _)) = self.posture_of(r)
             {
                 for device in &r.devices {
@@ -98,7 +104,7 @@ impl Reconciler {
         let mut changes: Vec<(Request, Vec<Event>)> = Vec::new();
         let mut failures: BTreeMap<String, (ChangeError, Vec<Request>)> = BTreeMap::new();
         for mut r in involved {
-            if !(needs_change(&r, now) || (r.wants_access(now) && moved(&r))) {
+            if !needs_write(&r, now) {
                 continue;
             }
             let Some((attribute, _)) = self.posture_of(&r) else {
@@ -181,7 +187,7 @@ impl Reconciler {
         let now = self.now();
         let intents = involved
             .iter()
-            .filter(|r| needs_change(r, now) || r.tailnet.applied_until != r.expires_at)
+            .filter(|r| needs_write(r, now))
             .map(|r| {
                 let action = if r.wants_access(now) {
                     "grant.applying"

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{ChangeError, PassReport, Reconciler, event, needs_change};
 use crate::entitlement::{Strategy, role_rank};
-use crate::request::{Event, Request};
+use crate::request::{Event, Request, recorded_own_role};
 
 impl Reconciler {
     fn role_of(&self, r: &Request) -> Option<String> {
@@ -68,16 +68,7 @@ impl Reconciler {
         let current = user.role.clone();
         // The user's own role: recorded by the first grant that raised it (with its intent,
         // before the write), or the role they have now if no grant has touched it.
-        let base = requests
-            .iter()
-            .filter(|r| r.may_hold_access())
-            .filter_map(|r| {
-                let since = r.tailnet.applying_since.or(r.tailnet.applied_at)?;
-                Some((since, r.tailnet.previous_role.clone()?))
-            })
-            .min()
-            .map(|(_, role)| role)
-            .unwrap_or_else(|| current.clone());
+        let base = recorded_own_role(&requests).unwrap_or_else(|| current.clone());
         let requests = self
             .record_intent(
                 requests,
