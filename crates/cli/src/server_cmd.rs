@@ -282,23 +282,18 @@ pub async fn token(
         },
         TokenCommand::Revoke { id, config, user } => match (config, user) {
             (Some(config), Some(user)) => {
-                let config = load_config(&config)?;
-                let store = open_store(&config.database).await?;
-                let token = tidegate_server::tokens::find(store.as_ref(), &user, &id)
+                let service = operator_service(&config).await?;
+                let operator = service
+                    .actor(
+                        "operator (tidegate token revoke --config)",
+                        tidegate_core::access::Via::Local,
+                    )
                     .await
-                    .map_err(usage)?
-                    .ok_or_else(|| Failure::Rejected(format!("{user} has no token {id}")))?;
-                store.delete_token(&token.hash).await.map_err(usage)?;
-                let entry = tidegate_core::audit::NewAuditEntry {
-                    at: tidegate_core::time_text(SystemClock.now()),
-                    actor: "operator (tidegate token revoke --config)".into(),
-                    action: "token.revoked".into(),
-                    request: None,
-                    detail:
-                        serde_json::json!({"token": id, "kind": token.kind.as_str(), "user": user})
-                            .to_string(),
-                };
-                store.append_audit(&[entry]).await.map_err(usage)?;
+                    .map_err(usage)?;
+                let token = service
+                    .revoke_token(&operator, &user, &id)
+                    .await
+                    .map_err(|e| Failure::Rejected(e.to_string()))?;
                 println!("revoked {id} ({}) of {user}", token.kind.as_str());
                 Ok(())
             }
@@ -357,12 +352,17 @@ pub async fn token(
 }
 
 /// `tidegate adopt GROUP --config F`: an operator on the server adopts a managed group.
-pub async fn adopt(config_path: &Path, group: &str) -> Result<(), Failure> {
+/// The service as an operator on the server uses it: the config's store and tailnet.
+async fn operator_service(config_path: &Path) -> Result<Service, Failure> {
     let config = load_config(config_path)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = open_store(&config.database).await?;
     let tailnet = tailnet_client(&config, clock.clone())?;
-    let service = Service::new(Arc::new(config), store, tailnet, clock);
+    Ok(Service::new(Arc::new(config), store, tailnet, clock))
+}
+
+pub async fn adopt(config_path: &Path, group: &str) -> Result<(), Failure> {
+    let service = operator_service(config_path).await?;
     let operator = service
         .actor(
             "operator (tidegate adopt --config)",

@@ -22,6 +22,8 @@ pub enum ServiceError {
     UnknownEntitlement(String),
     #[error("no request {0}")]
     UnknownRequest(String),
+    #[error("{owner} has no token {id}")]
+    UnknownToken { owner: String, id: String },
     /// The login is not a user of the tailnet: nothing is done for it.
     #[error("{0} is not a user of the tailnet")]
     UnknownUser(String),
@@ -245,6 +247,46 @@ impl Service {
                 .map_or(crate::audit::GENESIS.to_owned(), |e| e.hash.clone()),
             at: crate::time_text(self.now()),
         })
+    }
+
+    /// Revokes one of `owner`'s API tokens or web sessions by its public id: one's own, or
+    /// anyone's as an admin. Audited and logged.
+    pub async fn revoke_token(
+        &self,
+        actor: &Actor,
+        owner: &str,
+        id: &str,
+    ) -> Result<crate::store::ApiToken, ServiceError> {
+        if !(actor.is_admin() || owner == actor.login()) {
+            return Err(ServiceError::Lifecycle(LifecycleError::NotAllowed(
+                format!("{} may not revoke {owner}'s tokens", actor.login()),
+            )));
+        }
+        let unknown = || ServiceError::UnknownToken {
+            owner: owner.to_owned(),
+            id: id.to_owned(),
+        };
+        let token = self
+            .store
+            .tokens_of(owner)
+            .await?
+            .into_iter()
+            .find(|t| t.id() == id)
+            .ok_or_else(unknown)?;
+        if !self.store.delete_token(&token.hash).await? {
+            return Err(unknown());
+        }
+        let kind = token.kind.as_str();
+        tracing::info!(user = %owner, token = %id, kind, by = %actor.login(), "token revoked");
+        let entry = NewAuditEntry {
+            at: time_text(self.now()),
+            actor: actor.login().to_owned(),
+            action: "token.revoked".into(),
+            request: None,
+            detail: serde_json::json!({"token": id, "kind": kind, "user": owner}).to_string(),
+        };
+        self.store.append_audit(&[entry]).await?;
+        Ok(token)
     }
 
     /// Every managed group tidegate has recorded, by name.

@@ -64,9 +64,9 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         use tidegate_core::request::LifecycleError;
         let status = match &e {
-            ServiceError::UnknownEntitlement(_) | ServiceError::UnknownRequest(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ServiceError::UnknownEntitlement(_)
+            | ServiceError::UnknownRequest(_)
+            | ServiceError::UnknownToken { .. } => StatusCode::NOT_FOUND,
             ServiceError::UnknownUser(_) => StatusCode::FORBIDDEN,
             ServiceError::Lifecycle(LifecycleError::NotAllowed(_)) => StatusCode::FORBIDDEN,
             ServiceError::Lifecycle(LifecycleError::WrongState { .. }) => StatusCode::CONFLICT,
@@ -464,24 +464,7 @@ async fn revoke_token(
     Caller(who): Caller,
     ApiPath(id): ApiPath,
 ) -> ApiResult<Json<Value>> {
-    let store = app.service.store();
-    let token = tokens::find(store.as_ref(), who.login(), &id)
-        .await
-        .map_err(ServiceError::from)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("you have no token {id}")))?;
-    store
-        .delete_token(&token.hash)
-        .await
-        .map_err(ServiceError::from)?;
-    tracing::info!(user = %who.login(), token = %id, kind = token.kind.as_str(), "token revoked");
-    let entry = tidegate_core::audit::NewAuditEntry {
-        at: tidegate_core::time_text(app.service.now()),
-        actor: who.login().to_owned(),
-        action: "token.revoked".into(),
-        request: None,
-        detail: json!({"token": id, "kind": token.kind.as_str(), "user": token.user}).to_string(),
-    };
-    let _ = store.append_audit(&[entry]).await;
+    let token = app.service.revoke_token(&who, who.login(), &id).await?;
     Ok(Json(json!({ "revoked": tokens::public(&token) })))
 }
 

@@ -103,12 +103,3 @@ pub fn public(token: &ApiToken) -> serde_json::Value {
         "expires_at": token.expires_at,
     })
 }
-
-/// Finds one of `user`'s tokens by its public id.
-pub async fn find(store: &dyn Store, user: &str, id: &str) -> Result<Option<ApiToken>, StoreError> {
-    Ok(store
-        .tokens_of(user)
-        .await?
-        .into_iter()
-        .find(|t| t.id() == id))
-}

@@ -166,6 +166,40 @@ fn a_token_is_created_only_for_a_user_of_the_tailnet() {
     ]);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     assert!(stdout(&ok).starts_with("tg_"));
+    // An operator on the server lists and revokes anyone's tokens, by id.
+    let listed = tidegate(&[
+        "token",
+        "list",
+        "--config",
+        emu.config(),
+        "--user",
+        "dave@example.com",
+        "--json",
+    ]);
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&listed)).unwrap();
+    let id = listed["tokens"][0]["id"].as_str().unwrap().to_owned();
+    let args = |id: &str| {
+        tidegate(&[
+            "token",
+            "revoke",
+            id,
+            "--config",
+            emu.config(),
+            "--user",
+            "dave@example.com",
+        ])
+    };
+    let revoked = args(&id);
+    assert_eq!(revoked.status.code(), Some(0), "{}", stderr(&revoked));
+    assert!(stdout(&revoked).contains(&format!("revoked {id} (api) of dave@example.com")));
+    let again = args(&id);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("has no token"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
