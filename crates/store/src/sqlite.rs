@@ -3,6 +3,10 @@
 //! which takes the database's write lock up front: writers (in this process or any other)
 //! run one after the other, so the audit chain cannot fork and no transaction has to upgrade a
 //! read lock half-way (which SQLite would refuse with `SQLITE_BUSY` instead of waiting).
+//! Within a process, every write goes through one writer task ([`writer`]), which commits
+//! concurrent writes together.
+
+mod writer;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -17,13 +21,14 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use tidegate_core::audit::{AuditEntry, NewAuditEntry};
 use tidegate_core::request::Request;
 use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
+use writer::{Write, Writer, Written};
 
 use time::OffsetDateTime;
 
 use crate::{
     AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
     decode_request, genesis, map_error, missing_migrations, parse_sortable_time, sortable_time,
-    sql_limit, update_chunks,
+    sql_limit,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -42,6 +47,7 @@ const CONNECT_ATTEMPTS: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: Writer,
 }
 
 impl SqliteStore {
@@ -64,7 +70,10 @@ impl SqliteStore {
         let mut attempt = 1;
         loop {
             match new_pool(options.clone(), in_memory).await {
-                Ok(pool) => return Ok(SqliteStore { pool }),
+                Ok(pool) => {
+                    let writer = Writer::start(pool.clone());
+                    return Ok(SqliteStore { pool, writer });
+                }
                 // Switching a new file to WAL mode can report "database is locked" at once,
                 // without waiting, when another process does the same at the same moment.
                 Err(e) if is_busy(&e) && attempt < CONNECT_ATTEMPTS => {
@@ -103,11 +112,31 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| db(e, "transaction"))
+    /// One statement through the writer; the rows it changed.
+    async fn statement(
+        &self,
+        sql: &'static str,
+        binds: Vec<Option<String>>,
+        what: &'static str,
+    ) -> Result<u64, StoreError> {
+        match self
+            .writer
+            .write(Write::Statement { sql, binds, what })
+            .await?
+        {
+            Written::Rows(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn update_batch(
+        &self,
+        batch: Vec<(Request, Vec<NewAuditEntry>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        match self.writer.write(Write::UpdateRequests(batch)).await? {
+            Written::Stored(stored) => Ok(stored),
+            _ => Err(unexpected()),
+        }
     }
 }
 
@@ -140,6 +169,11 @@ fn is_busy(error: &sqlx::Error) -> bool {
             .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
         _ => false,
     }
+}
+
+/// The writer answered a write with another write's kind of answer (a bug, not bad data).
+fn unexpected() -> StoreError {
+    StoreError::Database("the database writer gave an unexpected answer".into())
 }
 
 fn db(error: sqlx::Error, what: &str) -> StoreError {
@@ -292,12 +326,13 @@ impl Store for SqliteStore {
         request: &Request,
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
-        let rows = [(request, RequestRow::of(request)?)];
-        let what = format!("request {}", request.id);
-        let mut tx = self.write().await?;
-        insert_rows(&mut tx, &rows, &what).await?;
-        append(&mut tx, audit).await?;
-        tx.commit().await.map_err(|e| db(e, &what))
+        self.writer
+            .write(Write::InsertRequests(vec![(
+                request.clone(),
+                audit.to_vec(),
+            )]))
+            .await
+            .map(|_| ())
     }
 
     async fn update_request(
@@ -305,19 +340,18 @@ impl Store for SqliteStore {
         request: &Request,
         audit: &[NewAuditEntry],
     ) -> Result<(), StoreError> {
-        let rows = [(request, RequestRow::of(request)?)];
-        let what = format!("request {}", request.id);
-        let mut tx = self.write().await?;
-        if update_rows(&mut tx, &rows, &[0]).await? != [true] {
-            tx.rollback().await.map_err(|e| db(e, &what))?;
-            return Err(StoreError::Conflict(request.id.clone()));
+        let stored = self
+            .update_batch(vec![(request.clone(), audit.to_vec())])
+            .await?;
+        if stored == [true] {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(request.id.clone()))
         }
-        append(&mut tx, audit).await?;
-        tx.commit().await.map_err(|e| db(e, &what))
     }
 
-    /// One `BEGIN IMMEDIATE` transaction: multi-row INSERTs, then the audit entries of the
-    /// whole batch in batch order.
+    /// One transaction: multi-row INSERTs, then the audit entries of the whole batch in batch
+    /// order.
     async fn insert_requests(
         &self,
         batch: &[(Request, Vec<NewAuditEntry>)],
@@ -325,21 +359,14 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let rows = batch_rows(batch)?;
-        let audit: Vec<NewAuditEntry> = batch.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
-        let what = if batch.len() == 1 {
-            format!("request {}", batch[0].0.id)
-        } else {
-            "a request of the batch".to_owned()
-        };
-        let mut tx = self.write().await?;
-        insert_rows(&mut tx, &rows, &what).await?;
-        append(&mut tx, &audit).await?;
-        tx.commit().await.map_err(|e| db(e, "requests"))
+        self.writer
+            .write(Write::InsertRequests(batch.to_vec()))
+            .await
+            .map(|_| ())
     }
 
-    /// One `BEGIN IMMEDIATE` transaction: multi-row UPDATEs, each row with its version check,
-    /// then the audit entries of the stored ones, in batch order.
+    /// One transaction: multi-row UPDATEs, each row with its version check, then the audit
+    /// entries of the stored ones, in batch order.
     async fn update_requests(
         &self,
         batch: &[(Request, Vec<NewAuditEntry>)],
@@ -347,23 +374,7 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = batch_rows(batch)?;
-        let mut tx = self.write().await?;
-        let mut stored = vec![false; rows.len()];
-        for chunk in update_chunks(&rows) {
-            for (i, ok) in chunk.iter().zip(update_rows(&mut tx, &rows, &chunk).await?) {
-                stored[*i] = ok;
-            }
-        }
-        let audit: Vec<NewAuditEntry> = batch
-            .iter()
-            .zip(&stored)
-            .filter(|(_, ok)| **ok)
-            .flat_map(|((_, a), _)| a.iter().cloned())
-            .collect();
-        append(&mut tx, &audit).await?;
-        tx.commit().await.map_err(|e| db(e, "requests"))?;
-        Ok(stored)
+        self.update_batch(batch.to_vec()).await
     }
 
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
@@ -473,10 +484,14 @@ impl Store for SqliteStore {
         if audit.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write().await?;
-        let entries = append(&mut tx, audit).await?;
-        tx.commit().await.map_err(|e| db(e, "audit entry"))?;
-        Ok(entries)
+        match self
+            .writer
+            .write(Write::AppendAudit(audit.to_vec()))
+            .await?
+        {
+            Written::Audit(entries) => Ok(entries),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn audit(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -511,40 +526,42 @@ impl Store for SqliteStore {
     }
 
     async fn delete_token(&self, hash: &str) -> Result<bool, StoreError> {
-        let deleted = sqlx::query("DELETE FROM api_tokens WHERE hash = ?")
-            .bind(hash)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db(e, "API token"))?;
-        Ok(deleted.rows_affected() > 0)
+        let deleted = self
+            .statement(
+                "DELETE FROM api_tokens WHERE hash = ?",
+                vec![Some(hash.to_owned())],
+                "API token",
+            )
+            .await?;
+        Ok(deleted > 0)
     }
 
     async fn purge_expired_tokens(&self, before: &str) -> Result<u64, StoreError> {
-        let purged =
-            sqlx::query("DELETE FROM api_tokens WHERE expires_at IS NOT NULL AND expires_at < ?")
-                .bind(before)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db(e, "API token"))?;
-        Ok(purged.rows_affected())
+        self.statement(
+            "DELETE FROM api_tokens WHERE expires_at IS NOT NULL AND expires_at < ?",
+            vec![Some(before.to_owned())],
+            "API token",
+        )
+        .await
     }
 
     async fn insert_token(&self, token: &ApiToken) -> Result<(), StoreError> {
-        sqlx::query(
+        self.statement(
             "INSERT INTO api_tokens (hash, user_name, description, created_at, expires_at, kind, last_used_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                Some(token.hash.clone()),
+                Some(token.user.clone()),
+                Some(token.description.clone()),
+                Some(token.created_at.clone()),
+                token.expires_at.clone(),
+                Some(token.kind.as_str().to_owned()),
+                token.last_used_at.clone(),
+            ],
+            "an API token with this hash",
         )
-        .bind(&token.hash)
-        .bind(&token.user)
-        .bind(&token.description)
-        .bind(&token.created_at)
-        .bind(&token.expires_at)
-        .bind(token.kind.as_str())
-        .bind(&token.last_used_at)
-        .execute(&self.pool)
         .await
-        .map_err(|e| db(e, "an API token with this hash"))?;
-        Ok(())
+        .map(|_| ())
     }
 
     async fn token(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
@@ -567,17 +584,14 @@ impl Store for SqliteStore {
     }
 
     async fn put_state(&self, key: &str, value: &str, at: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        self.statement(
             "INSERT INTO tidegate_state (key, value, updated_at) VALUES (?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            vec![Some(key.to_owned()), Some(value.to_owned()), Some(at.to_owned())],
+            "state record",
         )
-        .bind(key)
-        .bind(value)
-        .bind(at)
-        .execute(&self.pool)
         .await
-        .map_err(|e| db(e, "state record"))?;
-        Ok(())
+        .map(|_| ())
     }
 
     async fn states(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
@@ -610,16 +624,17 @@ impl Store for SqliteStore {
         at: &str,
         unless_since: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        self.statement(
             "UPDATE api_tokens SET last_used_at = ? \
              WHERE hash = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            vec![
+                Some(at.to_owned()),
+                Some(hash.to_owned()),
+                Some(unless_since.to_owned()),
+            ],
+            "API token",
         )
-        .bind(at)
-        .bind(hash)
-        .bind(unless_since)
-        .execute(&self.pool)
         .await
-        .map_err(|e| db(e, "API token"))?;
-        Ok(())
+        .map(|_| ())
     }
 }

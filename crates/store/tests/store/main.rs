@@ -53,6 +53,7 @@ conformance!(
     leader_lock,
     request_trail_and_token_removal,
     batch_timings,
+    abandoned_writes_leave_no_lock,
 );
 
 #[tokio::test]

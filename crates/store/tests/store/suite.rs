@@ -1581,3 +1581,51 @@ pub async fn request_trail_and_token_removal(db: Db) {
     assert!(store.token(&token.hash).await.unwrap().is_none());
     assert!(!store.delete_token(&token.hash).await.unwrap());
 }
+
+/// Writers whose callers stop waiting at any point (an HTTP handler whose client went away, an
+/// aborted task) leave no transaction open: another store on the same database can still
+/// write at once, and everything written is whole.
+pub async fn abandoned_writes_leave_no_lock(db: Db) {
+    let store = db.open().await;
+    let other = db.open().await;
+    store
+        .insert_request(
+            &request("r0", "ssh", "alice@example.com", 0),
+            &[entry("request.created", Some("r0"), "{}")],
+        )
+        .await
+        .unwrap();
+    for round in 0..40u64 {
+        let mut tasks = Vec::new();
+        for w in 0..8u64 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let detail = format!(r#"{{"round":{round},"writer":{w}}}"#);
+                let _ = store.append_audit(&[entry("note", None, &detail)]).await;
+            }));
+        }
+        // Abort them at different moments: before, during and after their transaction.
+        tokio::time::sleep(std::time::Duration::from_micros(round * 50)).await;
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+    let after = [entry("after", None, "{}")];
+    let write = other.append_audit(&after);
+    tokio::time::timeout(std::time::Duration::from_secs(5), write)
+        .await
+        .expect("another store could not write within 5 s: a transaction was left open")
+        .unwrap();
+    let mut r = store.request("r0").await.unwrap().unwrap();
+    r.version += 1;
+    let retry = [entry("grant.retry", Some("r0"), "{}")];
+    let update = store.update_request(&r, &retry);
+    tokio::time::timeout(std::time::Duration::from_secs(5), update)
+        .await
+        .expect("the store itself could not write within 5 s")
+        .unwrap();
+    audit::verify(&all_audit(&*other).await).unwrap();
+}
