@@ -281,6 +281,19 @@ pub async fn run(count: usize) -> Result<Value> {
     let revoke_calls = revoking.elapsed();
     let last_revoke = Instant::now();
     let all_removed = until(&emu, last_revoke, |c| c.is_empty()).await?;
+    // Phase 3 starts with the reconciler idle, as each of its approvals does: every removal
+    // verified and stored, not only gone from the tailnet.
+    let open = tidegate_core::store::RequestFilter {
+        open_only: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !service.store().requests(&open).await?.is_empty() {
+        if Instant::now() > deadline {
+            bail!("the revoked grants' removals were never all verified");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     // 3. One at a time: approval answered → attribute visible.
     let mut one_by_one = Vec::new();

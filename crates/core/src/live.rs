@@ -17,8 +17,18 @@ pub struct Live {
     pub inventory: policy::Inventory,
     /// Whether the policy has any `tests` or `sshTests` (without, there is nothing to preflight).
     pub has_tests: bool,
-    /// The policy's own test failures as it stands (worked out once per reading).
-    baseline_failures: std::sync::OnceLock<Vec<policy::TestFailure>>,
+    /// The policy's own tests as it stands (worked out once per reading).
+    baseline: std::sync::OnceLock<Baseline>,
+}
+
+/// The policy's tests on the tailnet as read, before any grant.
+#[derive(Debug, Default)]
+pub struct Baseline {
+    /// The tests that already fail (none, normally): not blamed on a grant.
+    pub failures: Vec<policy::TestFailure>,
+    /// The addresses of the devices the tests use as sources (see
+    /// [`policy::Engine::test_source_ips`]).
+    pub test_sources: std::collections::BTreeSet<std::net::IpAddr>,
 }
 
 impl Live {
@@ -44,16 +54,13 @@ impl Live {
             directory,
             inventory,
             has_tests,
-            baseline_failures: std::sync::OnceLock::new(),
+            baseline: std::sync::OnceLock::new(),
         })
     }
 
-    /// The tests the policy fails as it stands (none, normally); `compute` works them out the
-    /// first time they are asked for.
-    pub fn baseline_failures(
-        &self,
-        compute: impl FnOnce() -> Vec<policy::TestFailure>,
-    ) -> &[policy::TestFailure] {
-        self.baseline_failures.get_or_init(compute)
+    /// The policy's tests as they stand; `compute` works them out the first time they are
+    /// asked for.
+    pub fn baseline(&self, compute: impl FnOnce() -> Baseline) -> &Baseline {
+        self.baseline.get_or_init(compute)
     }
 }

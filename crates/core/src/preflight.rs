@@ -4,7 +4,7 @@
 //! control plane refuses the write).
 
 use crate::entitlement::Strategy;
-use crate::live::Live;
+use crate::live::{Baseline, Live};
 
 /// Why the policy's own tests refuse a grant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,9 +15,26 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// The policy's engine on `text` and `inventory`, or `None` when it cannot be built (a policy
+/// the engine cannot build is not this grant's to judge: the write will say).
+fn engine(text: &str, inventory: &policy::Inventory) -> Option<policy::Engine> {
+    let parsed = policy::Policy::parse(text).ok()?;
+    policy::Engine::build(parsed, inventory).ok()
+}
+
+fn baseline(live: &Live) -> &Baseline {
+    live.baseline(|| match engine(&live.policy_text, &live.inventory) {
+        Some(engine) => Baseline {
+            failures: engine.run_tests(),
+            test_sources: engine.test_source_ips(),
+        },
+        None => Baseline::default(),
+    })
+}
+
 /// Runs the policy's tests with the grant in place. `Ok` when they pass, or when the grant
-/// does not change what they look at (roles, keys); a test that already fails without the
-/// grant is not blamed on it.
+/// does not change what they look at (roles, keys, a posture attribute on a device no test
+/// starts from); a test that already fails without the grant is not blamed on it.
 pub fn check(
     live: &Live,
     strategy: &Strategy,
@@ -27,17 +44,8 @@ pub fn check(
     if !live.has_tests {
         return Ok(());
     }
-    let refusal = |f: &policy::TestFailure| Refusal {
-        test: f.test.clone(),
-        message: f.message.clone(),
-    };
     let failures =
-        |text: &str, inventory: &policy::Inventory| -> Option<Vec<policy::TestFailure>> {
-            // A policy the engine cannot build is not this grant's to judge: the write will say.
-            let parsed = policy::Policy::parse(text).ok()?;
-            let engine = policy::Engine::build(parsed, inventory).ok()?;
-            Some(engine.run_tests())
-        };
+        |text: &str, inventory: &policy::Inventory| engine(text, inventory).map(|e| e.run_tests());
     let with = match strategy {
         Strategy::Group { group, .. } => {
             let Ok(mut doc) = hujson::Document::parse(&live.policy_text) else {
@@ -50,12 +58,26 @@ pub fn check(
             failures(doc.text(), &live.inventory)
         }
         Strategy::Posture { attribute, value } => {
+            let granted =
+                |d: &policy::Device| devices.contains(&d.node_id) || devices.contains(&d.id);
+            // Postures apply to sources only: without a test starting from these devices,
+            // the engine need not be built again (the common case, and most of the cost).
+            let sources = &baseline(live).test_sources;
+            let tested = live
+                .inventory
+                .devices
+                .iter()
+                .filter(|d| granted(d))
+                .flat_map(|d| &d.addresses)
+                .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+                .any(|ip| sources.contains(&ip));
+            if !tested {
+                return Ok(());
+            }
             let mut inventory = live.inventory.clone();
-            for d in &mut inventory.devices {
-                if devices.contains(&d.node_id) || devices.contains(&d.id) {
-                    d.posture_attributes
-                        .insert(attribute.clone(), value.clone());
-                }
+            for d in inventory.devices.iter_mut().filter(|d| granted(d)) {
+                d.posture_attributes
+                    .insert(attribute.clone(), value.clone());
             }
             failures(&live.policy_text, &inventory)
         }
@@ -67,13 +89,19 @@ pub fn check(
     if with.is_empty() {
         return Ok(());
     }
-    let before =
-        live.baseline_failures(|| failures(&live.policy_text, &live.inventory).unwrap_or_default());
+    let before = &baseline(live).failures;
     match with
         .iter()
         .find(|f| !before.iter().any(|b| b.test == f.test))
     {
         Some(new) => Err(refusal(new)),
         None => Ok(()),
+    }
+}
+
+fn refusal(f: &policy::TestFailure) -> Refusal {
+    Refusal {
+        test: f.test.clone(),
+        message: f.message.clone(),
     }
 }

@@ -241,6 +241,27 @@ impl Engine {
         None
     }
 
+    /// The addresses of every device a test or SSH test uses as its source. Posture conditions
+    /// apply to sources only, so a posture attribute on any other device cannot change a
+    /// test's outcome. (A source that resolves to nothing adds nothing.)
+    pub fn test_source_ips(&self) -> std::collections::BTreeSet<IpAddr> {
+        let file = &self.policy.file;
+        let acl = file
+            .tests
+            .iter()
+            .filter_map(|t| t.src.as_deref())
+            .filter_map(|src| self.test_src_ips(src).ok())
+            .flatten();
+        let ssh = file
+            .ssh_tests
+            .iter()
+            .filter_map(|t| t.src.as_deref())
+            .filter_map(|src| self.ssh_test_nodes(src, "src").ok())
+            .flatten()
+            .flat_map(|n| self.node(n).ips.clone());
+        acl.chain(ssh).collect()
+    }
+
     /// Runs the policy's `tests` and `sshTests`; the failures, none if all pass.
     pub fn run_tests(&self) -> Vec<crate::TestFailure> {
         let mut failures = Vec::new();

@@ -582,6 +582,47 @@ async fn a_request_the_policys_tests_refuse_is_refused_when_asked() {
     w.approved_prod_request("dave@example.com", "1h").await;
 }
 
+/// Posture grants are checked against the tests too: only a device a test starts from can
+/// change its outcome, so only that request is refused.
+#[tokio::test]
+async fn a_posture_grant_the_policys_tests_refuse_is_refused_when_asked() {
+    let w = World::new().await;
+    // dave's desktop must never reach the production database.
+    let text = w.emu.state().policy.replace(
+        r#""tests": ["#,
+        r#""tests": [
+		{"src": "dave@example.com", "deny": ["tag:prod:5432"]},"#,
+    );
+    w.admin_edit(text).await;
+    let err = w
+        .service
+        .create(
+            &who(&w.service, "dave@example.com").await,
+            NewRequest {
+                entitlement: "prod-db".into(),
+                reason: "INC-1".into(),
+                devices: vec!["dave-desktop".into()],
+                ..NewRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the policy's own tests[0] refuses this grant"),
+        "{err}"
+    );
+    assert!(
+        w.store
+            .requests(&RequestFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // carol's laptop is no test's source: her grant cannot change a test's outcome.
+    ask(&w, "carol@example.com", "prod-db", "1h", &["carol-laptop"]).await;
+}
+
 /// One step of a random history over three targets: dave in group:prod-access (prod-ssh),
 /// the attribute on dave-desktop (prod-db), carol's role (network-admin).
 #[derive(Debug, Clone)]
