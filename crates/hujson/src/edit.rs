@@ -77,11 +77,18 @@ impl Document {
 
     /// Applies splices (non-overlapping, any order) and re-parses.
     fn splice(&mut self, mut edits: Vec<(usize, usize, String)>) -> Result<(), EditError> {
-        edits.sort_by_key(|e| std::cmp::Reverse(e.0));
-        let mut text = self.text.clone();
+        // One pass over the text (edits do not overlap): replacing each range in place would
+        // move the rest of the text once per edit, quadratic for thousands of removals.
+        edits.sort_by_key(|e| e.0);
+        let mut text = String::with_capacity(self.text.len());
+        let mut copied = 0;
         for (start, end, with) in edits {
-            text.replace_range(start..end, &with);
+            let before = self.text.get(copied..start).ok_or(EditError::Overlapping)?;
+            text.push_str(before);
+            text.push_str(&with);
+            copied = end;
         }
+        text.push_str(&self.text[copied..]);
         // On a failed re-parse the document is left as it was.
         *self = Document::parse(&text).map_err(EditError::Corrupted)?;
         Ok(())

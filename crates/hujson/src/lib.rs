@@ -47,6 +47,8 @@ pub enum EditError {
     InvalidValue(Error),
     #[error("edit produced invalid HuJSON (this is a bug): {0}")]
     Corrupted(Error),
+    #[error("overlapping edits (this is a bug)")]
+    Overlapping,
 }
 
 /// 1-based line and byte column of `offset` in `text`.

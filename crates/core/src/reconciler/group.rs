@@ -162,7 +162,14 @@ impl Reconciler {
             {
                 Ok(new) => {
                     report.policy_writes += 1;
-                    tracing::info!(changes = ?changes, etag = %new.etag, "policy written");
+                    // The full list is in the audit entry; a log line stays readable.
+                    const SHOWN: usize = 20;
+                    tracing::info!(
+                        changes = changes.len(),
+                        first = ?&changes[..changes.len().min(SHOWN)],
+                        etag = %new.etag,
+                        "policy written"
+                    );
                     self.record(
                         "tailnet.policy_written",
                         json!({"changes": changes, "etag": new.etag}),

@@ -103,6 +103,22 @@ async fn commit(pool: &SqlitePool, writes: Vec<Write>) -> Vec<Result<Written, St
     if count > 1 {
         tracing::trace!(writes = count, "committing writes together");
     }
+    // A write alone needs no savepoint (which journals every page it changes): on failure the
+    // whole transaction is rolled back.
+    let mut writes = writes;
+    if count == 1
+        && let Some(write) = writes.pop()
+    {
+        let result = apply(&mut tx, write).await;
+        let ended = match &result {
+            Ok(_) => tx.commit().await,
+            Err(_) => tx.rollback().await,
+        };
+        return match ended {
+            Ok(()) => vec![result],
+            Err(e) => failed(1, db(e, "commit")),
+        };
+    }
     let mut results = Vec::with_capacity(count);
     for write in writes {
         if let Err(e) = savepoint(&mut tx, "SAVEPOINT write").await {
