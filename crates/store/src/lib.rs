@@ -25,6 +25,7 @@ use time::macros::format_description;
 pub use tidegate_core::store::{ApiToken, RequestFilter, StoreError};
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 pub use postgres::PostgresStore;

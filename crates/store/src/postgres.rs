@@ -17,10 +17,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sql::{self, AuditRow};
 use crate::{TOKEN_COLUMNS, TokenRow};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Transaction};
 use tidegate_core::audit::{AuditEntry, NewAuditEntry};
 use tidegate_core::request::Request;
 use tidegate_core::store::LeaderLock;
@@ -31,7 +32,7 @@ use time::OffsetDateTime;
 use crate::{
     AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
     decode_request, map_error, missing_migrations, parse_sortable_time, redact_url, sortable_time,
-    sql_limit, update_chunks,
+    update_chunks,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -137,20 +138,7 @@ impl PostgresStore {
             head.ok_or_else(|| StoreError::Corrupt("the audit chain head row is missing".into()))?;
         let chained = chain_after(seq, &hash, entries);
         for chunk in chained.chunks(AUDIT_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Postgres>::new(
-                "INSERT INTO audit (seq, at, actor, action, request, detail, prev_hash, hash) ",
-            );
-            insert.push_values(chunk, |mut row, e| {
-                row.push_bind(e.seq)
-                    .push_bind(&e.at)
-                    .push_bind(&e.actor)
-                    .push_bind(&e.action)
-                    .push_bind(&e.request)
-                    .push_bind(&e.detail)
-                    .push_bind(&e.prev_hash)
-                    .push_bind(&e.hash);
-            });
-            insert
+            sql::insert_audit::<Postgres>(chunk)
                 .build()
                 .execute(&mut **tx)
                 .await
@@ -168,29 +156,6 @@ impl PostgresStore {
     }
 }
 
-fn audit_entry(row: &PgRow) -> Result<AuditEntry, sqlx::Error> {
-    Ok(AuditEntry {
-        seq: row.try_get("seq")?,
-        at: row.try_get("at")?,
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        request: row.try_get("request")?,
-        detail: row.try_get("detail")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
-}
-
-/// The rows of a batch, encoded before any transaction starts.
-fn batch_rows(
-    batch: &[(Request, Vec<NewAuditEntry>)],
-) -> Result<Vec<(&Request, RequestRow)>, StoreError> {
-    batch
-        .iter()
-        .map(|(request, _)| Ok((request, RequestRow::of(request)?)))
-        .collect()
-}
-
 impl PostgresStore {
     /// Inserts request rows, [`REQUEST_ROWS_PER_INSERT`] per statement. `what` names them in a
     /// duplicate error.
@@ -201,27 +166,7 @@ impl PostgresStore {
         what: &str,
     ) -> Result<(), StoreError> {
         for chunk in rows.chunks(REQUEST_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Postgres>::new(
-                "INSERT INTO requests \
-                 (id, entitlement, requester, state, is_open, version, created_at, due_at, \
-                 access_ends_at, body) ",
-            );
-            insert.push_values(chunk, |mut b, (request, row)| {
-                b.push_bind(&request.id)
-                    .push_bind(&request.entitlement)
-                    .push_bind(&request.requester)
-                    .push_bind(row.state)
-                    .push_bind(row.open)
-                    .push_bind(request.version)
-                    .push_bind(&row.created_at)
-                    .push_unseparated("::timestamptz")
-                    .push_bind(&row.due_at)
-                    .push_unseparated("::timestamptz")
-                    .push_bind(&row.access_ends_at)
-                    .push_unseparated("::timestamptz")
-                    .push_bind(&row.body);
-            });
-            insert
+            sql::insert_requests::<Postgres>(chunk, &sql::POSTGRES)
                 .build()
                 .execute(&mut **tx)
                 .await
@@ -326,13 +271,9 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let rows = batch_rows(batch)?;
-        let audit: Vec<NewAuditEntry> = batch.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
-        let what = if batch.len() == 1 {
-            format!("request {}", batch[0].0.id)
-        } else {
-            "a request of the batch".to_owned()
-        };
+        let rows = sql::batch_rows(batch)?;
+        let audit = sql::stored_audit(batch, |_| true);
+        let what = sql::batch_what(batch);
         let mut tx = self.begin().await?;
         self.insert_rows(&mut tx, &rows, &what).await?;
         self.append(&mut tx, &audit).await?;
@@ -349,7 +290,7 @@ impl Store for PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = batch_rows(batch)?;
+        let rows = sql::batch_rows(batch)?;
         let mut tx = self.begin().await?;
         let mut stored = vec![false; rows.len()];
         for chunk in update_chunks(&rows) {
@@ -358,12 +299,7 @@ impl Store for PostgresStore {
                 stored[*i] = ok;
             }
         }
-        let audit: Vec<NewAuditEntry> = batch
-            .iter()
-            .zip(&stored)
-            .filter(|(_, ok)| **ok)
-            .flat_map(|((_, a), _)| a.iter().cloned())
-            .collect();
+        let audit = sql::stored_audit(batch, |i| stored[i]);
         self.append(&mut tx, &audit).await?;
         tx.commit().await.map_err(|e| self.db(e, "requests"))?;
         Ok(stored)
@@ -437,38 +373,7 @@ impl Store for PostgresStore {
     }
 
     async fn requests(&self, filter: &RequestFilter) -> Result<Vec<Request>, StoreError> {
-        let mut query = QueryBuilder::<Postgres>::new("SELECT id, body FROM requests WHERE TRUE");
-        if !filter.states.is_empty() {
-            let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
-            query.push(" AND state = ANY(").push_bind(states).push(")");
-        }
-        if let Some(requester) = &filter.requester {
-            query.push(" AND requester = ").push_bind(requester);
-        }
-        if let Some(entitlement) = &filter.entitlement {
-            query.push(" AND entitlement = ").push_bind(entitlement);
-        }
-        if let Some(at) = filter.overdue_at {
-            query
-                .push(" AND is_open AND access_ends_at <= CAST(")
-                .push_bind(sortable_time(at)?)
-                .push(" AS TIMESTAMPTZ)");
-        }
-        if let Some(due_before) = filter.due_before {
-            // Oldest due first, along the partial index `requests_due`.
-            query
-                .push(" AND is_open AND due_at <= CAST(")
-                .push_bind(sortable_time(due_before)?)
-                .push(" AS TIMESTAMPTZ) ORDER BY due_at, id");
-        } else {
-            if filter.open_only {
-                query.push(" AND is_open");
-            }
-            query.push(" ORDER BY created_at DESC, id DESC");
-        }
-        if let Some(limit) = filter.limit {
-            query.push(" LIMIT ").push_bind(sql_limit(limit));
-        }
+        let mut query = sql::requests_query::<Postgres>(filter, &sql::POSTGRES)?;
         let rows: Vec<(String, String)> = query
             .build_query_as()
             .fetch_all(&self.pool)
@@ -490,34 +395,21 @@ impl Store for PostgresStore {
     }
 
     async fn audit(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, action, request, detail, prev_hash, hash \
-             FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after)
-        .bind(sql_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e, "audit entry"))?;
-        rows.iter()
-            .map(audit_entry)
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
+        let rows: Vec<AuditRow> = sql::audit_after::<Postgres>(after, limit)
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "audit entry"))?;
+        Ok(rows.into_iter().map(sql::audit_entry).collect())
     }
 
     async fn audit_of_request(&self, request: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, action, request, detail, prev_hash, hash \
-             FROM audit WHERE request = $1 ORDER BY seq",
-        )
-        .bind(request)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.db(e, "audit entry"))?;
-        rows.iter()
-            .map(audit_entry)
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
+        let rows: Vec<AuditRow> = sql::audit_of::<Postgres>(request)
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "audit entry"))?;
+        Ok(rows.into_iter().map(sql::audit_entry).collect())
     }
 
     async fn delete_token(&self, hash: &str) -> Result<bool, StoreError> {

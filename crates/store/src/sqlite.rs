@@ -12,12 +12,11 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::sql::{self, AuditRow};
 use crate::{TOKEN_COLUMNS, TokenRow};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 use tidegate_core::audit::{AuditEntry, NewAuditEntry};
 use tidegate_core::request::Request;
 use tidegate_core::store::{ApiToken, RequestFilter, Store, StoreError};
@@ -28,7 +27,6 @@ use time::OffsetDateTime;
 use crate::{
     AUDIT_ROWS_PER_INSERT, REQUEST_ROWS_PER_INSERT, RequestRow, Secrets, chain_after,
     decode_request, genesis, map_error, missing_migrations, parse_sortable_time, sortable_time,
-    sql_limit,
 };
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -201,39 +199,13 @@ async fn append(
     let (seq, hash) = head.unwrap_or_else(genesis);
     let chained = chain_after(seq, &hash, entries);
     for chunk in chained.chunks(AUDIT_ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO audit (seq, at, actor, action, request, detail, prev_hash, hash) ",
-        );
-        insert.push_values(chunk, |mut row, e| {
-            row.push_bind(e.seq)
-                .push_bind(&e.at)
-                .push_bind(&e.actor)
-                .push_bind(&e.action)
-                .push_bind(&e.request)
-                .push_bind(&e.detail)
-                .push_bind(&e.prev_hash)
-                .push_bind(&e.hash);
-        });
-        insert
+        sql::insert_audit::<Sqlite>(chunk)
             .build()
             .execute(&mut **tx)
             .await
             .map_err(|e| db(e, "audit entry"))?;
     }
     Ok(chained)
-}
-
-fn audit_entry(row: &SqliteRow) -> Result<AuditEntry, sqlx::Error> {
-    Ok(AuditEntry {
-        seq: row.try_get("seq")?,
-        at: row.try_get("at")?,
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        request: row.try_get("request")?,
-        detail: row.try_get("detail")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
 }
 
 /// Inserts request rows, [`REQUEST_ROWS_PER_INSERT`] per statement. `what` names them in a
@@ -244,24 +216,7 @@ async fn insert_rows(
     what: &str,
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(REQUEST_ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO requests \
-             (id, entitlement, requester, state, is_open, version, created_at, due_at, \
-             access_ends_at, body) ",
-        );
-        insert.push_values(chunk, |mut b, (request, row)| {
-            b.push_bind(&request.id)
-                .push_bind(&request.entitlement)
-                .push_bind(&request.requester)
-                .push_bind(row.state)
-                .push_bind(row.open)
-                .push_bind(request.version)
-                .push_bind(&row.created_at)
-                .push_bind(&row.due_at)
-                .push_bind(&row.access_ends_at)
-                .push_bind(&row.body);
-        });
-        insert
+        sql::insert_requests::<Sqlite>(chunk, &sql::SQLITE)
             .build()
             .execute(&mut **tx)
             .await
@@ -312,16 +267,6 @@ async fn update_rows(
         .iter()
         .map(|&i| updated.contains(&rows[i].0.id))
         .collect())
-}
-
-/// The rows of a batch, encoded before any transaction starts.
-fn batch_rows(
-    batch: &[(Request, Vec<NewAuditEntry>)],
-) -> Result<Vec<(&Request, RequestRow)>, StoreError> {
-    batch
-        .iter()
-        .map(|(request, _)| Ok((request, RequestRow::of(request)?)))
-        .collect()
 }
 
 #[async_trait::async_trait]
@@ -440,41 +385,7 @@ impl Store for SqliteStore {
     }
 
     async fn requests(&self, filter: &RequestFilter) -> Result<Vec<Request>, StoreError> {
-        let mut query = QueryBuilder::<Sqlite>::new("SELECT id, body FROM requests WHERE 1 = 1");
-        if !filter.states.is_empty() {
-            query.push(" AND state IN (");
-            let mut states = query.separated(", ");
-            for state in &filter.states {
-                states.push_bind(state.as_str());
-            }
-            states.push_unseparated(")");
-        }
-        if let Some(requester) = &filter.requester {
-            query.push(" AND requester = ").push_bind(requester);
-        }
-        if let Some(entitlement) = &filter.entitlement {
-            query.push(" AND entitlement = ").push_bind(entitlement);
-        }
-        if let Some(at) = filter.overdue_at {
-            query
-                .push(" AND is_open = 1 AND access_ends_at <= ")
-                .push_bind(sortable_time(at)?);
-        }
-        if let Some(due_before) = filter.due_before {
-            // Oldest due first, along the partial index `requests_due`.
-            query
-                .push(" AND is_open = 1 AND due_at <= ")
-                .push_bind(sortable_time(due_before)?)
-                .push(" ORDER BY due_at, id");
-        } else {
-            if filter.open_only {
-                query.push(" AND is_open = 1");
-            }
-            query.push(" ORDER BY created_at DESC, id DESC");
-        }
-        if let Some(limit) = filter.limit {
-            query.push(" LIMIT ").push_bind(sql_limit(limit));
-        }
+        let mut query = sql::requests_query::<Sqlite>(filter, &sql::SQLITE)?;
         let rows: Vec<(String, String)> = query
             .build_query_as()
             .fetch_all(&self.pool)
@@ -500,34 +411,21 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, action, request, detail, prev_hash, hash \
-             FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(after)
-        .bind(sql_limit(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db(e, "audit entry"))?;
-        rows.iter()
-            .map(audit_entry)
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
+        let rows: Vec<AuditRow> = sql::audit_after::<Sqlite>(after, limit)
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db(e, "audit entry"))?;
+        Ok(rows.into_iter().map(sql::audit_entry).collect())
     }
 
     async fn audit_of_request(&self, request: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, action, request, detail, prev_hash, hash \
-             FROM audit WHERE request = ? ORDER BY seq",
-        )
-        .bind(request)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db(e, "audit entry"))?;
-        rows.iter()
-            .map(audit_entry)
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
+        let rows: Vec<AuditRow> = sql::audit_of::<Sqlite>(request)
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db(e, "audit entry"))?;
+        Ok(rows.into_iter().map(sql::audit_entry).collect())
     }
 
     async fn delete_token(&self, hash: &str) -> Result<bool, StoreError> {

@@ -14,7 +14,8 @@ use tidegate_core::request::Request;
 use tidegate_core::store::StoreError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{append, batch_rows, db, insert_rows, update_rows};
+use super::{append, db, insert_rows, update_rows};
+use crate::sql::{batch_rows, batch_what, stored_audit};
 use crate::update_chunks;
 
 /// Writes committed together at most; more wait for the next commit.
@@ -160,12 +161,8 @@ async fn apply(tx: &mut Transaction<'static, Sqlite>, write: Write) -> Result<Wr
     match write {
         Write::InsertRequests(batch) => {
             let rows = batch_rows(&batch)?;
-            let audit: Vec<NewAuditEntry> =
-                batch.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
-            let what = match &batch[..] {
-                [(one, _)] => format!("request {}", one.id),
-                _ => "a request of the batch".to_owned(),
-            };
+            let audit = stored_audit(&batch, |_| true);
+            let what = batch_what(&batch);
             insert_rows(tx, &rows, &what).await?;
             append(tx, &audit).await?;
             Ok(Written::Done)
@@ -178,12 +175,7 @@ async fn apply(tx: &mut Transaction<'static, Sqlite>, write: Write) -> Result<Wr
                     stored[*i] = ok;
                 }
             }
-            let audit: Vec<NewAuditEntry> = batch
-                .iter()
-                .zip(&stored)
-                .filter(|(_, ok)| **ok)
-                .flat_map(|((_, a), _)| a.iter().cloned())
-                .collect();
+            let audit = stored_audit(&batch, |i| stored[i]);
             append(tx, &audit).await?;
             Ok(Written::Stored(stored))
         }
