@@ -123,6 +123,12 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
     };
     let lead = 30 + count as u64 / 10_000;
     let start = tidegate_core::now(&clock);
+    let alice = service
+        .actor("alice@example.com", tidegate_core::access::Via::ApiToken)
+        .await?;
+    let reviewer = alice
+        .review(&entitlement, &directory)
+        .map_err(anyhow::Error::msg)?;
     let mut batch = Vec::with_capacity(count);
     for (i, login) in logins.iter().enumerate() {
         let seconds = lead + (i as u64 * spread) / count as u64;
@@ -138,7 +144,7 @@ pub async fn run(count: usize, spread: u64) -> Result<Value> {
             &directory,
             start,
         )?;
-        events.extend(r.approve(&entitlement, "alice@example.com", "", &directory, start)?);
+        events.extend(r.approve(&entitlement, &reviewer, "", start)?);
         events.extend(r.activate(start, json!({"group": GROUP}))?);
         batch.push((r, audit_entries(&events, start)));
     }

@@ -2,9 +2,10 @@
 //!
 //! A caller is resolved once per call into an [`Actor`] (by [`crate::service::Service::actor`],
 //! which refuses logins that are not users of the tailnet). Operations that need a permission
-//! take a capability value — [`Admin`], [`Auditor`], [`Reviewer`] — that only this module can
-//! make, so code without the permission cannot call them. Request-level rules (see, drop,
-//! revoke) are [`Actor`] methods here too; the request lifecycle checks them again.
+//! take a capability value — [`Admin`], [`Auditor`], [`Reviewer`] (for one entitlement),
+//! [`Revoker`] (for one request) — that only this module can make, so code without the
+//! permission cannot call them: the request lifecycle's approve, deny and revoke take them.
+//! Request-level rules (see, drop) are [`Actor`] methods here too.
 
 use crate::config::RequestsVisible;
 use crate::entitlement::{Directory, Entitlement, Selector};
@@ -37,10 +38,19 @@ pub struct Admin<'a>(&'a Actor);
 #[derive(Debug, Clone, Copy)]
 pub struct Auditor<'a>(&'a Actor);
 
-/// May review (approve, deny, revoke) requests for one entitlement.
-#[derive(Debug, Clone, Copy)]
-pub struct Reviewer<'a> {
-    actor: &'a Actor,
+/// May review (approve, deny) requests for one entitlement: one of its approvers.
+#[derive(Debug, Clone)]
+pub struct Reviewer {
+    login: String,
+    entitlement: String,
+}
+
+/// May end one request's grant early: its requester (a drop), a reviewer of its entitlement,
+/// or an admin.
+#[derive(Debug, Clone)]
+pub struct Revoker {
+    login: String,
+    request: String,
 }
 
 impl Admin<'_> {
@@ -55,9 +65,25 @@ impl Auditor<'_> {
     }
 }
 
-impl Reviewer<'_> {
+impl Reviewer {
     pub fn login(&self) -> &str {
-        &self.actor.login
+        &self.login
+    }
+
+    /// The entitlement whose requests this reviewer may review.
+    pub fn entitlement(&self) -> &str {
+        &self.entitlement
+    }
+}
+
+impl Revoker {
+    pub fn login(&self) -> &str {
+        &self.login
+    }
+
+    /// The request this revoker may end.
+    pub fn request(&self) -> &str {
+        &self.request
     }
 }
 
@@ -104,9 +130,53 @@ impl Actor {
     }
 
     /// May review requests for `entitlement`: one of its approvers.
-    pub fn reviewer(&self, entitlement: &Entitlement, dir: &Directory) -> Option<Reviewer<'_>> {
+    pub fn reviewer(&self, entitlement: &Entitlement, dir: &Directory) -> Option<Reviewer> {
         dir.matches_any(&entitlement.approvers, &self.login)
-            .then_some(Reviewer { actor: self })
+            .then(|| Reviewer {
+                login: self.login.clone(),
+                entitlement: entitlement.name.clone(),
+            })
+    }
+
+    /// [`Self::reviewer`], or why not (naming the approvers).
+    pub fn review(&self, entitlement: &Entitlement, dir: &Directory) -> Result<Reviewer, String> {
+        self.reviewer(entitlement, dir).ok_or_else(|| {
+            let who: Vec<String> = entitlement
+                .approvers
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            format!(
+                "{} may not review {:?} requests: its approvers are {}",
+                self.login,
+                entitlement.name,
+                if who.is_empty() {
+                    "nobody".to_owned()
+                } else {
+                    who.join(", ")
+                }
+            )
+        })
+    }
+
+    /// May end `request`'s grant early (see [`Revoker`]), or why not.
+    pub fn revoker(
+        &self,
+        request: &Request,
+        entitlement: &Entitlement,
+        dir: &Directory,
+    ) -> Result<Revoker, String> {
+        if self.may_revoke(request, Some(entitlement), dir) {
+            Ok(Revoker {
+                login: self.login.clone(),
+                request: request.id.clone(),
+            })
+        } else {
+            Err(format!(
+                "{} may not revoke {}: only the requester, an approver of {:?} or an admin can",
+                self.login, request.id, entitlement.name
+            ))
+        }
     }
 
     /// May review `request` now: pending (or an active grant with a pending extension), not

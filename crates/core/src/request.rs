@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::access::{Reviewer, Revoker};
 use crate::duration::Span;
 use crate::entitlement::{Directory, Entitlement, ReasonRule};
 
@@ -392,49 +393,41 @@ impl Request {
     }
 
     /// May `reviewer` review this request at all?
+    /// The reviewer's capability must be for this request's entitlement, and nobody reviews
+    /// their own request unless the entitlement allows it.
     fn check_reviewer(
         &self,
         entitlement: &Entitlement,
-        reviewer: &str,
-        directory: &Directory,
+        reviewer: &Reviewer,
     ) -> Result<(), LifecycleError> {
-        if !directory.matches_any(&entitlement.approvers, reviewer) {
-            let who: Vec<String> = entitlement
-                .approvers
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        if reviewer.entitlement() != self.entitlement || entitlement.name != self.entitlement {
             return Err(not_allowed(format!(
-                "{reviewer} may not review {:?} requests: its approvers are {}",
-                entitlement.name,
-                if who.is_empty() {
-                    "nobody".to_owned()
-                } else {
-                    who.join(", ")
-                }
+                "{} reviews {:?} requests, not {}",
+                reviewer.login(),
+                reviewer.entitlement(),
+                self.id
             )));
         }
-        if reviewer == self.requester && !entitlement.self_approval {
+        if reviewer.login() == self.requester && !entitlement.self_approval {
             return Err(not_allowed(format!(
-                "{reviewer} requested {} and may not review their own request",
+                "{} requested {} and may not review their own request",
+                reviewer.login(),
                 self.id
             )));
         }
         Ok(())
     }
 
-    /// Records an approval (of the request, or of its pending extension). Enough distinct
-    /// approvals approve it.
     pub fn approve(
         &mut self,
         entitlement: &Entitlement,
-        reviewer: &str,
+        reviewer: &Reviewer,
         comment: &str,
-        directory: &Directory,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, LifecycleError> {
         check_text("comment", comment)?;
-        self.check_reviewer(entitlement, reviewer, directory)?;
+        self.check_reviewer(entitlement, reviewer)?;
+        let reviewer = reviewer.login();
         let review = Review {
             reviewer: reviewer.to_owned(),
             approve: true,
@@ -506,13 +499,13 @@ impl Request {
     pub fn deny(
         &mut self,
         entitlement: &Entitlement,
-        reviewer: &str,
+        reviewer: &Reviewer,
         comment: &str,
-        directory: &Directory,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, LifecycleError> {
         check_text("comment", comment)?;
-        self.check_reviewer(entitlement, reviewer, directory)?;
+        self.check_reviewer(entitlement, reviewer)?;
+        let reviewer = reviewer.login();
         if self.state == State::Active && self.extension.is_some() {
             self.extension = None;
             return Ok(vec![self.event(
@@ -569,21 +562,21 @@ impl Request {
     /// Ends access early: the requester drops it, or an approver or admin revokes it.
     pub fn revoke(
         &mut self,
-        entitlement: &Entitlement,
-        by: &str,
+        revoker: &Revoker,
         reason: &str,
-        directory: &Directory,
-        is_admin: bool,
         now: OffsetDateTime,
     ) -> Result<Vec<Event>, LifecycleError> {
         check_text("reason", reason)?;
-        let requester = by == self.requester;
-        if !requester && !is_admin && !directory.matches_any(&entitlement.approvers, by) {
+        if revoker.request() != self.id {
             return Err(not_allowed(format!(
-                "{by} may not revoke {}: only the requester, an approver of {:?} or an admin can",
-                self.id, entitlement.name
+                "{} may end {}, not {}",
+                revoker.login(),
+                revoker.request(),
+                self.id
             )));
         }
+        let by = revoker.login();
+        let requester = by == self.requester;
         if !matches!(self.state, State::Active | State::Approved) {
             return Err(self.wrong_state("revoked"));
         }
@@ -809,7 +802,49 @@ fn check_duration(entitlement: &Entitlement, duration: Span) -> Result<(), Lifec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::access::{Actor, Via};
+    use crate::config::{Config, Roles};
+
+    fn actor(login: &str, dir: &Directory) -> Actor {
+        Actor::resolve(login, Via::ApiToken, &Roles::default(), dir)
+    }
+
+    /// An approval by `login`, with the capability the service would hand out.
+    fn approve(
+        r: &mut Request,
+        e: &Entitlement,
+        login: &str,
+        comment: &str,
+        dir: &Directory,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        let reviewer = actor(login, dir).review(e, dir).map_err(not_allowed)?;
+        r.approve(e, &reviewer, comment, now)
+    }
+
+    fn deny(
+        r: &mut Request,
+        e: &Entitlement,
+        login: &str,
+        comment: &str,
+        dir: &Directory,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        let reviewer = actor(login, dir).review(e, dir).map_err(not_allowed)?;
+        r.deny(e, &reviewer, comment, now)
+    }
+
+    fn revoke(
+        r: &mut Request,
+        e: &Entitlement,
+        login: &str,
+        reason: &str,
+        dir: &Directory,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        let revoker = actor(login, dir).revoker(r, e, dir).map_err(not_allowed)?;
+        r.revoke(&revoker, reason, now)
+    }
     use time::macros::datetime;
 
     const CONFIG: &str = r#"
@@ -890,12 +925,12 @@ reason = "optional"
         assert_eq!(r.state, State::Pending);
         assert_eq!(events[0].action, "request.created");
 
-        let ev = r.approve(e, "alice@example.com", "ok", &dir, T0).unwrap();
+        let ev = approve(&mut r, e, "alice@example.com", "ok", &dir, T0).unwrap();
         assert_eq!(r.state, State::Pending, "one of two approvals");
         assert_eq!(ev[0].detail["approvals"], 1);
-        let again = r.approve(e, "alice@example.com", "", &dir, T0).unwrap_err();
+        let again = approve(&mut r, e, "alice@example.com", "", &dir, T0).unwrap_err();
         assert!(again.to_string().contains("already reviewed"));
-        let ev = r.approve(e, "bob@example.com", "", &dir, T0).unwrap();
+        let ev = approve(&mut r, e, "bob@example.com", "", &dir, T0).unwrap();
         assert_eq!(r.state, State::Approved);
         assert_eq!(ev.last().unwrap().action, "request.approved");
 
@@ -961,12 +996,12 @@ reason = "optional"
         // Self-approval is refused; so are non-approvers.
         let (mut r, _) =
             Request::create("r2".into(), e, "bob@example.com", ask("x", "1h"), &dir, T0).unwrap();
-        let err = r.approve(e, "bob@example.com", "", &dir, T0).unwrap_err();
+        let err = approve(&mut r, e, "bob@example.com", "", &dir, T0).unwrap_err();
         assert!(
             err.to_string().contains("may not review their own request"),
             "{err}"
         );
-        let err = r.approve(e, "dave@example.com", "", &dir, T0).unwrap_err();
+        let err = approve(&mut r, e, "dave@example.com", "", &dir, T0).unwrap_err();
         assert!(
             err.to_string().contains("its approvers are group:sre"),
             "{err}"
@@ -974,11 +1009,18 @@ reason = "optional"
         assert!(r.reviews.is_empty(), "refused reviews leave no trace");
 
         // One deny ends it.
-        r.approve(e, "alice@example.com", "", &dir, T0).unwrap();
-        r.deny(e, "carol@example.com", "not during the freeze", &dir, T0)
-            .unwrap();
+        approve(&mut r, e, "alice@example.com", "", &dir, T0).unwrap();
+        deny(
+            &mut r,
+            e,
+            "carol@example.com",
+            "not during the freeze",
+            &dir,
+            T0,
+        )
+        .unwrap();
         assert_eq!(r.state, State::Denied);
-        assert!(r.approve(e, "alice@example.com", "", &dir, T0).is_err());
+        assert!(approve(&mut r, e, "alice@example.com", "", &dir, T0).is_err());
         assert!(!r.open());
     }
 
@@ -1044,8 +1086,8 @@ reason = "optional"
         };
         let (mut r, _) =
             Request::create("s".into(), e, "dave@example.com", scheduled, &dir, T0).unwrap();
-        r.approve(e, "alice@example.com", "", &dir, T0).unwrap();
-        r.approve(e, "bob@example.com", "", &dir, T0).unwrap();
+        approve(&mut r, e, "alice@example.com", "", &dir, T0).unwrap();
+        approve(&mut r, e, "bob@example.com", "", &dir, T0).unwrap();
         assert!(!r.wants_access(T0), "approved but not yet started");
         assert!(r.wants_access(start));
         r.activate(start, serde_json::json!({})).unwrap();
@@ -1074,36 +1116,37 @@ reason = "optional"
             start,
         )
         .unwrap();
-        r.approve(e, "alice@example.com", "", &dir, start).unwrap();
+        approve(&mut r, e, "alice@example.com", "", &dir, start).unwrap();
         assert_eq!(r.expires_at, Some(start + time::Duration::hours(2)));
-        let ev = r.approve(e, "carol@example.com", "", &dir, start).unwrap();
+        let ev = approve(&mut r, e, "carol@example.com", "", &dir, start).unwrap();
         assert_eq!(ev.last().unwrap().action, "grant.extended");
         assert_eq!(r.expires_at, Some(start + time::Duration::hours(3)));
 
         // Revocation: not by a bystander; by the requester it is a drop.
-        let err = r
-            .revoke(e, "dave@example.com", "", &dir, false, start)
-            .map(|ev| ev[0].action.clone());
+        let err =
+            revoke(&mut r, e, "dave@example.com", "", &dir, start).map(|ev| ev[0].action.clone());
         assert_eq!(err.unwrap(), "grant.dropped");
         assert_eq!(r.state, State::Revoked);
 
         let (mut other, _) =
             Request::create("o".into(), e, "dave@example.com", ask("x", "1h"), &dir, T0).unwrap();
-        other.approve(e, "alice@example.com", "", &dir, T0).unwrap();
-        other.approve(e, "bob@example.com", "", &dir, T0).unwrap();
+        approve(&mut other, e, "alice@example.com", "", &dir, T0).unwrap();
+        approve(&mut other, e, "bob@example.com", "", &dir, T0).unwrap();
         other.activate(T0, serde_json::json!({})).unwrap();
         let mut stranger = Directory::default();
         stranger
             .roles
             .insert("eve@example.com".into(), "member".into());
-        assert!(
-            other
-                .revoke(e, "eve@example.com", "", &stranger, false, T0)
-                .is_err()
-        );
-        let ev = other
-            .revoke(e, "carol@example.com", "incident over", &dir, false, T0)
-            .unwrap();
+        assert!(revoke(&mut other, e, "eve@example.com", "", &stranger, T0).is_err());
+        let ev = revoke(
+            &mut other,
+            e,
+            "carol@example.com",
+            "incident over",
+            &dir,
+            T0,
+        )
+        .unwrap();
         assert_eq!(ev[0].action, "grant.revoked");
         assert_eq!(other.end_reason.as_deref(), Some("incident over"));
     }
@@ -1135,10 +1178,49 @@ reason = "optional"
             T0,
         )
         .unwrap();
-        let err = r
-            .approve(e, "alice@example.com", "ok\r\nreally", &dir, T0)
-            .unwrap_err();
+        let err = approve(&mut r, e, "alice@example.com", "ok\r\nreally", &dir, T0).unwrap_err();
         assert!(err.to_string().contains("comment contains"), "{err}");
         assert!(r.reviews.is_empty());
+    }
+
+    /// A capability is for one entitlement (a reviewer) or one request (a revoker): handed
+    /// another, the lifecycle refuses it.
+    #[test]
+    fn capabilities_are_for_one_entitlement_or_request() {
+        let (config, dir) = setup();
+        let ssh = config.entitlement("prod-ssh").unwrap();
+        let db = config.entitlement("db").unwrap();
+        let (mut r, _) = Request::create(
+            "r".into(),
+            ssh,
+            "dave@example.com",
+            ask("x", "1h"),
+            &dir,
+            T0,
+        )
+        .unwrap();
+        let for_db = actor("alice@example.com", &dir).review(db, &dir).unwrap();
+        let err = r.approve(ssh, &for_db, "", T0).unwrap_err();
+        assert!(err.to_string().contains("reviews \"db\" requests"), "{err}");
+        assert!(r.reviews.is_empty());
+
+        approve(&mut r, ssh, "alice@example.com", "", &dir, T0).unwrap();
+        approve(&mut r, ssh, "bob@example.com", "", &dir, T0).unwrap();
+        r.activate(T0, serde_json::json!({})).unwrap();
+        let (other, _) = Request::create(
+            "o".into(),
+            ssh,
+            "dave@example.com",
+            ask("x", "1h"),
+            &dir,
+            T0,
+        )
+        .unwrap();
+        let for_other = actor("carol@example.com", &dir)
+            .revoker(&other, ssh, &dir)
+            .unwrap();
+        let err = r.revoke(&for_other, "", T0).unwrap_err();
+        assert!(err.to_string().contains("may end o, not r"), "{err}");
+        assert_eq!(r.state, State::Active);
     }
 }

@@ -615,7 +615,8 @@ impl Service {
         comment: &str,
     ) -> Result<Request, ServiceError> {
         self.change(actor, id, |r, e, dir, now| {
-            Ok(r.approve(e, actor.login(), comment, dir, now)?)
+            let reviewer = actor.review(e, dir).map_err(not_allowed)?;
+            Ok(r.approve(e, &reviewer, comment, now)?)
         })
         .await
     }
@@ -627,7 +628,8 @@ impl Service {
         comment: &str,
     ) -> Result<Request, ServiceError> {
         self.change(actor, id, |r, e, dir, now| {
-            Ok(r.deny(e, actor.login(), comment, dir, now)?)
+            let reviewer = actor.review(e, dir).map_err(not_allowed)?;
+            Ok(r.deny(e, &reviewer, comment, now)?)
         })
         .await
     }
@@ -650,7 +652,8 @@ impl Service {
             if r.state == State::Pending {
                 return Ok(r.cancel(actor.login(), now)?);
             }
-            Ok(r.revoke(e, actor.login(), "", dir, false, now)?)
+            let revoker = actor.revoker(r, e, dir).map_err(not_allowed)?;
+            Ok(r.revoke(&revoker, "", now)?)
         })
         .await
     }
@@ -664,17 +667,11 @@ impl Service {
         reason: &str,
     ) -> Result<Request, ServiceError> {
         self.change(actor, id, |r, e, dir, now| {
-            if !actor.may_revoke(r, Some(e), dir) {
-                return Err(ServiceError::Lifecycle(LifecycleError::NotAllowed(format!(
-                    "{} may not revoke {id}: only the requester, an approver of {:?} or an admin can",
-                    actor.login(),
-                    e.name
-                ))));
-            }
+            let revoker = actor.revoker(r, e, dir).map_err(not_allowed)?;
             if r.state == State::Pending && actor.login() == r.requester {
                 return Ok(r.cancel(actor.login(), now)?);
             }
-            Ok(r.revoke(e, actor.login(), reason, dir, actor.is_admin(), now)?)
+            Ok(r.revoke(&revoker, reason, now)?)
         })
         .await
     }
@@ -787,4 +784,9 @@ pub fn device_matches(d: &tailnet::Device, name: &str) -> bool {
         || d.name.split('.').next() == Some(name)
         || d.id == name
         || d.node_id == name
+}
+
+/// A refusal from [`crate::access`], as the lifecycle reports it.
+fn not_allowed(why: String) -> ServiceError {
+    ServiceError::Lifecycle(LifecycleError::NotAllowed(why))
 }
