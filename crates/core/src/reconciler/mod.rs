@@ -40,6 +40,38 @@ pub struct PassReport {
     pub errors: Vec<String>,
 }
 
+impl PassReport {
+    /// Adds what another part of the pass did.
+    fn merge(&mut self, other: PassReport) {
+        self.applied += other.applied;
+        self.removed += other.removed;
+        self.policy_writes += other.policy_writes;
+        self.drift.extend(other.drift);
+        self.errors.extend(other.errors);
+    }
+}
+
+/// How many per-target tailnet changes (a user's role, a key) are made at once. The client
+/// honours 429s (waiting as long as `Retry-After` says) for each of them.
+const TARGET_CONCURRENCY: usize = 8;
+
+/// Runs `work` on each item, [`TARGET_CONCURRENCY`] at a time, each with a report of its own,
+/// and merges the reports into `report`.
+async fn each_target<T, F, Fut>(items: Vec<T>, report: &mut PassReport, work: F)
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = PassReport>,
+{
+    use futures_util::StreamExt;
+    let parts: Vec<PassReport> = futures_util::stream::iter(items.into_iter().map(work))
+        .buffer_unordered(TARGET_CONCURRENCY)
+        .collect()
+        .await;
+    for part in parts {
+        report.merge(part);
+    }
+}
+
 /// Why a tailnet change was not made or not confirmed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ChangeError {
@@ -415,6 +447,7 @@ impl Reconciler {
         let mut groups = Vec::new();
         let mut posture = Vec::new();
         let mut roles = Vec::new();
+        let mut keys = Vec::new();
         for r in requests {
             let Some(entitlement) = self.entitlement(&r.entitlement) else {
                 tracing::error!(request = %r.id, entitlement = %r.entitlement, "entitlement no longer configured");
@@ -428,10 +461,16 @@ impl Reconciler {
                 Strategy::Group { .. } => groups.push(r),
                 Strategy::Posture { .. } => posture.push(r),
                 Strategy::Role { .. } => roles.push(r),
-                Strategy::AuthKey { .. } => self.authkey(r, &mut report).await,
+                Strategy::AuthKey { .. } => keys.push(r),
             }
         }
         self.groups(groups, full, &mut report).await;
+        each_target(keys, &mut report, |r| async move {
+            let mut part = PassReport::default();
+            self.authkey(r, &mut part).await;
+            part
+        })
+        .await;
         let posture = self
             .with_related(posture, full, "posture", &mut report)
             .await;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
-use super::{ChangeError, PassReport, Reconciler, event, needs_change};
+use super::{ChangeError, PassReport, Reconciler, each_target, event, needs_change};
 use crate::entitlement::{Strategy, role_rank};
 use crate::request::{Event, Request, recorded_own_role};
 
@@ -42,20 +42,29 @@ impl Reconciler {
                 return self.note_failure(all, &error, report).await;
             }
         };
-        for (login, requests) in by_user {
-            match users.iter().find(|u| u.login_name == login) {
-                Some(user) => self.role_target(user, requests, report).await,
-                None => {
-                    let error =
-                        ChangeError::Refused(format!("{login} is not a user of the tailnet"));
-                    let failing = requests
-                        .into_iter()
-                        .filter(|r| needs_change(r, now))
-                        .collect();
-                    self.note_failure(failing, &error, report).await;
+        // Each user is a target of its own: their calls run concurrently (bounded).
+        let users = &users;
+        each_target(
+            by_user.into_iter().collect(),
+            report,
+            |(login, requests)| async move {
+                let mut part = PassReport::default();
+                match users.iter().find(|u| u.login_name == login) {
+                    Some(user) => self.role_target(user, requests, &mut part).await,
+                    None => {
+                        let error =
+                            ChangeError::Refused(format!("{login} is not a user of the tailnet"));
+                        let failing = requests
+                            .into_iter()
+                            .filter(|r| needs_change(r, now))
+                            .collect();
+                        self.note_failure(failing, &error, &mut part).await;
+                    }
                 }
-            }
-        }
+                part
+            },
+        )
+        .await;
     }
 
     async fn role_target(
