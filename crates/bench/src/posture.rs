@@ -230,6 +230,7 @@ pub async fn run(count: usize) -> Result<Value> {
         service: service.clone(),
         metrics: Arc::new(tidegate_core::metrics::Metrics::default()),
         demo_logins: Vec::new(),
+        machine: tidegate_server::machine::state(),
     });
     let http_server = tokio::spawn(async move {
         let _ = axum::serve(

@@ -5,6 +5,7 @@
 
 mod client_cmd;
 mod emulator_cmd;
+mod machine_cmd;
 mod policy_cmd;
 mod server_cmd;
 mod table;
@@ -98,6 +99,11 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Machine access for CI: trade the job's OIDC token for an auth key.
+    Machine {
+        #[command(subcommand)]
+        command: machine_cmd::MachineCommand,
+    },
     /// The hash-chained audit log: verify it, export it for auditors.
     Audit {
         #[command(subcommand)]
@@ -153,6 +159,7 @@ fn main() -> ExitCode {
         } => block_on(server_cmd::demo(&listen, for_seconds)),
         Command::Token { command } => block_on(server_cmd::token(command, &cli.connection)),
         Command::Audit { command } => block_on(server_cmd::audit(command)),
+        Command::Machine { command } => block_on(machine_cmd::run(command)),
         Command::Adopt { group, config } => block_on(server_cmd::adopt(&config, &group)),
         Command::Client(command) => block_on(client_cmd::run(&cli.connection, command)),
     };

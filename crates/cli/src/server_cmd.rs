@@ -140,6 +140,7 @@ pub async fn start(
         service: service.clone(),
         metrics,
         demo_logins,
+        machine: tidegate_server::machine::state(),
     });
     let http = tokio::spawn(async move {
         // The peer address decides whether `tailscale serve`'s identity headers are believed.

@@ -2,7 +2,7 @@
 //! request (config as code). Parsing checks everything that can be checked without the tailnet;
 //! [`crate::entitlement::check_against_policy`] checks the rest against the live policy.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -10,6 +10,7 @@ use tailnet::Secret;
 
 use crate::duration::Span;
 use crate::entitlement::{Entitlement, ReasonRule, Selector, Strategy};
+use crate::machine::{MAX_KEY_TTL, MachineEntitlement, Rate};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -30,6 +31,8 @@ struct RawConfig {
     tailnet: RawTailnet,
     #[serde(default, rename = "entitlement")]
     entitlements: Vec<RawEntitlement>,
+    #[serde(default, rename = "machine")]
+    machines: Vec<RawMachine>,
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
@@ -44,6 +47,29 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     head_interval: Option<Span>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    name: String,
+    issuer: String,
+    audience: String,
+    #[serde(default)]
+    claims: BTreeMap<String, String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    ephemeral: Option<bool>,
+    preauthorized: Option<bool>,
+    #[serde(default)]
+    reusable: bool,
+    key_ttl: Option<Span>,
+    rate: Option<String>,
+    #[serde(default)]
+    approvals: u32,
+    #[serde(default)]
+    approvers: Vec<String>,
+    node_ttl: Option<Span>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -200,6 +226,8 @@ pub struct Config {
     pub public_url: Option<String>,
     pub tailnet: TailnetSettings,
     pub entitlements: Vec<Entitlement>,
+    /// `[[machine]]`: auth keys for CI jobs that present their platform's OIDC token.
+    pub machines: Vec<MachineEntitlement>,
     pub auth: AuthSettings,
     pub requests_visible: RequestsVisible,
     pub roles: Roles,
@@ -269,16 +297,7 @@ impl Config {
         let oidc = match &raw.auth.oidc {
             None => None,
             Some(o) => {
-                // Plain http only to this machine: the host exactly, with or without a port.
-                let loopback = o.issuer.strip_prefix("http://").is_some_and(|rest| {
-                    let authority = rest.split('/').next().unwrap_or_default();
-                    let host = match authority.strip_prefix('[') {
-                        Some(v6) => v6.split(']').next().unwrap_or_default(),
-                        None => authority.split(':').next().unwrap_or_default(),
-                    };
-                    matches!(host, "127.0.0.1" | "localhost" | "::1")
-                });
-                if !o.issuer.starts_with("https://") && !loopback {
+                if !https_or_loopback(&o.issuer) {
                     return Err(invalid(format!(
                         "auth.oidc.issuer: {:?} must be an https:// URL (the ID token is trusted because it comes from the issuer over TLS)",
                         o.issuer
@@ -357,6 +376,19 @@ impl Config {
             }
             entitlements.push(entitlement);
         }
+        let mut machines = Vec::new();
+        for (i, m) in raw.machines.iter().enumerate() {
+            let machine = machine(m)
+                .map_err(|e| invalid(format!("[[machine]] #{} ({:?}): {e}", i + 1, m.name)))?;
+            if !names.insert(machine.name.clone()) {
+                return Err(invalid(format!(
+                    "[[machine]] #{}: the name {:?} is already used by another entitlement",
+                    i + 1,
+                    m.name
+                )));
+            }
+            machines.push(machine);
+        }
         let database = raw
             .server
             .database
@@ -419,12 +451,102 @@ impl Config {
                 credentials,
             },
             entitlements,
+            machines,
         })
+    }
+
+    pub fn machine(&self, name: &str) -> Option<&MachineEntitlement> {
+        self.machines.iter().find(|m| m.name == name)
     }
 
     pub fn entitlement(&self, name: &str) -> Option<&Entitlement> {
         self.entitlements.iter().find(|e| e.name == name)
     }
+}
+
+/// An `https://` URL, or plain `http://` to this machine only (the host exactly, with or
+/// without a port): what comes from an issuer is trusted because it comes over TLS.
+fn https_or_loopback(url: &str) -> bool {
+    let loopback = url.strip_prefix("http://").is_some_and(|rest| {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        matches!(host, "127.0.0.1" | "localhost" | "::1")
+    });
+    url.starts_with("https://") || loopback
+}
+
+fn machine(m: &RawMachine) -> Result<MachineEntitlement, String> {
+    if m.name.is_empty()
+        || !m
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err("name must be letters, digits, - or _".into());
+    }
+    if !https_or_loopback(&m.issuer) {
+        return Err(format!(
+            "issuer {:?} must be an https:// URL (its keys are trusted because they come over TLS)",
+            m.issuer
+        ));
+    }
+    if m.audience.trim().is_empty() {
+        return Err(
+            "audience must not be empty: tokens for other services must not work here".into(),
+        );
+    }
+    if m.tags.is_empty() {
+        return Err("tags: a machine key carries at least one tag (tags = [\"tag:ci\"])".into());
+    }
+    if let Some(bad) = m
+        .tags
+        .iter()
+        .find(|t| !t.starts_with("tag:") || t.len() < 5)
+    {
+        return Err(format!("tags: {bad:?} must start with \"tag:\""));
+    }
+    let key_ttl = m.key_ttl.unwrap_or(Span::minutes(10));
+    if key_ttl > MAX_KEY_TTL || key_ttl.as_secs() == 0 {
+        return Err(format!(
+            "key_ttl {key_ttl} must be at most {MAX_KEY_TTL} (a CI key is for one job)"
+        ));
+    }
+    let rate: Rate = m.rate.as_deref().unwrap_or("60/m").parse()?;
+    let approvers = selectors("approvers", &m.approvers)?;
+    if m.approvals > 0 {
+        // Refused rather than ignored: a key that should wait for a person must never be
+        // minted at once.
+        return Err(
+            "approvals for machine keys are not supported yet: leave approvals out (a key is then minted for every token that matches)".into(),
+        );
+    }
+    if m.approvals > 0 && approvers.is_empty() {
+        return Err(format!(
+            "approvals = {} needs approvers = [...] (who approves the key)",
+            m.approvals
+        ));
+    }
+    if let Some((claim, _)) = m.claims.iter().find(|(c, p)| c.is_empty() || p.is_empty()) {
+        return Err(format!("claims: {claim:?} needs a name and a pattern"));
+    }
+    Ok(MachineEntitlement {
+        name: m.name.clone(),
+        issuer: m.issuer.trim_end_matches('/').to_owned(),
+        audience: m.audience.clone(),
+        claims: m.claims.clone(),
+        tags: m.tags.clone(),
+        ephemeral: m.ephemeral.unwrap_or(true),
+        preauthorized: m.preauthorized.unwrap_or(true),
+        reusable: m.reusable,
+        key_ttl,
+        rate,
+        approvals: m.approvals,
+        approvers,
+        node_ttl: m.node_ttl.unwrap_or(Span::hours(6)),
+    })
 }
 
 fn selectors(field: &str, items: &[String]) -> Result<Vec<Selector>, String> {

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod entitlement;
 pub mod leader;
 pub mod live;
+pub mod machine;
 pub mod metrics;
 pub mod preflight;
 pub mod reconciler;

@@ -768,6 +768,120 @@ impl Service {
     }
 }
 
+/// An auth key minted for a machine: its secret, shown once to the job that asked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MintedKey {
+    pub key: String,
+    /// The tailnet's id of the key.
+    pub id: String,
+    pub expires_at: String,
+    pub tags: Vec<String>,
+}
+
+impl Service {
+    /// Mints the auth key a machine entitlement gives, for a job whose token was verified
+    /// (signature, issuer, audience, times, claims, replay and rate, by the caller). Audited
+    /// as `machine.key_minted` with the token's subject; only the key's id is recorded.
+    pub async fn mint_machine_key(
+        &self,
+        machine: &crate::machine::MachineEntitlement,
+        subject: &str,
+    ) -> Result<MintedKey, ServiceError> {
+        let create = tailnet::CreateAuthKey {
+            capabilities: tailnet::KeyCapabilities {
+                devices: tailnet::DeviceCapabilities {
+                    create: tailnet::DeviceCreateCapabilities {
+                        reusable: machine.reusable,
+                        ephemeral: machine.ephemeral,
+                        preauthorized: machine.preauthorized,
+                        tags: machine.tags.clone(),
+                    },
+                },
+            },
+            expiry_seconds: Some(machine.key_ttl.as_secs()),
+            description: format!("tidegate machine {}", machine.name),
+        };
+        let key = self.tailnet.create_auth_key(&create).await?;
+        let Some(secret) = key.key.clone() else {
+            return Err(ServiceError::Invalid(
+                "the tailnet returned a key without its secret".into(),
+            ));
+        };
+        let now = self.now();
+        let expires_at = key
+            .expires
+            .clone()
+            .unwrap_or_else(|| time_text(now + machine.key_ttl.to_time()));
+        let entry = NewAuditEntry {
+            at: time_text(now),
+            actor: format!("machine:{subject}"),
+            action: "machine.key_minted".into(),
+            request: None,
+            detail: serde_json::json!({
+                "entitlement": machine.name,
+                "subject": subject,
+                "key_id": key.id,
+                "tags": machine.tags,
+                "expires_at": expires_at,
+                "ephemeral": machine.ephemeral,
+                "reusable": machine.reusable,
+            })
+            .to_string(),
+        };
+        if let Err(e) = self.store.append_audit(&[entry]).await {
+            // A key nobody can account for must not stay valid.
+            tracing::error!(key_id = %key.id, error = %e, "cannot audit a machine key: revoking it");
+            let _ = self.tailnet.delete_key(&key.id).await;
+            return Err(e.into());
+        }
+        tracing::info!(entitlement = %machine.name, subject, key_id = %key.id, expires_at = %expires_at, "machine key minted");
+        Ok(MintedKey {
+            key: secret,
+            id: key.id,
+            expires_at,
+            tags: machine.tags.clone(),
+        })
+    }
+
+    /// Records a refused machine request: which entitlement, the subject the token names
+    /// (`verified: false` when its signature did not verify, so the name proves nothing), and
+    /// why. Best effort: it is logged too.
+    pub async fn record_machine_refusal(
+        &self,
+        entitlement: &str,
+        subject: Option<&str>,
+        verified: bool,
+        status: u16,
+        error: &str,
+    ) {
+        tracing::warn!(
+            entitlement,
+            subject = subject.unwrap_or("-"),
+            verified,
+            status,
+            error,
+            "machine request refused"
+        );
+        let entry = NewAuditEntry {
+            at: time_text(self.now()),
+            actor: format!("machine:{}", subject.unwrap_or("unknown")),
+            action: "machine.refused".into(),
+            request: None,
+            detail: serde_json::json!({
+                "entitlement": entitlement,
+                "subject": subject,
+                "verified": verified,
+                "status": status,
+                "error": error,
+            })
+            .to_string(),
+        };
+        if let Err(e) = self.store.append_audit(&[entry]).await {
+            tracing::error!(error = %e, "cannot audit a machine refusal");
+        }
+    }
+}
+
 fn node_id(d: &tailnet::Device) -> String {
     if d.node_id.is_empty() {
         d.id.clone()

@@ -1,6 +1,7 @@
 //! tidegate's HTTP API: JSON endpoints for requests, reviews, grants and the audit log,
 //! authenticated with API tokens (stored hashed), and its OpenAPI document.
 
+pub mod machine;
 mod metrics;
 mod openapi;
 pub mod tokens;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub metrics: Arc<tidegate_core::metrics::Metrics>,
     /// Demo mode only: the example users anyone may sign in as. Empty otherwise.
     pub demo_logins: Vec<String>,
+    /// Machine access: issuers' keys, used token ids, rates.
+    pub machine: Arc<machine::MachineAuth>,
 }
 
 /// An error as the API answers it: a status and `{"error": "..."}`.
@@ -501,6 +504,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/requests/{id}/drop", post(drop_grant))
         .route("/api/requests/{id}/extend", post(extend))
         .route("/api/requests/{id}/key", post(claim_key))
+        .route("/api/machine/authkey", post(machine::authkey))
         .route("/api/audit", get(audit))
         .route("/api/audit/head", get(audit_head))
         .route("/api/tokens", get(list_tokens))

@@ -6,6 +6,7 @@ mod access;
 mod browser;
 mod chaos;
 mod logs;
+mod machine;
 mod web;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,124 @@
+//! `tidegate machine authkey`: for CI. Trades the job's OIDC token for an auth key from a
+//! machine entitlement and prints the key, so a workflow step is
+//! `tailscale up --auth-key=$(tidegate machine authkey ...)`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::Failure;
+
+#[derive(Subcommand)]
+pub enum MachineCommand {
+    /// Get an auth key for this CI job from a machine entitlement; prints the key.
+    Authkey {
+        /// The tidegate server.
+        #[arg(long, env = "TIDEGATE_SERVER")]
+        server: String,
+        /// The machine entitlement (`[[machine]] name`).
+        #[arg(long)]
+        entitlement: String,
+        /// A file holding the job's OIDC token.
+        #[arg(long, conflicts_with = "github_actions")]
+        id_token_file: Option<PathBuf>,
+        /// Ask GitHub Actions for the job's token (the job needs `permissions: id-token:
+        /// write`).
+        #[arg(long)]
+        github_actions: bool,
+        /// The audience to ask GitHub Actions for: the machine entitlement's `audience`.
+        #[arg(long, default_value = "tidegate", requires = "github_actions")]
+        audience: String,
+        /// Print the whole answer (key, id, expires_at, tags) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(command: MachineCommand) -> Result<(), Failure> {
+    match command {
+        MachineCommand::Authkey {
+            server,
+            entitlement,
+            id_token_file,
+            github_actions,
+            audience,
+            json,
+        } => {
+            let http = reqwest::Client::new();
+            let token = match (id_token_file, github_actions) {
+                (Some(path), _) => std::fs::read_to_string(&path)
+                    .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?
+                    .trim()
+                    .to_owned(),
+                (None, true) => github_token(&http, &audience).await?,
+                (None, false) => {
+                    return Err(Failure::Usage(
+                        "give the job's token: --id-token-file F or --github-actions".into(),
+                    ));
+                }
+            };
+            let url = format!("{}/api/machine/authkey", server.trim_end_matches('/'));
+            let answer = http
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"entitlement": entitlement}))
+                .send()
+                .await
+                .map_err(|e| Failure::Usage(format!("cannot reach {url}: {e}")))?;
+            let status = answer.status();
+            let body: Value = answer.json().await.map_err(|e| {
+                Failure::Usage(format!("{url} answered {status} without JSON: {e}"))
+            })?;
+            if !status.is_success() {
+                let why = body["error"].as_str().unwrap_or("no reason given");
+                return Err(Failure::Rejected(format!(
+                    "tidegate: refused ({status}): {why}"
+                )));
+            }
+            if json {
+                println!("{body}");
+            } else {
+                let key = body["key"]
+                    .as_str()
+                    .ok_or_else(|| Failure::Usage(format!("{url} answered without a key")))?;
+                println!("{key}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The job's OIDC token from GitHub Actions, for `audience`.
+async fn github_token(http: &reqwest::Client, audience: &str) -> Result<String, Failure> {
+    let env = |name: &str| {
+        std::env::var(name).map_err(|_| {
+            Failure::Usage(format!(
+                "{name} is not set: is this a GitHub Actions job with `permissions: id-token: write`?"
+            ))
+        })
+    };
+    let url = env("ACTIONS_ID_TOKEN_REQUEST_URL")?;
+    let bearer = env("ACTIONS_ID_TOKEN_REQUEST_TOKEN")?;
+    let mut url = reqwest::Url::parse(&url)
+        .map_err(|e| Failure::Usage(format!("ACTIONS_ID_TOKEN_REQUEST_URL {url:?}: {e}")))?;
+    url.query_pairs_mut().append_pair("audience", audience);
+    let answer: Value = http
+        .get(url)
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "cannot get the job's token from GitHub Actions: {e}"
+            ))
+        })?
+        .json()
+        .await
+        .map_err(|e| Failure::Usage(format!("GitHub Actions answered without JSON: {e}")))?;
+    answer["value"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Failure::Usage("GitHub Actions answered without a token".into()))
+}

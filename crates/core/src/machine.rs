@@ -1,0 +1,246 @@
+//! Machine entitlements (`[[machine]]`): a CI job presents the OIDC token its platform gives it
+//! and gets a short-lived, tagged auth key, with no secret stored in CI. This module holds what
+//! a machine entitlement is, whether a token's claims match it, and the per-subject rate and
+//! replay rules. The token's signature and standard claims (issuer, audience, times) are checked
+//! by the server against the issuer's published keys before anything here is asked.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use time::OffsetDateTime;
+
+use crate::Span;
+use crate::entitlement::Selector;
+
+/// The longest an auth key minted for a machine may live.
+pub const MAX_KEY_TTL: Span = Span::hours(1);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineEntitlement {
+    pub name: String,
+    /// The token issuer, exactly as in the token's `iss` (no trailing slash).
+    pub issuer: String,
+    pub audience: String,
+    /// Claim → pattern (`*` matches any run of characters); every one must match.
+    pub claims: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub ephemeral: bool,
+    pub preauthorized: bool,
+    pub reusable: bool,
+    pub key_ttl: Span,
+    pub rate: Rate,
+    /// Approvals a human must give before the key is minted (0: none).
+    pub approvals: u32,
+    pub approvers: Vec<Selector>,
+    /// How long an ephemeral node that joined with one of these keys may stay.
+    pub node_ttl: Span,
+}
+
+/// At most `count` keys per `per` for one subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Span,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    /// `N/s`, `N/m` or `N/h`.
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let bad = || format!("rate {text:?}: write N/s, N/m or N/h (e.g. \"30/m\")");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Span::seconds(1),
+            "m" => Span::minutes(1),
+            "h" => Span::hours(1),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("rate {text:?}: allow at least one key"));
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+/// Whether `value` matches `pattern`, where `*` stands for any run of characters (none too).
+pub fn pattern_matches(pattern: &str, value: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return pattern == value;
+    };
+    let Some(mut rest) = value.strip_prefix(first) else {
+        return false;
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// A claim's value as text: strings as they are, numbers and booleans as JSON writes them.
+fn claim_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl MachineEntitlement {
+    /// `Ok` when every configured claim matches; otherwise which one did not, and why.
+    pub fn claims_match(&self, claims: &serde_json::Value) -> Result<(), String> {
+        for (claim, pattern) in &self.claims {
+            match claims.get(claim).and_then(claim_text) {
+                None => return Err(format!("the token has no {claim:?} claim")),
+                Some(value) if !pattern_matches(pattern, &value) => {
+                    return Err(format!(
+                        "claim {claim:?} is {value:?}, which does not match {pattern:?}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keys minted per (entitlement, subject) in a sliding window. Only mints count: a refused
+/// request never uses up the allowance.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    mints: Mutex<HashMap<(String, String), VecDeque<OffsetDateTime>>>,
+}
+
+impl Limiter {
+    /// Takes one from the allowance, or says how long until one is free.
+    pub fn take(
+        &self,
+        entitlement: &str,
+        subject: &str,
+        rate: Rate,
+        now: OffsetDateTime,
+    ) -> Result<(), time::Duration> {
+        let mut mints = match self.mints.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let window = rate.per.to_time();
+        let times = mints
+            .entry((entitlement.to_owned(), subject.to_owned()))
+            .or_default();
+        while times.front().is_some_and(|t| *t + window <= now) {
+            times.pop_front();
+        }
+        if times.len() >= rate.count as usize {
+            let free_at = times.front().map_or(now, |t| *t + window);
+            return Err((free_at - now).max(time::Duration::seconds(1)));
+        }
+        times.push_back(now);
+        Ok(())
+    }
+
+    /// Gives back what [`Self::take`] took (the key could not be minted after all).
+    pub fn give_back(&self, entitlement: &str, subject: &str) {
+        let mut mints = match self.mints.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(times) = mints.get_mut(&(entitlement.to_owned(), subject.to_owned())) {
+            times.pop_back();
+        }
+    }
+}
+
+/// Token ids (`jti`) already used, each kept until its token expires (after that the token is
+/// refused for its expiry anyway).
+#[derive(Debug, Default)]
+pub struct Replay {
+    seen: Mutex<HashMap<String, OffsetDateTime>>,
+}
+
+impl Replay {
+    /// Records `id` (issuer and jti) as used until `until`; `false` if it was used before.
+    pub fn first_use(&self, id: &str, until: OffsetDateTime, now: OffsetDateTime) -> bool {
+        let mut seen = match self.seen.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        seen.retain(|_, expires| *expires > now);
+        if seen.contains_key(id) {
+            return false;
+        }
+        seen.insert(id.to_owned(), until);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("acme/api", "acme/api"));
+        assert!(!pattern_matches("acme/api", "acme/api2"));
+        assert!(pattern_matches("acme/*", "acme/api"));
+        assert!(pattern_matches("*", ""));
+        assert!(pattern_matches("refs/heads/*", "refs/heads/main"));
+        assert!(!pattern_matches("refs/heads/*", "refs/tags/v1"));
+        assert!(pattern_matches(
+            "repo:acme/*:ref:*",
+            "repo:acme/api:ref:refs/heads/main"
+        ));
+        assert!(!pattern_matches("a*a", "a"));
+        assert!(pattern_matches("a*a", "aa"));
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(
+            "5/m".parse::<Rate>().unwrap(),
+            Rate {
+                count: 5,
+                per: Span::minutes(1)
+            }
+        );
+        assert!("5".parse::<Rate>().is_err());
+        assert!("0/m".parse::<Rate>().is_err());
+        assert!("5/d".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn the_limiter_counts_mints_in_a_sliding_window() {
+        let t0 = datetime!(2026-11-30 10:00 UTC);
+        let rate: Rate = "2/m".parse().unwrap();
+        let limiter = Limiter::default();
+        assert!(limiter.take("e", "s", rate, t0).is_ok());
+        assert!(limiter.take("e", "s", rate, t0).is_ok());
+        let wait = limiter.take("e", "s", rate, t0).unwrap_err();
+        assert_eq!(wait, time::Duration::minutes(1));
+        assert!(limiter.take("e", "other", rate, t0).is_ok(), "per subject");
+        limiter.give_back("e", "s");
+        assert!(limiter.take("e", "s", rate, t0).is_ok(), "given back");
+        assert!(
+            limiter
+                .take("e", "s", rate, t0 + time::Duration::minutes(1))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_token_id_is_used_once() {
+        let t0 = datetime!(2026-11-30 10:00 UTC);
+        let replay = Replay::default();
+        let until = t0 + time::Duration::minutes(5);
+        assert!(replay.first_use("iss jti", until, t0));
+        assert!(!replay.first_use("iss jti", until, t0));
+        assert!(replay.first_use("iss other", until, t0));
+    }
+}
