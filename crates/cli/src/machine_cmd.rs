@@ -32,6 +32,9 @@ pub enum MachineCommand {
         /// Print the whole answer (key, id, expires_at, tags) as JSON.
         #[arg(long)]
         json: bool,
+        /// Where a person must approve the key: how long to wait for them, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        wait_seconds: u64,
     },
 }
 
@@ -44,6 +47,7 @@ pub async fn run(command: MachineCommand) -> Result<(), Failure> {
             github_actions,
             audience,
             json,
+            wait_seconds,
         } => {
             let http = reqwest::Client::new();
             let token = match (id_token_file, github_actions) {
@@ -66,10 +70,30 @@ pub async fn run(command: MachineCommand) -> Result<(), Failure> {
                 .send()
                 .await
                 .map_err(|e| Failure::Usage(format!("cannot reach {url}: {e}")))?;
-            let status = answer.status();
-            let body: Value = answer.json().await.map_err(|e| {
-                Failure::Usage(format!("{url} answered {status} without JSON: {e}"))
-            })?;
+            let (mut status, mut body) = read(answer, &url).await?;
+            // A person must approve it: poll with the same token until the key comes.
+            if status == reqwest::StatusCode::ACCEPTED {
+                let id = body["request"].as_str().unwrap_or_default().to_owned();
+                let poll = format!("{}/api/machine/requests/{id}", server.trim_end_matches('/'));
+                eprintln!("tidegate: {id} waits for approval (tidegate approve {id})");
+                let deadline =
+                    std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
+                while status == reqwest::StatusCode::ACCEPTED {
+                    if std::time::Instant::now() > deadline {
+                        return Err(Failure::Rejected(format!(
+                            "tidegate: {id} was not approved within {wait_seconds} s"
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    let answer = http
+                        .get(&poll)
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .map_err(|e| Failure::Usage(format!("cannot reach {poll}: {e}")))?;
+                    (status, body) = read(answer, &poll).await?;
+                }
+            }
             if !status.is_success() {
                 let why = body["error"].as_str().unwrap_or("no reason given");
                 return Err(Failure::Rejected(format!(
@@ -121,4 +145,16 @@ async fn github_token(http: &reqwest::Client, audience: &str) -> Result<String, 
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| Failure::Usage("GitHub Actions answered without a token".into()))
+}
+
+async fn read(
+    answer: reqwest::Response,
+    url: &str,
+) -> Result<(reqwest::StatusCode, Value), Failure> {
+    let status = answer.status();
+    let body = answer
+        .json()
+        .await
+        .map_err(|e| Failure::Usage(format!("{url} answered {status} without JSON: {e}")))?;
+    Ok((status, body))
 }

@@ -70,6 +70,7 @@ struct RawMachine {
     #[serde(default)]
     approvers: Vec<String>,
     node_ttl: Option<Span>,
+    pending_ttl: Option<Span>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -228,6 +229,9 @@ pub struct Config {
     pub entitlements: Vec<Entitlement>,
     /// `[[machine]]`: auth keys for CI jobs that present their platform's OIDC token.
     pub machines: Vec<MachineEntitlement>,
+    /// The machine entitlements that need approvals, as the entitlements their requests
+    /// follow (see [`MachineEntitlement::to_entitlement`]).
+    machine_grants: Vec<Entitlement>,
     pub auth: AuthSettings,
     pub requests_visible: RequestsVisible,
     pub roles: Roles,
@@ -451,6 +455,11 @@ impl Config {
                 credentials,
             },
             entitlements,
+            machine_grants: machines
+                .iter()
+                .filter(|m| m.approvals > 0)
+                .map(MachineEntitlement::to_entitlement)
+                .collect(),
             machines,
         })
     }
@@ -459,8 +468,13 @@ impl Config {
         self.machines.iter().find(|m| m.name == name)
     }
 
+    /// An entitlement by name: a person's, or the one a machine entitlement's requests
+    /// follow when they need approval.
     pub fn entitlement(&self, name: &str) -> Option<&Entitlement> {
-        self.entitlements.iter().find(|e| e.name == name)
+        self.entitlements
+            .iter()
+            .chain(&self.machine_grants)
+            .find(|e| e.name == name)
     }
 }
 
@@ -516,13 +530,6 @@ fn machine(m: &RawMachine) -> Result<MachineEntitlement, String> {
     }
     let rate: Rate = m.rate.as_deref().unwrap_or("60/m").parse()?;
     let approvers = selectors("approvers", &m.approvers)?;
-    if m.approvals > 0 {
-        // Refused rather than ignored: a key that should wait for a person must never be
-        // minted at once.
-        return Err(
-            "approvals for machine keys are not supported yet: leave approvals out (a key is then minted for every token that matches)".into(),
-        );
-    }
     if m.approvals > 0 && approvers.is_empty() {
         return Err(format!(
             "approvals = {} needs approvers = [...] (who approves the key)",
@@ -546,6 +553,7 @@ fn machine(m: &RawMachine) -> Result<MachineEntitlement, String> {
         approvals: m.approvals,
         approvers,
         node_ttl: m.node_ttl.unwrap_or(Span::hours(6)),
+        pending_ttl: m.pending_ttl.unwrap_or(Span::hours(1)),
     })
 }
 

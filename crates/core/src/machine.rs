@@ -34,6 +34,14 @@ pub struct MachineEntitlement {
     pub approvers: Vec<Selector>,
     /// How long an ephemeral node that joined with one of these keys may stay.
     pub node_ttl: Span,
+    /// With approvals: how long a request may wait for them, and then for its job to take
+    /// the key.
+    pub pending_ttl: Span,
+}
+
+/// How a machine shows as a request's requester: `machine:` and its token's subject.
+pub fn requester(subject: &str) -> String {
+    format!("machine:{subject}")
 }
 
 /// At most `count` keys per `per` for one subject.
@@ -93,6 +101,33 @@ fn claim_text(value: &serde_json::Value) -> Option<String> {
 }
 
 impl MachineEntitlement {
+    /// The entitlement its requests follow when a person must approve the key: an `authkey`
+    /// grant nobody can request as a person, reviewed by its approvers, lasting the key's
+    /// time.
+    pub fn to_entitlement(&self) -> crate::entitlement::Entitlement {
+        crate::entitlement::Entitlement {
+            name: self.name.clone(),
+            description: format!("auth key for CI jobs ({})", self.tags.join(", ")),
+            strategy: crate::entitlement::Strategy::AuthKey {
+                tags: self.tags.clone(),
+                ephemeral: self.ephemeral,
+                reusable: self.reusable,
+                preauthorized: self.preauthorized,
+            },
+            requesters: Vec::new(),
+            approvers: self.approvers.clone(),
+            approvals: self.approvals,
+            self_approval: false,
+            reason: crate::entitlement::ReasonRule::Optional,
+            default_duration: self.key_ttl,
+            min_duration: self.key_ttl,
+            max_duration: self.key_ttl,
+            pending_ttl: self.pending_ttl,
+            auto_approve: Vec::new(),
+            break_glass: false,
+        }
+    }
+
     /// `Ok` when every configured claim matches; otherwise which one did not, and why.
     pub fn claims_match(&self, claims: &serde_json::Value) -> Result<(), String> {
         for (claim, pattern) in &self.claims {

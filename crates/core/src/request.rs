@@ -375,6 +375,52 @@ impl Request {
         Ok((request, events))
     }
 
+    /// A CI job's request for a machine key that a person must approve (see
+    /// [`crate::machine::MachineEntitlement::to_entitlement`]); the job's token was verified and
+    /// its claims matched. Its requester is the job's subject.
+    pub fn for_machine(
+        id: String,
+        entitlement: &Entitlement,
+        subject: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Request, Vec<Event>), LifecycleError> {
+        let requester = crate::machine::requester(subject);
+        check_text("subject", subject)?;
+        let request = Request {
+            id,
+            entitlement: entitlement.name.clone(),
+            requester: requester.clone(),
+            reason: format!("CI job {subject}"),
+            duration: entitlement.default_duration,
+            devices: Vec::new(),
+            state: State::Pending,
+            created_at: now,
+            start_at: None,
+            pending_until: now + entitlement.pending_ttl.to_time(),
+            reviews: Vec::new(),
+            activated_at: None,
+            expires_at: None,
+            ended_at: None,
+            ended_by: None,
+            end_reason: None,
+            break_glass: false,
+            extension: None,
+            tailnet: TailnetStatus::default(),
+            version: 0,
+        };
+        let events = vec![request.event(
+            &requester,
+            "request.created",
+            serde_json::json!({
+                "entitlement": request.entitlement,
+                "reason": request.reason,
+                "duration": request.duration,
+                "machine": true,
+            }),
+        )];
+        Ok((request, events))
+    }
+
     fn event(&self, actor: &str, action: &str, detail: serde_json::Value) -> Event {
         Event {
             actor: actor.to_owned(),

@@ -472,6 +472,12 @@ impl Service {
 
     pub async fn create(&self, actor: &Actor, new: NewRequest) -> Result<Request, ServiceError> {
         let requester = actor.login();
+        if self.config.machine(&new.entitlement).is_some() {
+            return Err(ServiceError::Invalid(format!(
+                "{:?} is a machine entitlement: CI jobs ask for its key with `tidegate machine authkey`",
+                new.entitlement
+            )));
+        }
         let entitlement = self.entitlement(&new.entitlement)?.clone();
         let dir = self.directory().await?;
         let devices = match entitlement.strategy {
@@ -696,8 +702,22 @@ impl Service {
         actor: &Actor,
         id: &str,
     ) -> Result<(Request, String), ServiceError> {
-        let by = actor.login();
-        let mut request = self.get(actor, id).await?;
+        let request = self.get(actor, id).await?;
+        if actor.login() != request.requester {
+            return Err(ServiceError::Lifecycle(LifecycleError::NotAllowed(
+                format!("only {} can claim the key of {id}", request.requester),
+            )));
+        }
+        self.mint_request_key(request).await
+    }
+
+    /// Mints the key of an approved `authkey` request, once, and activates the grant: its time
+    /// starts now. Only the key's id is stored.
+    async fn mint_request_key(
+        &self,
+        mut request: Request,
+    ) -> Result<(Request, String), ServiceError> {
+        let id = request.id.clone();
         let entitlement = self.entitlement(&request.entitlement)?.clone();
         let Strategy::AuthKey {
             tags,
@@ -710,11 +730,6 @@ impl Service {
                 "{id} is not an auth key request"
             )));
         };
-        if by != request.requester {
-            return Err(ServiceError::Lifecycle(LifecycleError::NotAllowed(
-                format!("only {} can claim the key of {id}", request.requester),
-            )));
-        }
         let now = self.now();
         if request.state == State::Approved && request.pending_until <= now {
             return Err(ServiceError::Invalid(format!(
@@ -766,6 +781,19 @@ impl Service {
         self.wake.notify_one();
         Ok((request, secret))
     }
+}
+
+/// A machine request as its job sees it when polling.
+#[derive(Debug)]
+pub enum MachineClaim {
+    /// Waiting for approval.
+    Pending(Request),
+    /// Approved: the key, shown this once.
+    Minted(MintedKey),
+    /// The key was already taken.
+    Taken(Request),
+    /// Denied, lapsed or cancelled: no key will come.
+    Ended(Request),
 }
 
 /// An auth key minted for a machine: its secret, shown once to the job that asked.
@@ -841,6 +869,50 @@ impl Service {
             expires_at,
             tags: machine.tags.clone(),
         })
+    }
+
+    /// A request for a machine key that a person must approve: stored pending, for the
+    /// entitlement's approvers, with the job's subject as its requester.
+    pub async fn request_machine_key(
+        &self,
+        machine: &crate::machine::MachineEntitlement,
+        subject: &str,
+    ) -> Result<Request, ServiceError> {
+        let entitlement = self.entitlement(&machine.name)?.clone();
+        let (request, events) = Request::for_machine(new_id(), &entitlement, subject, self.now())?;
+        self.store_new(&request, &events).await?;
+        Ok(request)
+    }
+
+    /// What a job polling its machine request gets: still pending, the key (once), or why
+    /// not. Only the subject that asked may see the request: to others it does not exist.
+    pub async fn claim_machine_key(
+        &self,
+        machine: &crate::machine::MachineEntitlement,
+        subject: &str,
+        id: &str,
+    ) -> Result<MachineClaim, ServiceError> {
+        let request = self.load(id).await?;
+        if request.requester != crate::machine::requester(subject)
+            || request.entitlement != machine.name
+        {
+            return Err(ServiceError::UnknownRequest(id.to_owned()));
+        }
+        match request.state {
+            State::Pending => Ok(MachineClaim::Pending(request)),
+            State::Approved => {
+                let (request, key) = self.mint_request_key(request).await?;
+                let expires_at = request.expires_at.map(time_text).unwrap_or_default();
+                Ok(MachineClaim::Minted(MintedKey {
+                    key,
+                    id: request.tailnet.key_id.clone().unwrap_or_default(),
+                    expires_at,
+                    tags: machine.tags.clone(),
+                }))
+            }
+            _ if request.tailnet.key_id.is_some() => Ok(MachineClaim::Taken(request)),
+            _ => Ok(MachineClaim::Ended(request)),
+        }
     }
 
     /// Records a refused machine request: which entitlement, the subject the token names

@@ -505,6 +505,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/requests/{id}/extend", post(extend))
         .route("/api/requests/{id}/key", post(claim_key))
         .route("/api/machine/authkey", post(machine::authkey))
+        .route("/api/machine/requests/{id}", get(machine::poll))
         .route("/api/audit", get(audit))
         .route("/api/audit/head", get(audit_head))
         .route("/api/tokens", get(list_tokens))

@@ -301,13 +301,7 @@ pub async fn authkey(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_owned();
+    let token = bearer(&headers);
     let entitlement = match serde_json::from_slice::<AuthKeyBody>(&body) {
         Ok(b) => b.entitlement,
         Err(e) => {
@@ -321,7 +315,17 @@ pub async fn authkey(
     let unverified_subject =
         unverified_claims(&token).and_then(|c| c["sub"].as_str().map(printable));
     match mint(&state, &token, &entitlement).await {
-        Ok(minted) => (StatusCode::OK, Json(json!(minted))).into_response(),
+        Ok(Granted::Key(minted)) => (StatusCode::OK, Json(json!(minted))).into_response(),
+        Ok(Granted::Pending(request)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "request": request.id,
+                "state": request.state.as_str(),
+                "poll": format!("/api/machine/requests/{}", request.id),
+                "pending_until": tidegate_core::time_text(request.pending_until),
+            })),
+        )
+            .into_response(),
         Err((refusal, verified_subject)) => {
             let (subject, verified) = match verified_subject {
                 Some(s) => (Some(s), true),
@@ -342,13 +346,19 @@ pub async fn authkey(
     }
 }
 
-/// The checks in order, then the key. A refusal comes with the subject when the token was
-/// verified.
+/// What a job gets for a good token: the key, or a request waiting for approval.
+enum Granted {
+    Key(tidegate_core::service::MintedKey),
+    Pending(Box<tidegate_core::request::Request>),
+}
+
+/// The checks in order, then the key (or, where a person must approve it, a request). A
+/// refusal comes with the subject when the token was verified.
 async fn mint(
     state: &AppState,
     token: &str,
     entitlement: &str,
-) -> Result<tidegate_core::service::MintedKey, (Refusal, Option<String>)> {
+) -> Result<Granted, (Refusal, Option<String>)> {
     let service = &state.service;
     let machines = &state.machine;
     if token.is_empty() {
@@ -411,8 +421,20 @@ async fn mint(
         refusal.retry_after = Some(seconds);
         return Err(refused(refusal));
     }
+    if machine.approvals > 0 {
+        return match service.request_machine_key(machine, &subject).await {
+            Ok(request) => Ok(Granted::Pending(Box::new(request))),
+            Err(e) => {
+                machines.limiter.give_back(&machine.name, &subject);
+                Err(refused(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot ask for approval: {e}"),
+                )))
+            }
+        };
+    }
     match service.mint_machine_key(machine, &subject).await {
-        Ok(minted) => Ok(minted),
+        Ok(minted) => Ok(Granted::Key(minted)),
         Err(e) => {
             machines.limiter.give_back(&machine.name, &subject);
             Err(refused(Refusal::new(
@@ -426,4 +448,80 @@ async fn mint(
 /// Shared by the router.
 pub fn state() -> Arc<MachineAuth> {
     Arc::new(MachineAuth::default())
+}
+
+/// `GET /api/machine/requests/{id}`: a job polls its request with the same token (its
+/// subject must be the one that asked): 202 while pending, 200 with the key once, 410 once
+/// the key was taken or no key will come, 404 for another subject.
+pub async fn poll(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let token = bearer(&headers);
+    let service = &state.service;
+    let not_found = || {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("no machine request {}", printable(&id)),
+        )
+        .into_response()
+    };
+    if token.is_empty() {
+        return Refusal::unauthorized("the Authorization header must be `Bearer <OIDC token>`")
+            .into_response();
+    }
+    // The request names its entitlement; the token is checked against that one.
+    let Ok(request) = service.store().request(&id).await else {
+        return not_found();
+    };
+    let Some(machine) = request
+        .as_ref()
+        .and_then(|r| service.config().machine(&r.entitlement))
+    else {
+        return not_found();
+    };
+    // Polling reuses the token that asked: its jti is not spent again, and polls do not count
+    // against the rate.
+    let claims = match state.machine.verify(&token, machine, service.now()).await {
+        Ok(c) => c,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let subject = printable(claims["sub"].as_str().unwrap_or_default());
+    use tidegate_core::service::MachineClaim;
+    match service.claim_machine_key(machine, &subject, &id).await {
+        Ok(MachineClaim::Pending(r)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"request": r.id, "state": r.state.as_str(), "pending_until": tidegate_core::time_text(r.pending_until)})),
+        )
+            .into_response(),
+        Ok(MachineClaim::Minted(minted)) => (StatusCode::OK, Json(json!(minted))).into_response(),
+        Ok(MachineClaim::Taken(r)) => Refusal::new(
+            StatusCode::GONE,
+            format!("the key of {} was already taken", r.id),
+        )
+        .into_response(),
+        Ok(MachineClaim::Ended(r)) => Refusal::new(
+            StatusCode::GONE,
+            format!(
+                "{} is {}: no key will come{}",
+                r.id,
+                r.state.as_str(),
+                r.end_reason.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
+            ),
+        )
+        .into_response(),
+        Err(tidegate_core::service::ServiceError::UnknownRequest(_)) => not_found(),
+        Err(e) => Refusal::new(StatusCode::GONE, e.to_string()).into_response(),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned()
 }

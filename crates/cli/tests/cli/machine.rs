@@ -368,3 +368,162 @@ fn rand_id() -> u64 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     NEXT.fetch_add(1, Ordering::SeqCst) as u64
 }
+
+/// A production deploy waits for a person: the job gets 202 and polls with its token; an
+/// approver sees the request beside people's and approves it; the key comes once.
+#[test]
+fn a_production_key_waits_for_an_approver() {
+    let issuer = Issuer::start();
+    let key = SigningKey::new("k1");
+    issuer.publish(&key);
+    let issuer_url = issuer.url.clone();
+    let d = Deployment::new("machine-approval", move |text| {
+        format!(
+            r#"{text}
+[[machine]]
+name = "deploy-prod"
+issuer = "{issuer_url}"
+audience = "tidegate"
+claims = {{ repository = "acme/api", environment = "production" }}
+tags = ["tag:ci"]
+key_ttl = "15m"
+approvals = 1
+approvers = ["group:sre"]
+"#
+        )
+    });
+    let mut server = d.serve();
+    let url = d.server_url();
+    let mut job = claims(&issuer.url, "deploy-1");
+    job["environment"] = json!("production");
+    job["sub"] = json!("repo:acme/api:environment:production");
+    let token = key.sign(&job);
+
+    let (status, body, _) = ask(&url, &token, "deploy-prod");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["state"], "pending");
+    let id = body["request"].as_str().unwrap().to_owned();
+    let poll = |token: &str| {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("{url}/api/machine/requests/{id}"))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    assert_eq!(
+        poll(&token).0,
+        202,
+        "polling reuses the token: its jti is not spent"
+    );
+
+    // Another job (another subject) cannot see it, let alone take its key.
+    let mut other = claims(&issuer.url, "other-1");
+    other["environment"] = json!("production");
+    other["sub"] = json!("repo:acme/web:environment:production");
+    assert_eq!(poll(&key.sign(&other)).0, 404);
+
+    // It is an ordinary request to approvers: listed as pending, approved with the CLI.
+    let (alice, carol) = (d.token("alice@example.com"), d.token("carol@example.com"));
+    let pending = d.cli(&alice, &["list", "--pending"]);
+    assert!(pending.to_string().contains(&id), "{pending}");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["request", "deploy-prod", "--for", "15m", "--reason", "x"])
+        .env("TIDEGATE_SERVER", &url)
+        .env("TIDEGATE_TOKEN", &carol)
+        .output()
+        .unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        stderr(&refused).contains("machine entitlement"),
+        "{}",
+        stderr(&refused)
+    );
+    d.cli(&alice, &["approve", &id]);
+
+    let (status, minted) = poll(&token);
+    assert_eq!(status, 200, "{minted}");
+    assert!(minted["key"].as_str().unwrap().starts_with("tskey-auth-"));
+    assert_eq!(minted["tags"], json!(["tag:ci"]));
+    let (status, again) = poll(&token);
+    assert_eq!(status, 410, "the key comes once: {again}");
+    let shown = d.cli(&alice, &["show", &id]);
+    assert_eq!(shown["state"], "active", "{shown}");
+    assert_eq!(
+        shown["requester"],
+        "machine:repo:acme/api:environment:production"
+    );
+
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// The CLI waits for the approval itself, then prints the key.
+#[test]
+fn the_cli_waits_for_the_approval() {
+    let issuer = Issuer::start();
+    let key = SigningKey::new("k1");
+    issuer.publish(&key);
+    let issuer_url = issuer.url.clone();
+    let d = Deployment::new("machine-wait", move |text| {
+        format!(
+            r#"{text}
+[[machine]]
+name = "deploy-prod"
+issuer = "{issuer_url}"
+audience = "tidegate"
+tags = ["tag:ci"]
+approvals = 1
+approvers = ["group:sre"]
+"#
+        )
+    });
+    let mut server = d.serve();
+    let url = d.server_url();
+    let token_file = d.dir.join("job-token");
+    std::fs::write(&token_file, key.sign(&claims(&issuer.url, "wait-1"))).unwrap();
+    let job = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args([
+            "machine",
+            "authkey",
+            "--server",
+            &url,
+            "--entitlement",
+            "deploy-prod",
+            "--id-token-file",
+            token_file.to_str().unwrap(),
+            "--wait-seconds",
+            "60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let alice = d.token("alice@example.com");
+    let mut id = String::new();
+    crate::wait_until("the job's request", || {
+        let pending = d.cli(&alice, &["list", "--pending"]);
+        match pending["requests"].as_array().and_then(|a| a.first()) {
+            Some(r) => {
+                id = r["id"].as_str().unwrap().to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    d.cli(&alice, &["approve", &id]);
+    let out = job.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).trim().starts_with("tskey-auth-"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("waits for approval"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
