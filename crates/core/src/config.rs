@@ -171,6 +171,10 @@ struct RawTailnet {
     api_token: Option<String>,
     api_token_env: Option<String>,
     api_token_file: Option<PathBuf>,
+    /// Workload identity federation: with `oauth_client_id` (the federated identity), the
+    /// platform's OIDC token is read from here and traded for access; no secret is kept.
+    id_token_file: Option<PathBuf>,
+    id_token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,32 +342,60 @@ impl Config {
             t.api_token_file.as_ref(),
         )
         .map_err(invalid)?;
-        let credentials = match (&t.oauth_client_id, client_secret, token) {
-            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+        let id_token = match (&t.id_token_file, &t.id_token_env) {
+            (Some(_), Some(_)) => {
                 return Err(invalid(
-                    "[tailnet] give either an OAuth client or an API token, not both".into(),
+                    "[tailnet] give only one of id_token_file and id_token_env".into(),
                 ));
             }
-            (Some(id), Some(secret), None) => tailnet::Credentials::OAuth {
-                client_id: id.clone(),
-                client_secret: secret,
-                scopes: t.oauth_scopes.clone(),
-            },
-            (None, None, Some(token)) => tailnet::Credentials::ApiToken(token),
-            (Some(_), None, None) => {
+            (Some(path), None) => Some(tailnet::IdTokenSource::File(path.clone())),
+            (None, Some(name)) => Some(tailnet::IdTokenSource::Env(name.clone())),
+            (None, None) => None,
+        };
+        let credentials = if let Some(id_token) = id_token {
+            if client_secret.is_some() || token.is_some() {
                 return Err(invalid(
-                    "[tailnet] oauth_client_id needs oauth_client_secret (or _env / _file)".into(),
+                    "[tailnet] an ID token (workload identity) replaces the OAuth secret and the API token: give only oauth_client_id with it".into(),
                 ));
             }
-            (None, Some(_), None) => {
+            let Some(client_id) = t.oauth_client_id.clone() else {
                 return Err(invalid(
-                    "[tailnet] oauth_client_secret needs oauth_client_id".into(),
+                    "[tailnet] id_token_file / id_token_env need oauth_client_id (the federated identity's id)".into(),
                 ));
+            };
+            tailnet::Credentials::Federated {
+                client_id,
+                id_token,
             }
-            (None, None, None) => {
-                return Err(invalid(
+        } else {
+            match (&t.oauth_client_id, client_secret, token) {
+                (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "[tailnet] give either an OAuth client or an API token, not both".into(),
+                    ));
+                }
+                (Some(id), Some(secret), None) => tailnet::Credentials::OAuth {
+                    client_id: id.clone(),
+                    client_secret: secret,
+                    scopes: t.oauth_scopes.clone(),
+                },
+                (None, None, Some(token)) => tailnet::Credentials::ApiToken(token),
+                (Some(_), None, None) => {
+                    return Err(invalid(
+                        "[tailnet] oauth_client_id needs oauth_client_secret (or _env / _file)"
+                            .into(),
+                    ));
+                }
+                (None, Some(_), None) => {
+                    return Err(invalid(
+                        "[tailnet] oauth_client_secret needs oauth_client_id".into(),
+                    ));
+                }
+                (None, None, None) => {
+                    return Err(invalid(
                     "[tailnet] credentials are missing: set oauth_client_id and oauth_client_secret (preferred) or api_token".into(),
                 ));
+                }
             }
         };
         let mut names = HashSet::new();
@@ -871,5 +903,69 @@ pending_ttl = "1h"
         );
         assert!(error(&missing).contains("TIDEGATE_TEST_SURELY_UNSET_VAR is not set"));
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn workload_identity_replaces_the_secret() {
+        let with = |lines: &str| BASE.replace("api_token = \"tskey-api-test\"", lines);
+        let config = Config::parse(
+            &with("oauth_client_id = \"fed1\"\nid_token_file = \"/var/run/secrets/token\""),
+            "tidegate.toml",
+        )
+        .unwrap();
+        assert!(matches!(
+            &config.tailnet.credentials,
+            tailnet::Credentials::Federated { client_id, id_token: tailnet::IdTokenSource::File(_) }
+                if client_id == "fed1"
+        ));
+        assert!(
+            error(&with("id_token_env = \"TOKEN\"")).contains("need oauth_client_id"),
+            "{}",
+            error(&with("id_token_env = \"TOKEN\""))
+        );
+        assert!(
+            error(&with(
+                "oauth_client_id = \"fed1\"\nid_token_env = \"T\"\nid_token_file = \"/t\""
+            ))
+            .contains("only one of id_token_file and id_token_env")
+        );
+        assert!(
+            error(&with(
+                "oauth_client_id = \"fed1\"\nid_token_env = \"T\"\noauth_client_secret = \"s\""
+            ))
+            .contains("replaces the OAuth secret")
+        );
+    }
+
+    #[test]
+    fn machine_entitlements_are_checked() {
+        let machine = |body: &str| {
+            format!(
+                "{BASE}\n[[machine]]\nname = \"ci\"\nissuer = \"https://token.actions.githubusercontent.com\"\naudience = \"tidegate\"\ntags = [\"tag:ci\"]\n{body}"
+            )
+        };
+        let config =
+            Config::parse(&machine("claims = { repository = \"acme/*\" }"), "t.toml").unwrap();
+        let m = config.machine("ci").unwrap();
+        assert_eq!(m.key_ttl, Span::minutes(10));
+        assert!(m.ephemeral && m.preauthorized && !m.reusable);
+        assert_eq!(m.rate.count, 60);
+        assert!(
+            config.entitlement("ci").is_none(),
+            "no approvals: no requests"
+        );
+        assert!(error(&machine("key_ttl = \"2h\"")).contains("at most 1h"));
+        assert!(error(&machine("rate = \"lots\"")).contains("N/m"));
+        assert!(error(&machine("approvals = 1")).contains("needs approvers"));
+        let approved = Config::parse(
+            &machine("approvals = 1\napprovers = [\"group:sre\"]"),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(approved.entitlement("ci").is_some());
+        let http = machine("").replace("https://token.actions", "http://token.actions");
+        assert!(error(&http).contains("must be an https:// URL"));
+        let twice = machine("").replace("name = \"ci\"", "name = \"prod-ssh\"");
+        assert!(error(&twice).contains("already used"));
     }
 }

@@ -230,7 +230,10 @@ pub fn authenticate(st: &State, req: &Req, now: OffsetDateTime) -> Result<Princi
         let client = st
             .keys
             .iter()
-            .find(|k| k.key.id == minted.client_id && k.key.key_type == "client")
+            .find(|k| {
+                k.key.id == minted.client_id
+                    && matches!(k.key.key_type.as_str(), "client" | "federated")
+            })
             .filter(|k| k.key.revoked.is_none());
         let Some(client) = client else {
             return Err(ApiError::unauthorized("invalid API token"));

@@ -403,7 +403,10 @@ async fn handle(
         body,
     };
     app.sweep();
-    let reply = if is_api {
+    let reply = if req.path == "/api/v2/oauth/token-exchange" && req.method == hyper::Method::POST {
+        // The one call that waits on another server (the issuer's keys).
+        crate::api::oauth::token_exchange(&app, &req).await
+    } else if is_api {
         crate::api::route(&app, &req)
     } else if req.path == "/emulator" || req.path.starts_with("/emulator/") {
         crate::control::route(&app, &req)

@@ -151,6 +151,26 @@ pub struct State {
     next_id: u64,
 }
 
+/// A federated identity (`keyType: "federated"`): a workload trades its OIDC token for an
+/// access token at `/api/v2/oauth/token-exchange`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FederatedIdentityEntry {
+    id: String,
+    issuer: String,
+    subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audience: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    custom_claim_rules: BTreeMap<String, String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    description: String,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ApiTokenEntry {
@@ -205,6 +225,8 @@ struct StateFile {
     api_tokens: Vec<ApiTokenEntry>,
     #[serde(default)]
     oauth_clients: Vec<OAuthClientEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    federated_identities: Vec<FederatedIdentityEntry>,
     /// Auth keys, with `key` (the secret).
     #[serde(default)]
     keys: Vec<Key>,
@@ -494,6 +516,30 @@ impl State {
             st.keys.push(KeyRecord {
                 key,
                 secret: c.secret,
+            });
+        }
+        for f in file.federated_identities {
+            if f.id.is_empty() || f.issuer.is_empty() || f.subject.is_empty() {
+                return Err(Error::State(
+                    "federated identities need an id, an issuer and a subject pattern".to_owned(),
+                ));
+            }
+            let key = Key {
+                id: f.id,
+                key_type: "federated".to_owned(),
+                description: f.description,
+                created: created.clone(),
+                scopes: Some(f.scopes),
+                tags: Some(f.tags),
+                issuer: Some(f.issuer),
+                subject: Some(f.subject),
+                audience: f.audience,
+                custom_claim_rules: Some(f.custom_claim_rules),
+                ..Key::default()
+            };
+            st.keys.push(KeyRecord {
+                key,
+                secret: String::new(),
             });
         }
         for mut k in file.keys {
@@ -872,6 +918,16 @@ impl State {
                         revoked: k.key.revoked.clone(),
                     });
                 }
+                "federated" => file.federated_identities.push(FederatedIdentityEntry {
+                    id: k.key.id.clone(),
+                    issuer: k.key.issuer.clone().unwrap_or_default(),
+                    subject: k.key.subject.clone().unwrap_or_default(),
+                    audience: k.key.audience.clone(),
+                    custom_claim_rules: k.key.custom_claim_rules.clone().unwrap_or_default(),
+                    scopes: k.key.scopes.clone().unwrap_or_default(),
+                    tags: k.key.tags.clone().unwrap_or_default(),
+                    description: k.key.description.clone(),
+                }),
                 "client" => file.oauth_clients.push(OAuthClientEntry {
                     id: k.key.id.clone(),
                     secret: k.secret.clone(),

@@ -38,6 +38,39 @@ pub enum Credentials {
         client_secret: Secret,
         scopes: Vec<String>,
     },
+    /// Workload identity federation: the OIDC token (JWT) the platform gives this workload is
+    /// traded at `/api/v2/oauth/token-exchange` for an access token, read again and traded
+    /// again before the hour ends; no secret is stored anywhere.
+    Federated {
+        client_id: String,
+        id_token: IdTokenSource,
+    },
+}
+
+/// Where the workload's OIDC token is read from, each time it is traded (platforms rotate it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdTokenSource {
+    File(std::path::PathBuf),
+    /// An environment variable's name.
+    Env(String),
+}
+
+impl IdTokenSource {
+    fn read(&self) -> Result<Secret> {
+        let text = match self {
+            IdTokenSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                Error::Unauthorized(format!("cannot read the ID token {}: {e}", path.display()))
+            })?,
+            IdTokenSource::Env(name) => std::env::var(name).map_err(|_| {
+                Error::Unauthorized(format!("the ID token variable {name} is not set"))
+            })?,
+        };
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(Error::Unauthorized("the ID token is empty".into()));
+        }
+        Ok(Secret::new(token))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -254,7 +287,40 @@ impl ApiClient {
                 {
                     return Ok(format!("Bearer {}", token.secret.expose()));
                 }
-                let token = self.mint_token(client_id, client_secret, scopes).await?;
+                let mut form = vec![
+                    ("grant_type", "client_credentials".to_owned()),
+                    ("client_id", client_id.clone()),
+                    ("client_secret", client_secret.expose().to_owned()),
+                ];
+                if !scopes.is_empty() {
+                    form.push(("scope", scopes.join(" ")));
+                }
+                let token = self
+                    .mint_token("/oauth/token", &form, "OAuth client")
+                    .await?;
+                let header = format!("Bearer {}", token.secret.expose());
+                *cached = Some(token);
+                Ok(header)
+            }
+            Credentials::Federated {
+                client_id,
+                id_token,
+            } => {
+                let mut cached = self.token.lock().await;
+                let now = self.config.clock.now();
+                if let Some(token) = cached.as_ref()
+                    && now + TOKEN_MARGIN < token.expires
+                {
+                    return Ok(format!("Bearer {}", token.secret.expose()));
+                }
+                let jwt = id_token.read()?;
+                let form = vec![
+                    ("client_id", client_id.clone()),
+                    ("jwt", jwt.expose().to_owned()),
+                ];
+                let token = self
+                    .mint_token("/oauth/token-exchange", &form, "token exchange")
+                    .await?;
                 let header = format!("Bearer {}", token.secret.expose());
                 *cached = Some(token);
                 Ok(header)
@@ -262,29 +328,13 @@ impl ApiClient {
         }
     }
 
-    async fn mint_token(
-        &self,
-        client_id: &str,
-        secret: &Secret,
-        scopes: &[String],
-    ) -> Result<Token> {
-        let mut form = vec![
-            ("grant_type", "client_credentials".to_owned()),
-            ("client_id", client_id.to_owned()),
-            ("client_secret", secret.expose().to_owned()),
-        ];
-        if !scopes.is_empty() {
-            form.push(("scope", scopes.join(" ")));
-        }
+    /// Trades `form` at `path` (`/oauth/token` or `/oauth/token-exchange`) for an access
+    /// token; `what` names the credential in errors.
+    async fn mint_token(&self, path: &str, form: &[(&str, String)], what: &str) -> Result<Token> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = self
-                .http
-                .post(self.url("/oauth/token"))
-                .form(&form)
-                .send()
-                .await;
+            let sent = self.http.post(self.url(path)).form(form).send().await;
             self.count_call(sent.as_ref().ok().map(reqwest::Response::status));
             let error = match sent {
                 Err(e) => self.transport_error(e),
@@ -322,7 +372,7 @@ impl ApiClient {
                 _ => {
                     return Err(match error {
                         Error::BadRequest { message, .. } | Error::Unauthorized(message) => {
-                            Error::Unauthorized(format!("OAuth client refused: {message}"))
+                            Error::Unauthorized(format!("{what} refused: {message}"))
                         }
                         other => other,
                     });
@@ -390,7 +440,10 @@ impl ApiClient {
             };
             // An OAuth token the server no longer accepts: mint a new one, once.
             if matches!(error, Error::Unauthorized(_))
-                && matches!(self.config.credentials, Credentials::OAuth { .. })
+                && matches!(
+                    self.config.credentials,
+                    Credentials::OAuth { .. } | Credentials::Federated { .. }
+                )
                 && !refreshed
             {
                 refreshed = true;

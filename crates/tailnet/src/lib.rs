@@ -8,7 +8,7 @@ mod error;
 mod secret;
 pub mod types;
 
-pub use client::{ApiClient, ApiConfig, Credentials, RetryPolicy};
+pub use client::{ApiClient, ApiConfig, Credentials, IdTokenSource, RetryPolicy};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use secret::Secret;

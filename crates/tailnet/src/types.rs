@@ -126,6 +126,17 @@ pub struct Key {
     pub tags: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// Federated identities: the OIDC issuer whose tokens it accepts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Federated identities: the `sub` pattern (`*` wildcards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Federated identities: claim → pattern, every one must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_claim_rules: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A request to create an auth key.

@@ -527,3 +527,114 @@ approvers = ["group:sre"]
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// tidegate's own credential without a secret: the platform's OIDC token (a file, as a
+/// Kubernetes service account token is) traded at the tailnet's token exchange for the
+/// federated identity `fed1`; a grant is then applied with that access.
+#[test]
+fn tidegate_uses_its_own_workload_identity() {
+    let issuer = Issuer::start();
+    let key = SigningKey::new("k1");
+    issuer.publish(&key);
+    let workload = |sub: &str, aud: &str, exp: i64| {
+        key.sign(&json!({
+            "iss": issuer.url, "sub": sub, "aud": aud, "iat": now(), "exp": exp,
+        }))
+    };
+    let good = workload(
+        "system:serviceaccount:tidegate:server",
+        "tidegate-ts",
+        now() + 3600,
+    );
+    let issuer_url = issuer.url.clone();
+    let token_dir = std::env::temp_dir().join(format!("tidegate-wif-{}", std::process::id()));
+    std::fs::create_dir_all(&token_dir).unwrap();
+    let token_file = token_dir.join("token");
+    std::fs::write(&token_file, &good).unwrap();
+    let token_path = token_file.display().to_string();
+    let d = Deployment::with_state(
+        "federated",
+        move |mut state| {
+            state["federatedIdentities"] = json!([{
+                "id": "fed1", "issuer": issuer_url,
+                "subject": "system:serviceaccount:tidegate:*", "audience": "tidegate-ts",
+                "scopes": ["all"], "tags": ["tag:ci"],
+            }]);
+            state
+        },
+        move |text| {
+            let start = text.find("api_token = ").unwrap();
+            let end = start + text[start..].find('\n').unwrap();
+            format!(
+                "{}oauth_client_id = \"fed1\"\nid_token_file = {token_path:?}{}",
+                &text[..start],
+                &text[end..]
+            )
+        },
+    );
+
+    let config = std::fs::read_to_string(d.config()).unwrap();
+    assert!(
+        config.contains("\nid_token_file = ")
+            && !config.lines().any(|l| l.starts_with("api_token")),
+        "{config}"
+    );
+
+    // The exchange itself refuses what it should.
+    let exchange = |jwt: &str| {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/api/v2/oauth/token-exchange", d.emulator_url))
+            .form(&[("client_id", "fed1"), ("jwt", jwt)])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(exchange(&good), 200);
+    assert_eq!(
+        exchange(&workload(
+            "system:serviceaccount:other:x",
+            "tidegate-ts",
+            now() + 3600
+        )),
+        401,
+        "another subject"
+    );
+    assert_eq!(
+        exchange(&workload(
+            "system:serviceaccount:tidegate:server",
+            "elsewhere",
+            now() + 3600
+        )),
+        401,
+        "another audience"
+    );
+    assert_eq!(
+        exchange(&workload(
+            "system:serviceaccount:tidegate:server",
+            "tidegate-ts",
+            now() - 60
+        )),
+        401,
+        "expired"
+    );
+    assert_eq!(
+        exchange(&SigningKey::new("k1").sign(&json!({"iss": issuer.url, "sub": "system:serviceaccount:tidegate:server", "aud": "tidegate-ts", "exp": now() + 3600}))),
+        401,
+        "forged"
+    );
+
+    // The server runs on it: a grant is applied in the tailnet.
+    let mut server = d.serve();
+    let (dave, alice) = (d.token("dave@example.com"), d.token("alice@example.com"));
+    let r = d.cli(
+        &dave,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-7"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    d.cli(&alice, &["approve", &id]);
+    crate::wait_until("the grant to apply", || d.members() == ["dave@example.com"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&token_dir);
+}

@@ -634,10 +634,22 @@ struct Deployment {
 
 impl Deployment {
     fn new(name: &str, edit_config: impl Fn(String) -> String) -> Deployment {
+        Deployment::with_state(name, |state| state, edit_config)
+    }
+
+    /// With the example emulator state changed by `edit_state` first.
+    fn with_state(
+        name: &str,
+        edit_state: impl Fn(serde_json::Value) -> serde_json::Value,
+        edit_config: impl Fn(String) -> String,
+    ) -> Deployment {
         let dir = std::env::temp_dir().join(format!("tidegate-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let state = dir.join("state.json");
-        std::fs::copy(example("emulator-state.json"), &state).unwrap();
+        let example_state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(example("emulator-state.json")).unwrap())
+                .unwrap();
+        std::fs::write(&state, edit_state(example_state).to_string()).unwrap();
         let port = free_port();
         let emulator = Command::new(env!("CARGO_BIN_EXE_tidegate"))
             .args([
