@@ -7,6 +7,7 @@
 mod expiry;
 mod generate;
 mod grants;
+mod machine;
 mod posture;
 mod replicas;
 
@@ -189,6 +190,14 @@ fn main() -> Result<()> {
                 .unwrap_or(200);
             tokio::runtime::Runtime::new()?.block_on(posture::run(count))?
         }
+        "machine" => {
+            let count = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(500);
+            tokio::runtime::Runtime::new()?.block_on(machine::run(count))?
+        }
         "failover" => {
             let kills = std::env::args()
                 .nth(2)
@@ -207,7 +216,8 @@ fn main() -> Result<()> {
         }
         _ => {
             bail!(
-                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | expiry [COUNT] [SPREAD_SECONDS] \
+                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] \
+                 | expiry [COUNT] [SPREAD_SECONDS] \
                  | failover [KILLS] | throughput [SECONDS]"
             )
         }
