@@ -62,7 +62,7 @@ impl SigningKey {
 /// One run against an emulator with `latency` on every tailnet call.
 async fn run_once(count: usize, latency: Duration) -> Result<Value> {
     let emu = emulator::start(
-        emulator::State::from_json(&&crate::grants::state(1), SystemClock.now())?,
+        emulator::State::from_json(&crate::grants::state(1), SystemClock.now())?,
         emulator::Options {
             latency,
             ..emulator::Options::default()
