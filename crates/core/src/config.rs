@@ -188,6 +188,7 @@ struct RawEntitlement {
     attribute: Option<String>,
     value: Option<toml::Value>,
     role: Option<String>,
+    tag: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
     #[serde(default)]
@@ -681,9 +682,16 @@ fn entitlement(e: &RawEntitlement) -> Result<Entitlement, String> {
                 preauthorized: e.preauthorized.unwrap_or(true),
             }
         }
+        "tag" => {
+            let tag = e.tag.clone().ok_or_else(|| missing("tag = \"tag:...\""))?;
+            if !tag.starts_with("tag:") || tag.len() < 5 {
+                return Err(format!("tag {tag:?} must start with \"tag:\""));
+            }
+            Strategy::Tag { tag }
+        }
         other => {
             return Err(format!(
-                "unknown strategy {other:?} (use group, posture, role or authkey)"
+                "unknown strategy {other:?} (use group, posture, role, tag or authkey)"
             ));
         }
     };

@@ -22,6 +22,8 @@ pub enum Strategy {
     },
     /// The requester's tailnet role is raised, and the previous one restored after.
     Role { role: String },
+    /// A tag on the requester's own devices for a time; their previous tags come back after.
+    Tag { tag: String },
     /// A short-lived tagged auth key, shown once to the requester.
     #[serde(rename = "authkey")]
     AuthKey {
@@ -38,6 +40,7 @@ impl Strategy {
             Strategy::Group { .. } => "group",
             Strategy::Posture { .. } => "posture",
             Strategy::Role { .. } => "role",
+            Strategy::Tag { .. } => "tag",
             Strategy::AuthKey { .. } => "authkey",
         }
     }
@@ -304,6 +307,14 @@ pub fn check_against_policy(
                             format!("tag {tag:?} is not in tagOwners, so no key can carry it"),
                         );
                     }
+                }
+            }
+            Strategy::Tag { tag } => {
+                if !policy.tag_owners.contains_key(tag) {
+                    issue(
+                        e,
+                        format!("tag {tag:?} is not in tagOwners, so no device can carry it"),
+                    );
                 }
             }
             Strategy::Role { .. } => {}

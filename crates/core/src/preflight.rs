@@ -81,6 +81,19 @@ pub fn check(
             }
             failures(&live.policy_text, &inventory)
         }
+        Strategy::Tag { tag } => {
+            let mut inventory = live.inventory.clone();
+            for d in inventory
+                .devices
+                .iter_mut()
+                .filter(|d| devices.contains(&d.node_id) || devices.contains(&d.id))
+            {
+                if !d.tags.contains(tag) {
+                    d.tags.push(tag.clone());
+                }
+            }
+            failures(&live.policy_text, &inventory)
+        }
         Strategy::Role { .. } | Strategy::AuthKey { .. } => return Ok(()),
     };
     let Some(with) = with else {

@@ -128,6 +128,10 @@ pub struct TailnetStatus {
     /// when no grant on the user remains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_role: Option<String>,
+    /// `tag` strategy: each device's own tags, recorded before tidegate first changed them,
+    /// restored when no grant on the device remains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_tags: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// `posture`: the expiry the attribute carries in the tailnet (moves with extensions).
     #[serde(
         default,

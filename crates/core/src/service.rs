@@ -481,10 +481,12 @@ impl Service {
         let entitlement = self.entitlement(&new.entitlement)?.clone();
         let dir = self.directory().await?;
         let devices = match entitlement.strategy {
-            Strategy::Posture { .. } => self.own_devices(requester, &new.devices).await?,
+            Strategy::Posture { .. } | Strategy::Tag { .. } => {
+                self.own_devices(requester, &new.devices).await?
+            }
             _ if !new.devices.is_empty() => {
                 return Err(ServiceError::Invalid(format!(
-                    "{:?} uses the {} strategy; --device only applies to posture entitlements",
+                    "{:?} uses the {} strategy; --device only applies to posture and tag entitlements",
                     entitlement.name,
                     entitlement.strategy.name()
                 )));

@@ -12,6 +12,7 @@ mod authkey;
 mod group;
 mod posture;
 mod role;
+mod tag;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -448,6 +449,7 @@ impl Reconciler {
         let mut posture = Vec::new();
         let mut roles = Vec::new();
         let mut keys = Vec::new();
+        let mut tags = Vec::new();
         for r in requests {
             let Some(entitlement) = self.entitlement(&r.entitlement) else {
                 tracing::error!(request = %r.id, entitlement = %r.entitlement, "entitlement no longer configured");
@@ -461,6 +463,7 @@ impl Reconciler {
                 Strategy::Group { .. } => groups.push(r),
                 Strategy::Posture { .. } => posture.push(r),
                 Strategy::Role { .. } => roles.push(r),
+                Strategy::Tag { .. } => tags.push(r),
                 Strategy::AuthKey { .. } => keys.push(r),
             }
         }
@@ -477,6 +480,8 @@ impl Reconciler {
         self.posture(posture, &mut report).await;
         let roles = self.with_related(roles, full, "role", &mut report).await;
         self.roles(roles, &mut report).await;
+        let tags = self.with_related(tags, full, "tag", &mut report).await;
+        self.tags(tags, &mut report).await;
         self.flush_transitions(&mut report).await;
         match self.service.store().count_overdue(self.now()).await {
             Ok(n) => report.overdue = n as usize,

@@ -117,6 +117,98 @@ async fn overlapping_role_grants_leave_no_standing_role() {
     w.audit_verifies().await;
 }
 
+fn tags_of(w: &World, host: &str) -> Vec<String> {
+    w.emu
+        .state()
+        .devices
+        .iter()
+        .find(|d| d.device.hostname == host)
+        .unwrap()
+        .device
+        .tags
+        .clone()
+}
+
+/// The `tag` strategy: the device is a target; overlapping grants keep the tag until the last
+/// ends, then the device's own tags come back; a change made by someone else wins.
+#[tokio::test]
+async fn overlapping_tag_grants_keep_the_tag_and_restore_the_devices_own_tags() {
+    let w = World::new().await;
+    let dave = "dave@example.com";
+    let long = ask(&w, dave, "monitoring-tag", "2h", &["dave-desktop"]).await;
+    approve(&w, &long).await;
+    w.pass().await;
+    assert_eq!(tags_of(&w, "dave-desktop"), ["tag:monitoring"]);
+    let short = ask(&w, dave, "monitoring-tag", "30m", &["dave-desktop"]).await;
+    approve(&w, &short).await;
+    w.pass().await;
+    w.advance(31);
+    w.pass().await;
+    let operator = operator(&w.service, "tidegate-test-operator").await;
+    let ended = w.service.get(&operator, &short).await.unwrap();
+    assert_eq!(ended.state, State::Expired);
+    assert!(ended.tailnet.removal_verified_at.is_some());
+    assert_eq!(
+        tags_of(&w, "dave-desktop"),
+        ["tag:monitoring"],
+        "the longer grant still holds"
+    );
+    w.advance(90);
+    w.pass().await;
+    assert!(
+        tags_of(&w, "dave-desktop").is_empty(),
+        "the device's own tags (none) are back"
+    );
+
+    // Someone else changes the tags while a grant holds: theirs win at the end.
+    let again = ask(&w, dave, "monitoring-tag", "1h", &["dave-desktop"]).await;
+    approve(&w, &again).await;
+    w.pass().await;
+    let device = w
+        .emu
+        .state()
+        .devices
+        .iter()
+        .find(|d| d.device.hostname == "dave-desktop")
+        .unwrap()
+        .device
+        .id
+        .clone();
+    w.service
+        .tailnet()
+        .set_device_tags(&device, &["tag:ci".to_owned()])
+        .await
+        .unwrap();
+    w.advance(61);
+    w.pass().await;
+    assert_eq!(
+        tags_of(&w, "dave-desktop"),
+        ["tag:ci"],
+        "left as someone set it"
+    );
+    assert!(
+        audit_actions(&w, None)
+            .await
+            .contains(&"grant.tags_changed_outside".to_owned())
+    );
+    // Only one's own devices.
+    let err = w
+        .service
+        .create(
+            &who(&w.service, dave).await,
+            NewRequest {
+                entitlement: "monitoring-tag".into(),
+                reason: "x".into(),
+                devices: vec!["carol-laptop".into()],
+                ..NewRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("carol-laptop"), "{err}");
+    w.audit_verifies().await;
+}
+
 #[tokio::test]
 async fn a_role_grant_never_lowers_and_a_manual_change_wins() {
     let w = World::new().await;

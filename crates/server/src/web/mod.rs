@@ -794,6 +794,7 @@ async fn admin(
             Strategy::Group { group, .. } => format!("group {group}"),
             Strategy::Posture { attribute, .. } => format!("posture {attribute}"),
             Strategy::Role { role } => format!("role {role}"),
+            Strategy::Tag { tag } => format!("tag {tag}"),
             Strategy::AuthKey { tags, .. } => format!("authkey {}", tags.join(" ")),
         };
         let check = match &issues {

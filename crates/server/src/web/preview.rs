@@ -153,6 +153,28 @@ impl Snapshot {
                     ssh_gained(&now, &with, &first.name, login, parsed),
                 )
             }
+            Strategy::Tag { tag } => {
+                // The requester's chosen devices (or all their own), carrying the tag.
+                let mine: Vec<&tailnet::Device> =
+                    chosen_devices(all_devices, login, devices).collect();
+                let Some(first) = mine.first() else {
+                    return Ok(vec![format!("{login} has no device this could be set on")]);
+                };
+                let mut tagged = inventory.clone();
+                let chosen: BTreeSet<&str> = mine.iter().map(|d| d.node_id.as_str()).collect();
+                for d in &mut tagged.devices {
+                    if chosen.contains(d.node_id.as_str()) && !d.tags.contains(tag) {
+                        d.tags.push(tag.clone());
+                    }
+                }
+                let now = engine(parsed.clone(), inventory)?;
+                let with = engine(parsed.clone(), &tagged)?;
+                (
+                    now.reach(&first.name).map_err(|e| e.to_string())?,
+                    with.reach(&first.name).map_err(|e| e.to_string())?,
+                    ssh_gained(&now, &with, &first.name, login, parsed),
+                )
+            }
             _ => return Ok(Vec::new()),
         };
         let mut lines = ssh;

@@ -94,6 +94,11 @@ pub fn full_request(id: &str) -> Request {
             attempts: 3,
             last_error: Some("HTTP 412: policy changed".into()),
             previous_role: Some("member".into()),
+            previous_tags: Some(
+                [("n0004CNTRL".to_owned(), vec!["tag:own".to_owned()])]
+                    .into_iter()
+                    .collect(),
+            ),
             applied_until: Some(t + Duration::minutes(95)),
             retry_at: Some(t + Duration::minutes(63)),
             key_id: Some("kAbC123CNTRL".into()),
