@@ -36,10 +36,21 @@ pub enum MachineCommand {
         #[arg(long, default_value_t = 3600)]
         wait_seconds: u64,
     },
+    /// The nodes of machine entitlements (devices carrying exactly their tags, and whether they
+    /// outstayed node_ttl), and tagged devices whose tags nothing explains (no machine
+    /// entitlement mints them, no tagOwner matches their user).
+    Nodes {
+        #[arg(long)]
+        config: PathBuf,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(command: MachineCommand) -> Result<(), Failure> {
     match command {
+        MachineCommand::Nodes { config, json } => nodes(&config, json).await,
         MachineCommand::Authkey {
             server,
             entitlement,
@@ -157,4 +168,64 @@ async fn read(
         .await
         .map_err(|e| Failure::Usage(format!("{url} answered {status} without JSON: {e}")))?;
     Ok((status, body))
+}
+
+async fn nodes(config: &std::path::Path, json: bool) -> Result<(), Failure> {
+    let service = crate::server_cmd::operator_service(config).await?;
+    let live = service
+        .live()
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot read the tailnet: {e}")))?;
+    let policy = policy::Policy::parse(&live.policy_text)
+        .map_err(|e| Failure::Usage(format!("the tailnet's policy file does not parse: {e}")))?;
+    let report = tidegate_core::machine::nodes_report(
+        &service.config().machines,
+        &live.devices,
+        &policy.file,
+        &live.directory,
+        service.now(),
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = report
+        .machine_nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.hostname.clone(),
+                n.entitlement.clone(),
+                n.tags.join(","),
+                n.created.clone(),
+                if n.over_node_ttl { "over node_ttl" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no machine nodes");
+    } else {
+        print!(
+            "{}",
+            crate::table::render(&["HOST", "MACHINE", "TAGS", "CREATED", ""], &rows)
+        );
+    }
+    if report.unexplained.is_empty() {
+        println!("every tagged device's tags are explained");
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .unexplained
+            .iter()
+            .map(|u| vec![u.hostname.clone(), u.user.clone(), u.tags.join(",")])
+            .collect();
+        println!("tagged devices whose tags nothing explains:");
+        print!(
+            "{}",
+            crate::table::render(&["HOST", "CREATED BY", "UNEXPLAINED TAGS"], &rows)
+        );
+    }
+    Ok(())
 }

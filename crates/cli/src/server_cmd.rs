@@ -354,7 +354,7 @@ pub async fn token(
 
 /// `tidegate adopt GROUP --config F`: an operator on the server adopts a managed group.
 /// The service as an operator on the server uses it: the config's store and tailnet.
-async fn operator_service(config_path: &Path) -> Result<Service, Failure> {
+pub async fn operator_service(config_path: &Path) -> Result<Service, Failure> {
     let config = load_config(config_path)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = open_store(&config.database).await?;

@@ -279,3 +279,100 @@ mod tests {
         assert!(replay.first_use("iss other", until, t0));
     }
 }
+
+/// A device that carries exactly a machine entitlement's tags: one of its jobs' nodes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MachineNode {
+    pub device: String,
+    pub hostname: String,
+    pub entitlement: String,
+    pub tags: Vec<String>,
+    pub ephemeral: bool,
+    pub created: String,
+    /// Still there longer than the entitlement's `node_ttl`.
+    pub over_node_ttl: bool,
+}
+
+/// A tagged device with tags that neither a machine entitlement mints nor its owner could
+/// have applied (no tagOwner matches them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnexplainedTags {
+    pub device: String,
+    pub hostname: String,
+    pub user: String,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodesReport {
+    pub machine_nodes: Vec<MachineNode>,
+    pub unexplained: Vec<UnexplainedTags>,
+}
+
+/// Which devices are machine entitlements' nodes, and which tagged devices nothing explains.
+pub fn nodes_report(
+    machines: &[MachineEntitlement],
+    devices: &[tailnet::Device],
+    policy: &policy::PolicyFile,
+    dir: &crate::entitlement::Directory,
+    now: OffsetDateTime,
+) -> NodesReport {
+    let mut report = NodesReport::default();
+    for d in devices.iter().filter(|d| !d.tags.is_empty()) {
+        let mut tags = d.tags.clone();
+        tags.sort();
+        let machine = machines.iter().find(|m| {
+            let mut want = m.tags.clone();
+            want.sort();
+            want == tags && m.ephemeral == d.is_ephemeral
+        });
+        if let Some(m) = machine {
+            let age = tailnet::clock::parse_rfc3339(&d.created).map(|c| now - c);
+            report.machine_nodes.push(MachineNode {
+                device: d.id.clone(),
+                hostname: d.hostname.clone(),
+                entitlement: m.name.clone(),
+                tags: tags.clone(),
+                ephemeral: d.is_ephemeral,
+                created: d.created.clone(),
+                over_node_ttl: age.is_some_and(|a| a > m.node_ttl.to_time()),
+            });
+        }
+        let unexplained: Vec<String> = tags
+            .iter()
+            .filter(|t| {
+                !machines.iter().any(|m| m.tags.contains(t)) && !owner_may_tag(policy, dir, d, t)
+            })
+            .cloned()
+            .collect();
+        if !unexplained.is_empty() {
+            report.unexplained.push(UnexplainedTags {
+                device: d.id.clone(),
+                hostname: d.hostname.clone(),
+                user: d.user.clone(),
+                tags: unexplained,
+            });
+        }
+    }
+    report
+}
+
+/// Whether the device's user is among the tag's owners (directly, through a group, as an
+/// admin, or through another tag the device carries).
+fn owner_may_tag(
+    policy: &policy::PolicyFile,
+    dir: &crate::entitlement::Directory,
+    device: &tailnet::Device,
+    tag: &str,
+) -> bool {
+    let Some(owners) = policy.tag_owners.get(tag) else {
+        return false;
+    };
+    owners.iter().any(|owner| match owner.as_str() {
+        "autogroup:admin" => dir.matches(&Selector::Role("admin".into()), &device.user),
+        "autogroup:member" => dir.is_user(&device.user),
+        o if o.starts_with("group:") => dir.matches(&Selector::Group(o.to_owned()), &device.user),
+        o if o.starts_with("tag:") => o != tag && device.tags.iter().any(|t| t == o),
+        o => o == device.user,
+    })
+}

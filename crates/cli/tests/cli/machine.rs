@@ -638,3 +638,62 @@ fn tidegate_uses_its_own_workload_identity() {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&token_dir);
 }
+
+/// `tidegate machine nodes`: the machine entitlements' nodes (and who outstayed node_ttl), and
+/// tagged devices whose tags nothing explains.
+#[test]
+fn machine_nodes_and_unexplained_tags_are_reported() {
+    let d = Deployment::new("machine-nodes", |text| {
+        format!(
+            r#"{text}
+[[machine]]
+name = "ci-jobs"
+issuer = "https://token.actions.githubusercontent.com"
+audience = "tidegate"
+tags = ["tag:ci"]
+node_ttl = "1h"
+"#
+        )
+    });
+    let add = |device: Value| {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/emulator/devices", d.emulator_url))
+            .json(&device)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+    };
+    add(
+        json!({"hostname": "runner-old", "user": "bob@example.com", "tags": ["tag:ci"],
+        "isEphemeral": true, "created": "2026-01-01T00:00:00Z"}),
+    );
+    add(json!({"hostname": "odd-box", "user": "carol@example.com", "tags": ["tag:prod"]}));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["machine", "nodes", "--config", d.config(), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let nodes = report["machine_nodes"].as_array().unwrap();
+    let old = nodes
+        .iter()
+        .find(|n| n["hostname"] == "runner-old")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(old["entitlement"], "ci-jobs");
+    assert_eq!(old["over_node_ttl"], true);
+    let unexplained = report["unexplained"].as_array().unwrap();
+    assert_eq!(unexplained.len(), 1, "{report}");
+    assert_eq!(unexplained[0]["hostname"], "odd-box");
+    assert_eq!(unexplained[0]["tags"], json!(["tag:prod"]));
+    // The example's own tagged devices were tagged by a tag owner (bob is in group:sre).
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["machine", "nodes", "--config", d.config()])
+        .output()
+        .unwrap();
+    let text = stdout(&text);
+    assert!(
+        text.contains("runner-old") && text.contains("over node_ttl"),
+        "{text}"
+    );
+    assert!(text.contains("odd-box"), "{text}");
+}
