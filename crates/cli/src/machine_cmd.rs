@@ -45,12 +45,20 @@ pub enum MachineCommand {
         /// The report as JSON.
         #[arg(long)]
         json: bool,
+        /// First delete the ephemeral nodes still there after their node_ttl (as the server
+        /// does every minute), audited.
+        #[arg(long)]
+        clean: bool,
     },
 }
 
 pub async fn run(command: MachineCommand) -> Result<(), Failure> {
     match command {
-        MachineCommand::Nodes { config, json } => nodes(&config, json).await,
+        MachineCommand::Nodes {
+            config,
+            json,
+            clean,
+        } => nodes(&config, json, clean).await,
         MachineCommand::Authkey {
             server,
             entitlement,
@@ -170,8 +178,23 @@ async fn read(
     Ok((status, body))
 }
 
-async fn nodes(config: &std::path::Path, json: bool) -> Result<(), Failure> {
+async fn nodes(config: &std::path::Path, json: bool, clean: bool) -> Result<(), Failure> {
     let service = crate::server_cmd::operator_service(config).await?;
+    if clean {
+        let deleted = service
+            .clean_machine_nodes()
+            .await
+            .map_err(|e| Failure::Usage(format!("cannot clean machine nodes: {e}")))?;
+        if !json {
+            for host in &deleted {
+                println!("deleted {host}: an ephemeral machine node past its node_ttl");
+            }
+        }
+    }
+    let (records, _) = service
+        .machine_keys()
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot read the machine keys: {e}")))?;
     let live = service
         .live()
         .await
@@ -180,6 +203,7 @@ async fn nodes(config: &std::path::Path, json: bool) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(format!("the tailnet's policy file does not parse: {e}")))?;
     let report = tidegate_core::machine::nodes_report(
         &service.config().machines,
+        &records,
         &live.devices,
         &policy.file,
         &live.directory,

@@ -284,6 +284,11 @@ mod tests {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MachineNode {
     pub device: String,
+    /// The key it joined with, when tidegate saw it join; `None` for a device that only
+    /// carries the entitlement's tags.
+    pub key_id: Option<String>,
+    /// The job's token subject that got the key.
+    pub subject: Option<String>,
     pub hostname: String,
     pub entitlement: String,
     pub tags: Vec<String>,
@@ -312,6 +317,7 @@ pub struct NodesReport {
 /// Which devices are machine entitlements' nodes, and which tagged devices nothing explains.
 pub fn nodes_report(
     machines: &[MachineEntitlement],
+    records: &[MintedRecord],
     devices: &[tailnet::Device],
     policy: &policy::PolicyFile,
     dir: &crate::entitlement::Directory,
@@ -326,10 +332,18 @@ pub fn nodes_report(
             want.sort();
             want == tags && m.ephemeral == d.is_ephemeral
         });
+        let record = records
+            .iter()
+            .find(|r| r.device.as_deref() == Some(d.id.as_str()));
+        let machine = record
+            .and_then(|r| machines.iter().find(|m| m.name == r.entitlement))
+            .or(machine);
         if let Some(m) = machine {
             let age = tailnet::clock::parse_rfc3339(&d.created).map(|c| now - c);
             report.machine_nodes.push(MachineNode {
                 device: d.id.clone(),
+                key_id: record.map(|r| r.key_id.clone()),
+                subject: record.map(|r| r.subject.clone()),
                 hostname: d.hostname.clone(),
                 entitlement: m.name.clone(),
                 tags: tags.clone(),
@@ -375,4 +389,64 @@ fn owner_may_tag(
         o if o.starts_with("tag:") => o != tag && device.tags.iter().any(|t| t == o),
         o => o == device.user,
     })
+}
+
+/// What tidegate keeps of each key it minted for a machine, to know the node that joins
+/// with it (the tailnet does not say which key a device used: a single-use key's node is
+/// the device that appears with its tags while it is valid).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MintedRecord {
+    pub key_id: String,
+    pub entitlement: String,
+    pub subject: String,
+    pub tags: Vec<String>,
+    pub ephemeral: bool,
+    pub minted_at: String,
+    pub expires_at: String,
+    /// The device that joined with it, once seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// State-record key of a minted key's record.
+pub fn record_key(key_id: &str) -> String {
+    format!("machine_key:{key_id}")
+}
+
+/// Assigns devices to the minted keys they joined with: the same tags and ephemerality,
+/// created while the key was valid; each key one device (single-use keys), earliest first.
+/// Records already linked keep their device. Returns the records that gained a device.
+pub fn link_nodes(records: &mut [MintedRecord], devices: &[tailnet::Device]) -> Vec<usize> {
+    let parse = |t: &str| tailnet::clock::parse_rfc3339(t);
+    let mut taken: std::collections::BTreeSet<String> =
+        records.iter().filter_map(|r| r.device.clone()).collect();
+    let mut order: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].device.is_none())
+        .collect();
+    order.sort_by(|&a, &b| records[a].minted_at.cmp(&records[b].minted_at));
+    let mut linked = Vec::new();
+    for i in order {
+        let r = &records[i];
+        let (Some(from), Some(until)) = (parse(&r.minted_at), parse(&r.expires_at)) else {
+            continue;
+        };
+        let mut want = r.tags.clone();
+        want.sort();
+        let found = devices
+            .iter()
+            .filter(|d| !taken.contains(&d.id) && d.is_ephemeral == r.ephemeral)
+            .filter(|d| {
+                let mut tags = d.tags.clone();
+                tags.sort();
+                tags == want
+            })
+            .filter(|d| parse(&d.created).is_some_and(|c| c >= from && c <= until))
+            .min_by(|a, b| a.created.cmp(&b.created));
+        if let Some(d) = found {
+            taken.insert(d.id.clone());
+            records[i].device = Some(d.id.clone());
+            linked.push(i);
+        }
+    }
+    linked
 }

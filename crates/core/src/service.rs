@@ -780,6 +780,19 @@ impl Service {
             return Err(e.into());
         }
         log_events(&request, &events);
+        if let Some(subject) = request.requester.strip_prefix("machine:") {
+            self.record_machine_key(crate::machine::MintedRecord {
+                key_id: key.id.clone(),
+                entitlement: request.entitlement.clone(),
+                subject: subject.to_owned(),
+                tags: tags.clone(),
+                ephemeral: *ephemeral,
+                minted_at: time_text(now),
+                expires_at: request.expires_at.map(time_text).unwrap_or_default(),
+                device: None,
+            })
+            .await;
+        }
         self.wake.notify_one();
         Ok((request, secret))
     }
@@ -865,6 +878,17 @@ impl Service {
             return Err(e.into());
         }
         tracing::info!(entitlement = %machine.name, subject, key_id = %key.id, expires_at = %expires_at, "machine key minted");
+        self.record_machine_key(crate::machine::MintedRecord {
+            key_id: key.id.clone(),
+            entitlement: machine.name.clone(),
+            subject: subject.to_owned(),
+            tags: machine.tags.clone(),
+            ephemeral: machine.ephemeral,
+            minted_at: time_text(now),
+            expires_at: expires_at.clone(),
+            device: None,
+        })
+        .await;
         Ok(MintedKey {
             key: secret,
             id: key.id,
@@ -915,6 +939,99 @@ impl Service {
             _ if request.tailnet.key_id.is_some() => Ok(MachineClaim::Taken(request)),
             _ => Ok(MachineClaim::Ended(request)),
         }
+    }
+
+    /// Keeps a minted machine key's record, to know its node later (best effort: logged).
+    async fn record_machine_key(&self, record: crate::machine::MintedRecord) {
+        let key = crate::machine::record_key(&record.key_id);
+        let stored = match serde_json::to_string(&record) {
+            Ok(value) => self
+                .store
+                .put_state(&key, &value, &time_text(self.now()))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
+            tracing::error!(key_id = %record.key_id, error = %e, "cannot record a machine key: its node will not be tracked");
+        }
+    }
+
+    /// The keys minted for machines, each with the node that joined with it (linked now if it
+    /// appeared since), and the tailnet's devices.
+    pub async fn machine_keys(
+        &self,
+    ) -> Result<(Vec<crate::machine::MintedRecord>, Vec<tailnet::Device>), ServiceError> {
+        let devices = self.tailnet.devices().await?;
+        let mut records = Vec::new();
+        for (key, value) in self.store.states("machine_key:").await? {
+            let record: crate::machine::MintedRecord =
+                serde_json::from_str(&value).map_err(|e| {
+                    ServiceError::Store(StoreError::Corrupt(format!("state {key}: {e}")))
+                })?;
+            records.push(record);
+        }
+        for i in crate::machine::link_nodes(&mut records, &devices) {
+            let r = &records[i];
+            tracing::info!(key_id = %r.key_id, device = r.device.as_deref().unwrap_or_default(), entitlement = %r.entitlement, "machine node joined");
+            self.record_machine_key(r.clone()).await;
+        }
+        Ok((records, devices))
+    }
+
+    /// Deletes the ephemeral nodes of machine keys that are still there after their
+    /// entitlement's `node_ttl` (audited as `machine.node_deleted`), and forgets keys whose
+    /// node is gone or never came. The names of the devices deleted.
+    pub async fn clean_machine_nodes(&self) -> Result<Vec<String>, ServiceError> {
+        let (records, devices) = self.machine_keys().await?;
+        let now = self.now();
+        let parse = |t: &str| tailnet::clock::parse_rfc3339(t);
+        let mut deleted = Vec::new();
+        for r in records {
+            let ttl = self
+                .config
+                .machine(&r.entitlement)
+                .map_or(crate::Span::hours(6), |m| m.node_ttl)
+                .to_time();
+            let device = r
+                .device
+                .as_deref()
+                .and_then(|id| devices.iter().find(|d| d.id == id));
+            match device {
+                Some(d) if d.is_ephemeral && parse(&d.created).is_some_and(|c| c + ttl < now) => {
+                    self.tailnet.delete_device(&d.id).await?;
+                    tracing::info!(device = %d.hostname, key_id = %r.key_id, entitlement = %r.entitlement, "machine node deleted after node_ttl");
+                    let entry = NewAuditEntry {
+                        at: time_text(now),
+                        actor: crate::request::SYSTEM.to_owned(),
+                        action: "machine.node_deleted".into(),
+                        request: None,
+                        detail: serde_json::json!({
+                            "device": d.id, "hostname": d.hostname, "created": d.created,
+                            "key_id": r.key_id, "entitlement": r.entitlement, "subject": r.subject,
+                            "note": "an ephemeral node still there after node_ttl",
+                        })
+                        .to_string(),
+                    };
+                    self.store.append_audit(&[entry]).await?;
+                    self.store
+                        .delete_state(&crate::machine::record_key(&r.key_id))
+                        .await?;
+                    deleted.push(d.hostname.clone());
+                }
+                Some(_) => {}
+                None => {
+                    // Its node left (or never came and the key expired): nothing to track.
+                    let expired = parse(&r.expires_at).is_some_and(|e| e < now);
+                    if r.device.is_some() || expired {
+                        self.store
+                            .delete_state(&crate::machine::record_key(&r.key_id))
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// Records a refused machine request: which entitlement, the subject the token names

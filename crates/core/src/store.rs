@@ -243,6 +243,8 @@ pub trait Store: Send + Sync {
     async fn get_state(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Writes a named record (replacing it).
     async fn put_state(&self, key: &str, value: &str, at: &str) -> Result<(), StoreError>;
+    /// Removes a named record; whether there was one.
+    async fn delete_state(&self, key: &str) -> Result<bool, StoreError>;
     /// Every named record whose key starts with `prefix`, by key.
     async fn states(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// A user's tokens and sessions, newest first.

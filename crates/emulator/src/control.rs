@@ -125,8 +125,54 @@ fn set_policy(app: &App, req: &Req) -> ApiResult {
 }
 
 fn add_device(app: &App, req: &Req) -> ApiResult {
-    let raw: Json = req.json()?;
+    let mut raw: Json = req.json()?;
     app.mutate(|st, ctx| {
+        // Joining with an auth key: the device takes the key's tags, ephemerality and
+        // pre-authorization and its creator; a single-use key is spent.
+        if let Some(secret) = raw.get("authKey").and_then(Json::as_str).map(str::to_owned) {
+            let now = ctx.now;
+            let key = st
+                .keys
+                .iter_mut()
+                .find(|k| k.key.key_type == "auth" && k.secret == secret)
+                .ok_or_else(|| ApiError::unauthorized("invalid auth key"))?;
+            let expired = key
+                .key
+                .expires
+                .as_deref()
+                .and_then(tailnet::clock::parse_rfc3339)
+                .is_some_and(|e| e <= now);
+            if key.key.invalid || key.key.revoked.is_some() || expired {
+                return Err(ApiError::unauthorized("auth key is no longer valid"));
+            }
+            let create = key
+                .key
+                .capabilities
+                .clone()
+                .unwrap_or_default()
+                .devices
+                .create;
+            if !create.reusable {
+                key.key.invalid = true;
+            }
+            let key_id = key.key.id.clone();
+            let creator = key.key.user_id.clone();
+            let object = raw
+                .as_object_mut()
+                .ok_or_else(|| ApiError::bad_request("a device is a JSON object"))?;
+            object.remove("authKey");
+            object.insert("tags".into(), serde_json::json!(create.tags));
+            object.insert("isEphemeral".into(), Json::Bool(create.ephemeral));
+            object.insert("authorized".into(), Json::Bool(create.preauthorized));
+            object.insert("authKeyId".into(), Json::String(key_id));
+            if !object.contains_key("user")
+                && let Some(login) = creator
+                    .and_then(|id| st.users.iter().find(|u| u.id == id))
+                    .map(|u| u.login_name.clone())
+            {
+                object.insert("user".into(), Json::String(login));
+            }
+        }
         let record = st
             .device_from_json(&raw, ctx.now)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -82,6 +82,8 @@ const DEVICE_FIELDS: &[&str] = &[
     "advertisedRoutes",
     "postureAttributes",
     "postureExpiries",
+    // The emulator's own record of the key a device joined with (not an API field).
+    "authKeyId",
 ];
 
 /// One posture attribute of a device.
@@ -97,6 +99,9 @@ pub struct DeviceRecord {
     /// Fields beyond the default projection, shown with `fields=all`.
     pub extra: Map<String, Json>,
     pub posture: BTreeMap<String, PostureValue>,
+    /// The auth key it joined with (`authKey` given to the control API), by id. The
+    /// Tailscale API does not show it; the emulator's state file does.
+    pub auth_key: Option<String>,
 }
 
 /// A key (auth key, OAuth client or API access token) and its secret.
@@ -767,10 +772,15 @@ impl State {
                 );
             }
         }
+        let auth_key = object
+            .get("authKeyId")
+            .and_then(Json::as_str)
+            .map(str::to_owned);
         Ok(DeviceRecord {
             device,
             extra,
             posture,
+            auth_key,
         })
     }
 
@@ -861,6 +871,9 @@ impl State {
                 };
                 for (k, v) in &d.extra {
                     object.insert(k.clone(), v.clone());
+                }
+                if let Some(key) = &d.auth_key {
+                    object.insert("authKeyId".to_owned(), Json::String(key.clone()));
                 }
                 if !d.posture.is_empty() {
                     let attrs: Map<String, Json> = d

@@ -482,6 +482,15 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn delete_state(&self, key: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM tidegate_state WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "state record"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn states(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         // A prefix compared exactly, not with LIKE: keys may hold `%` or `_`.
         sqlx::query_as(

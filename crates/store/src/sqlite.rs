@@ -497,6 +497,17 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
+    async fn delete_state(&self, key: &str) -> Result<bool, StoreError> {
+        let deleted = self
+            .statement(
+                "DELETE FROM tidegate_state WHERE key = ?",
+                vec![Some(key.to_owned())],
+                "state record",
+            )
+            .await?;
+        Ok(deleted > 0)
+    }
+
     async fn states(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         // A prefix compared exactly, not with LIKE: keys may hold `%` or `_`.
         sqlx::query_as(

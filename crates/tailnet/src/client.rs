@@ -602,6 +602,11 @@ impl Tailnet for ApiClient {
         self.send(call).await.map(|_| ())
     }
 
+    async fn delete_device(&self, id: &str) -> Result<()> {
+        let call = Call::new(Method::DELETE, format!("/device/{}", segment(id))).idempotent();
+        self.send(call).await.map(|_| ())
+    }
+
     async fn posture_attributes(&self, device: &str) -> Result<PostureAttributes> {
         self.get(format!("/device/{}/attributes", segment(device)))
             .await

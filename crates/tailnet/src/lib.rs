@@ -51,6 +51,8 @@ pub trait Tailnet: Send + Sync {
     async fn devices(&self) -> Result<Vec<Device>>;
     async fn device(&self, id: &str) -> Result<Device>;
     async fn set_device_tags(&self, id: &str, tags: &[String]) -> Result<()>;
+    /// `DELETE /device/{id}`: removes the device from the tailnet.
+    async fn delete_device(&self, id: &str) -> Result<()>;
 
     async fn posture_attributes(&self, device: &str) -> Result<PostureAttributes>;
     /// Sets a `custom:` posture attribute; with `expiry` (RFC 3339) the control plane removes

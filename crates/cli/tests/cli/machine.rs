@@ -697,3 +697,98 @@ node_ttl = "1h"
     );
     assert!(text.contains("odd-box"), "{text}");
 }
+
+/// A node that joins with a machine key is tracked to that key; an ephemeral one still there
+/// after node_ttl is deleted, audited. A single-use key joins one node only.
+#[test]
+fn machine_nodes_are_tracked_and_cleaned_up() {
+    let issuer = Issuer::start();
+    let key = SigningKey::new("k1");
+    issuer.publish(&key);
+    let issuer_url = issuer.url.clone();
+    let d = Deployment::new("machine-clean", move |text| {
+        format!(
+            r#"{text}
+[[machine]]
+name = "deploy-staging"
+issuer = "{issuer_url}"
+audience = "tidegate"
+tags = ["tag:ci"]
+node_ttl = "1s"
+"#
+        )
+    });
+    let mut server = d.serve();
+    let (status, minted, _) = ask(
+        &d.server_url(),
+        &key.sign(&claims(&issuer.url, "job-join")),
+        "deploy-staging",
+    );
+    assert_eq!(status, 200, "{minted}");
+    let join = |hostname: &str| {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/emulator/devices", d.emulator_url))
+            .json(&json!({"hostname": hostname, "authKey": minted["key"]}))
+            .send()
+            .unwrap()
+    };
+    let joined = join("runner-42");
+    assert!(joined.status().is_success(), "{}", joined.text().unwrap());
+    let joined: Value = joined.json().unwrap();
+    assert_eq!(joined["tags"], json!(["tag:ci"]));
+    assert_eq!(joined["isEphemeral"], true);
+    assert_eq!(join("runner-43").status().as_u16(), 401, "the key is spent");
+
+    let nodes = |extra: &[&str]| {
+        let mut args = vec!["machine", "nodes", "--config", d.config(), "--json"];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap()
+    };
+    let report = nodes(&[]);
+    let node = report["machine_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["hostname"] == "runner-42")
+        .cloned()
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(node["key_id"], minted["id"], "{node}");
+    assert_eq!(node["subject"], "repo:acme/api:ref:refs/heads/main");
+
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let report = nodes(&["--clean"]);
+    assert!(
+        !report.to_string().contains("runner-42"),
+        "deleted after node_ttl: {report}"
+    );
+    let state: Value = reqwest::blocking::Client::new()
+        .get(format!("{}/emulator/state", d.emulator_url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(!state["devices"].to_string().contains("runner-42"));
+    let alice = d.token("alice@example.com");
+    let audit: Value = reqwest::blocking::Client::new()
+        .get(format!("{}/api/audit?limit=1000", d.server_url()))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let deleted: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "machine.node_deleted")
+        .collect();
+    assert_eq!(deleted.len(), 1, "{audit}");
+    assert!(deleted[0]["detail"].as_str().unwrap().contains("runner-42"));
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -664,6 +664,9 @@ impl Reconciler {
         const FULL_EVERY: time::Duration = time::Duration::minutes(5);
         let tick_time = time::Duration::try_from(tick).unwrap_or(time::Duration::seconds(10));
         let mut last_full: Option<OffsetDateTime> = None;
+        // Machine nodes past their node_ttl are looked for every minute (one device list).
+        const CLEAN_EVERY: time::Duration = time::Duration::minutes(1);
+        let mut last_clean: Option<OffsetDateTime> = None;
         let mut served_request = self.service.full_pass_requested().await;
         loop {
             let now = self.now();
@@ -680,6 +683,15 @@ impl Reconciler {
             }
             if let Some(metrics) = &self.metrics {
                 metrics.observe_pass(started.elapsed());
+            }
+            if !self.service.config().machines.is_empty()
+                && last_clean.is_none_or(|t| now - t >= CLEAN_EVERY)
+                && self.still_leading().await
+            {
+                last_clean = Some(now);
+                if let Err(e) = self.service.clean_machine_nodes().await {
+                    tracing::error!(error = %e, "cannot clean up machine nodes");
+                }
             }
             let due = self.next_due(tick_time).await;
             // Expiries are stored to the second: wake just after the due second begins.

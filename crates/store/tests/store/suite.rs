@@ -634,6 +634,12 @@ pub async fn state_records(db: Db) {
     assert_eq!(keys, ["group:a", "group:a_b"]);
     assert_eq!(store.states("group:a_").await.unwrap().len(), 1);
     assert_eq!(store.states("group%").await.unwrap().len(), 0);
+    assert!(store.delete_state("group:a_b").await.unwrap());
+    assert!(
+        !store.delete_state("group:a_b").await.unwrap(),
+        "already gone"
+    );
+    assert_eq!(store.states("group:").await.unwrap().len(), 1);
 }
 
 /// Opening runs the migrations; opening again (and migrating again) changes nothing.
