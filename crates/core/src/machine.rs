@@ -1,8 +1,9 @@
 //! Machine entitlements (`[[machine]]`): a CI job presents the OIDC token its platform gives it
 //! and gets a short-lived, tagged auth key, with no secret stored in CI. This module holds what
-//! a machine entitlement is, whether a token's claims match it, and the per-subject rate and
-//! replay rules. The token's signature and standard claims (issuer, audience, times) are checked
-//! by the server against the issuer's published keys before anything here is asked.
+//! a machine entitlement is, whether a token's claims match it, the per-subject rate, and which
+//! nodes joined with its keys. The token's signature and standard claims (issuer, audience,
+//! times) are checked by the server against the issuer's published keys, and its `jti` claimed
+//! in the database (see `Service::claim_token_id`), before anything here is asked.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -192,29 +193,6 @@ impl Limiter {
     }
 }
 
-/// Token ids (`jti`) already used, each kept until its token expires (after that the token is
-/// refused for its expiry anyway).
-#[derive(Debug, Default)]
-pub struct Replay {
-    seen: Mutex<HashMap<String, OffsetDateTime>>,
-}
-
-impl Replay {
-    /// Records `id` (issuer and jti) as used until `until`; `false` if it was used before.
-    pub fn first_use(&self, id: &str, until: OffsetDateTime, now: OffsetDateTime) -> bool {
-        let mut seen = match self.seen.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        seen.retain(|_, expires| *expires > now);
-        if seen.contains_key(id) {
-            return false;
-        }
-        seen.insert(id.to_owned(), until);
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,16 +245,6 @@ mod tests {
                 .take("e", "s", rate, t0 + time::Duration::minutes(1))
                 .is_ok()
         );
-    }
-
-    #[test]
-    fn a_token_id_is_used_once() {
-        let t0 = datetime!(2026-11-30 10:00 UTC);
-        let replay = Replay::default();
-        let until = t0 + time::Duration::minutes(5);
-        assert!(replay.first_use("iss jti", until, t0));
-        assert!(!replay.first_use("iss jti", until, t0));
-        assert!(replay.first_use("iss other", until, t0));
     }
 }
 

@@ -941,6 +941,21 @@ impl Service {
         }
     }
 
+    /// Claims a machine token's id (`jti`) for its one use: `true` the first time, in any
+    /// replica sharing the database; kept until the token expires, then pruned.
+    pub async fn claim_token_id(
+        &self,
+        issuer: &str,
+        jti: &str,
+        until: time::OffsetDateTime,
+    ) -> Result<bool, ServiceError> {
+        let key = format!("jti:{issuer} {jti}");
+        Ok(self
+            .store
+            .claim_state(&key, &time_text(until), &time_text(self.now()))
+            .await?)
+    }
+
     /// Keeps a minted machine key's record, to know its node later (best effort: logged).
     async fn record_machine_key(&self, record: crate::machine::MintedRecord) {
         let key = crate::machine::record_key(&record.key_id);
@@ -986,6 +1001,12 @@ impl Service {
         let (records, devices) = self.machine_keys().await?;
         let now = self.now();
         let parse = |t: &str| tailnet::clock::parse_rfc3339(t);
+        // Used token ids whose tokens expired: a replay would be refused for its expiry.
+        for (key, until) in self.store.states("jti:").await? {
+            if parse(&until).is_none_or(|u| u < now) {
+                self.store.delete_state(&key).await?;
+            }
+        }
         let mut deleted = Vec::new();
         for r in records {
             let ttl = self

@@ -243,6 +243,9 @@ pub trait Store: Send + Sync {
     async fn get_state(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Writes a named record (replacing it).
     async fn put_state(&self, key: &str, value: &str, at: &str) -> Result<(), StoreError>;
+    /// Writes a named record unless one with that key exists; whether it was written (so
+    /// that, among replicas, exactly one caller claims a key).
+    async fn claim_state(&self, key: &str, value: &str, at: &str) -> Result<bool, StoreError>;
     /// Removes a named record; whether there was one.
     async fn delete_state(&self, key: &str) -> Result<bool, StoreError>;
     /// Every named record whose key starts with `prefix`, by key.

@@ -3,7 +3,8 @@
 //! checks the token against the issuer's published keys (RS256 or ES256, keys found through
 //! OIDC discovery, cached and refreshed on an unknown `kid` at most every 10 s), its issuer,
 //! audience and times (60 s leeway, read from the service's clock), the entitlement's claim
-//! patterns, that its `jti` is new, and the subject's rate; then mints a short-lived tagged key.
+//! patterns, that its `jti` is new (claimed in the database, so across replicas), and the
+//! subject's rate (counted in this process); then mints a short-lived tagged key.
 //! Every outcome is audited with the entitlement and the subject.
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
-use tidegate_core::machine::{Limiter, MachineEntitlement, Replay};
+use tidegate_core::machine::{Limiter, MachineEntitlement};
 
 use crate::AppState;
 
@@ -37,7 +38,6 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub struct MachineAuth {
     http: reqwest::Client,
     keys: tokio::sync::Mutex<HashMap<String, IssuerKeys>>,
-    replay: Replay,
     limiter: Limiter,
 }
 
@@ -56,7 +56,6 @@ impl Default for MachineAuth {
                 .build()
                 .unwrap_or_default(),
             keys: tokio::sync::Mutex::new(HashMap::new()),
-            replay: Replay::default(),
             limiter: Limiter::default(),
         }
     }
@@ -397,10 +396,16 @@ async fn mint(
             .as_i64()
             .and_then(|e| time::OffsetDateTime::from_unix_timestamp(e + LEEWAY_SECONDS).ok())
             .unwrap_or(now + time::Duration::hours(1));
-        if !machines
-            .replay
-            .first_use(&format!("{} {jti}", machine.issuer), until, now)
-        {
+        let first = service
+            .claim_token_id(&machine.issuer, jti, until)
+            .await
+            .map_err(|e| {
+                refused(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot record the token's use: {e}"),
+                ))
+            })?;
+        if !first {
             return Err(refused(Refusal::unauthorized(
                 "this token was already used (replayed jti)",
             )));

@@ -482,6 +482,20 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn claim_state(&self, key: &str, value: &str, at: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO tidegate_state (key, value, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "state record"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn delete_state(&self, key: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM tidegate_state WHERE key = $1")
             .bind(key)

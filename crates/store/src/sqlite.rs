@@ -497,6 +497,22 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
+    async fn claim_state(&self, key: &str, value: &str, at: &str) -> Result<bool, StoreError> {
+        let written = self
+            .statement(
+                "INSERT INTO tidegate_state (key, value, updated_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (key) DO NOTHING",
+                vec![
+                    Some(key.to_owned()),
+                    Some(value.to_owned()),
+                    Some(at.to_owned()),
+                ],
+                "state record",
+            )
+            .await?;
+        Ok(written > 0)
+    }
+
     async fn delete_state(&self, key: &str) -> Result<bool, StoreError> {
         let deleted = self
             .statement(

@@ -634,6 +634,15 @@ pub async fn state_records(db: Db) {
     assert_eq!(keys, ["group:a", "group:a_b"]);
     assert_eq!(store.states("group:a_").await.unwrap().len(), 1);
     assert_eq!(store.states("group%").await.unwrap().len(), 0);
+    assert!(store.claim_state("once:x", "1", "t").await.unwrap());
+    assert!(
+        !store.claim_state("once:x", "2", "t").await.unwrap(),
+        "claimed once"
+    );
+    assert_eq!(
+        store.get_state("once:x").await.unwrap().as_deref(),
+        Some("1")
+    );
     assert!(store.delete_state("group:a_b").await.unwrap());
     assert!(
         !store.delete_state("group:a_b").await.unwrap(),
