@@ -46,13 +46,19 @@ impl SigningKey {
     }
 }
 
-/// The issuer: discovery and the published keys, with a count of key fetches.
+/// The issuer: discovery and the published keys, with a count of key fetches; and, as
+/// GitHub Actions' token endpoint does for a job, `GET /actions-token?audience=A` with the
+/// job's request bearer answers `{"value": JWT}` signed with the `actions` key.
 struct Issuer {
     url: String,
     published: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
+    actions: Arc<Mutex<Option<(String, EncodingKey)>>>,
     _runtime: tokio::runtime::Runtime,
 }
+
+/// The bearer a GitHub Actions job gets in `ACTIONS_ID_TOKEN_REQUEST_TOKEN`.
+const ACTIONS_BEARER: &str = "actions-request-token";
 
 impl Issuer {
     fn start() -> Issuer {
@@ -60,6 +66,7 @@ impl Issuer {
         let url = format!("http://127.0.0.1:{port}");
         let published: Arc<Mutex<Vec<Value>>> = Arc::default();
         let fetches: Arc<AtomicUsize> = Arc::default();
+        let actions: Arc<Mutex<Option<(String, EncodingKey)>>> = Arc::default();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -68,7 +75,41 @@ impl Issuer {
         let app = {
             let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/keys")});
             let (published, fetches) = (published.clone(), fetches.clone());
+            let (actions, issuer) = (actions.clone(), url.clone());
             axum::Router::new()
+                .route(
+                    "/actions-token",
+                    axum::routing::get(
+                        move |headers: axum::http::HeaderMap,
+                              axum::extract::Query(q): axum::extract::Query<
+                            std::collections::HashMap<String, String>,
+                        >| async move {
+                            let bearer = headers
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned();
+                            if bearer != format!("Bearer {ACTIONS_BEARER}") {
+                                return (
+                                    axum::http::StatusCode::UNAUTHORIZED,
+                                    axum::Json(json!({})),
+                                );
+                            }
+                            let audience = q.get("audience").cloned().unwrap_or_default();
+                            let guard = actions.lock().unwrap();
+                            let (kid, key) = guard.as_ref().unwrap();
+                            let mut c = claims(&issuer, &format!("actions-{audience}"));
+                            c["aud"] = json!(audience);
+                            let mut header = Header::new(Algorithm::ES256);
+                            header.kid = Some(kid.clone());
+                            let token = jsonwebtoken::encode(&header, &c, key).unwrap();
+                            (
+                                axum::http::StatusCode::OK,
+                                axum::Json(json!({"value": token})),
+                            )
+                        },
+                    ),
+                )
                 .route(
                     "/.well-known/openid-configuration",
                     axum::routing::get(move || async move { axum::Json(discovery) }),
@@ -92,12 +133,19 @@ impl Issuer {
             url,
             published,
             fetches,
+            actions,
             _runtime: runtime,
         }
     }
 
     fn publish(&self, key: &SigningKey) {
         self.published.lock().unwrap().push(key.jwk.clone());
+    }
+
+    /// Signs the Actions endpoint's tokens with `key` (published as well).
+    fn sign_actions_with(&self, key: SigningKey) {
+        self.publish(&key);
+        *self.actions.lock().unwrap() = Some((key.kid, key.encoding));
     }
 }
 
@@ -789,6 +837,80 @@ node_ttl = "1s"
         .collect();
     assert_eq!(deleted.len(), 1, "{audit}");
     assert!(deleted[0]["detail"].as_str().unwrap().contains("runner-42"));
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// `--github-actions`: the CLI asks the job's token endpoint for the entitlement's audience,
+/// as GitHub Actions gives it to a job with `id-token: write`.
+#[test]
+fn the_cli_gets_the_job_token_from_github_actions() {
+    let issuer = Issuer::start();
+    issuer.sign_actions_with(SigningKey::new("actions"));
+    let issuer_url = issuer.url.clone();
+    let d = Deployment::new("machine-actions", move |text| {
+        format!(
+            r#"{text}
+[[machine]]
+name = "deploy-staging"
+issuer = "{issuer_url}"
+audience = "tidegate-acme"
+tags = ["tag:ci"]
+"#
+        )
+    });
+    let mut server = d.serve();
+    let run = |audience: Option<&str>| {
+        let mut args = vec![
+            "machine".to_owned(),
+            "authkey".into(),
+            "--server".into(),
+            d.server_url(),
+            "--entitlement".into(),
+            "deploy-staging".into(),
+            "--github-actions".into(),
+        ];
+        if let Some(a) = audience {
+            args.extend(["--audience".to_owned(), a.to_owned()]);
+        }
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(args)
+            .env(
+                "ACTIONS_ID_TOKEN_REQUEST_URL",
+                format!("{}/actions-token?api-version=2.0", issuer.url),
+            )
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", ACTIONS_BEARER)
+            .output()
+            .unwrap()
+    };
+    // The default audience is "tidegate": this entitlement wants another, so it is refused.
+    let wrong = run(None);
+    assert_eq!(wrong.status.code(), Some(1), "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("audience"), "{}", stderr(&wrong));
+    let right = run(Some("tidegate-acme"));
+    assert_eq!(right.status.code(), Some(0), "{}", stderr(&right));
+    assert!(stdout(&right).trim().starts_with("tskey-auth-"));
+    // Outside a job (no ACTIONS_ variables) the CLI says what is missing.
+    let outside = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args([
+            "machine",
+            "authkey",
+            "--server",
+            &d.server_url(),
+            "--entitlement",
+            "deploy-staging",
+            "--github-actions",
+        ])
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(outside.status.code(), Some(2));
+    assert!(
+        stderr(&outside).contains("ACTIONS_ID_TOKEN_REQUEST_URL is not set"),
+        "{}",
+        stderr(&outside)
+    );
     let _ = server.kill();
     let _ = server.wait();
 }
