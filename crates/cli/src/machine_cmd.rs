@@ -191,24 +191,20 @@ async fn nodes(config: &std::path::Path, json: bool, clean: bool) -> Result<(), 
             }
         }
     }
-    let (records, _) = service
-        .machine_keys()
-        .await
-        .map_err(|e| Failure::Usage(format!("cannot read the machine keys: {e}")))?;
-    let live = service
-        .live()
+    let operator = service
+        .actor(
+            "operator (tidegate machine nodes --config)",
+            tidegate_core::access::Via::Local,
+        )
         .await
         .map_err(|e| Failure::Usage(format!("cannot read the tailnet: {e}")))?;
-    let policy = policy::Policy::parse(&live.policy_text)
-        .map_err(|e| Failure::Usage(format!("the tailnet's policy file does not parse: {e}")))?;
-    let report = tidegate_core::machine::nodes_report(
-        &service.config().machines,
-        &records,
-        &live.devices,
-        &policy.file,
-        &live.directory,
-        service.now(),
-    );
+    let auditor = operator
+        .auditor()
+        .ok_or_else(|| Failure::Usage("an operator is an auditor".into()))?;
+    let report = service
+        .machine_nodes(auditor)
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot read the tailnet: {e}")))?;
     if json {
         println!(
             "{}",

@@ -324,6 +324,27 @@ impl Service {
         Ok(self.managed_groups().await?.into_values().collect())
     }
 
+    /// The machine entitlements' nodes (with the key each joined with, when seen) and tagged
+    /// devices whose tags nothing explains (admins and auditors).
+    pub async fn machine_nodes(
+        &self,
+        _auditor: Auditor<'_>,
+    ) -> Result<crate::machine::NodesReport, ServiceError> {
+        let (records, devices) = self.machine_keys().await?;
+        let live = self.live().await?;
+        let policy = policy::Policy::parse(&live.policy_text).map_err(|e| {
+            ServiceError::Invalid(format!("the tailnet's policy file does not parse: {e}"))
+        })?;
+        Ok(crate::machine::nodes_report(
+            &self.config.machines,
+            &records,
+            &devices,
+            &policy.file,
+            &live.directory,
+            self.now(),
+        ))
+    }
+
     /// An admin adopts a managed group: its standing members lose their standing, so from the
     /// next full pass every member no grant explains is drift (removed where the entitlement
     /// says `remove_drift`). Audited.

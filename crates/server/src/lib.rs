@@ -448,6 +448,17 @@ async fn standing(State(app): State<AppState>, Caller(who): Caller) -> ApiResult
     Ok(Json(json!({ "groups": groups })))
 }
 
+/// Machine nodes and unexplained tagged devices (admins and auditors).
+async fn machine_nodes(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    let auditor = who.auditor().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} is not an admin or auditor", who.login()),
+        )
+    })?;
+    Ok(Json(json!(app.service.machine_nodes(auditor).await?)))
+}
+
 /// The caller's own API tokens and web sessions (never their secrets).
 async fn list_tokens(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
     let tokens = app
@@ -506,6 +517,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/requests/{id}/key", post(claim_key))
         .route("/api/machine/authkey", post(machine::authkey))
         .route("/api/machine/requests/{id}", get(machine::poll))
+        .route("/api/machine/nodes", get(machine_nodes))
         .route("/api/audit", get(audit))
         .route("/api/audit/head", get(audit_head))
         .route("/api/tokens", get(list_tokens))

@@ -733,6 +733,21 @@ node_ttl = "1h"
     assert_eq!(unexplained.len(), 1, "{report}");
     assert_eq!(unexplained[0]["hostname"], "odd-box");
     assert_eq!(unexplained[0]["tags"], json!(["tag:prod"]));
+    // The same over the API, for admins and auditors only.
+    let mut server = d.serve();
+    let get = |login: &str| {
+        let token = d.token(login);
+        reqwest::blocking::Client::new()
+            .get(format!("{}/api/machine/nodes", d.server_url()))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    };
+    let api: Value = get("alice@example.com").json().unwrap();
+    assert_eq!(api["unexplained"][0]["hostname"], "odd-box", "{api}");
+    assert_eq!(get("dave@example.com").status().as_u16(), 403);
+    let _ = server.kill();
+    let _ = server.wait();
     // The example's own tagged devices were tagged by a tag owner (bob is in group:sre).
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(["machine", "nodes", "--config", d.config()])

@@ -873,6 +873,54 @@ async fn admin(
     }
     body.push_str("</ul>");
 
+    if !app.service.config().machines.is_empty() {
+        body.push_str(
+            "<h2>Machine nodes</h2><p class=\"muted\">Devices that joined with the machine \
+             entitlements' keys (ephemeral ones are deleted after their node_ttl), and tagged \
+             devices whose tags nothing explains.</p><ul>",
+        );
+        let report = match viewer.actor.auditor() {
+            Some(auditor) => app.service.machine_nodes(auditor).await,
+            None => Err(tidegate_core::service::ServiceError::Invalid(
+                "admins and auditors only".into(),
+            )),
+        };
+        match report {
+            Ok(report) => {
+                if report.machine_nodes.is_empty() && report.unexplained.is_empty() {
+                    body.push_str("<li class=\"muted\">None.</li>");
+                }
+                for n in &report.machine_nodes {
+                    let _ = write!(
+                        body,
+                        "<li>{} <span class=\"muted\">{} · {}{}</span></li>",
+                        esc(&n.hostname),
+                        esc(&n.entitlement),
+                        esc(n.subject.as_deref().unwrap_or("key not seen")),
+                        if n.over_node_ttl {
+                            " · over node_ttl"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                for u in &report.unexplained {
+                    let _ = write!(
+                        body,
+                        "<li class=\"error\">{}: {} <span class=\"muted\">(created by {}; no machine entitlement or tag owner explains it)</span></li>",
+                        esc(&u.hostname),
+                        esc(&u.tags.join(", ")),
+                        esc(&u.user)
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = write!(body, "<li class=\"error\">{}</li>", esc(&e.to_string()));
+            }
+        }
+        body.push_str("</ul>");
+    }
+
     let length = app.service.store().audit_length().await.unwrap_or(0);
     let window = app
         .service
