@@ -929,3 +929,46 @@ tags = ["tag:ci"]
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// RS256, as GitHub Actions signs its tokens. The key pair in `fixtures/` was made for this
+/// test alone (`openssl genpkey -algorithm RSA`, as PKCS#1 DER); it guards nothing.
+#[test]
+fn an_rs256_job_token_gets_a_key() {
+    let issuer = Issuer::start();
+    let jwk: Value = serde_json::from_str(include_str!("fixtures/rsa-test-key.jwk.json")).unwrap();
+    issuer.published.lock().unwrap().push(jwk);
+    let rsa = EncodingKey::from_rsa_der(include_bytes!("fixtures/rsa-test-key.der"));
+    let issuer_url = issuer.url.clone();
+    let d = Deployment::new("machine-rs256", move |text| {
+        format!(
+            r#"{text}
+[[machine]]
+name = "deploy-staging"
+issuer = "{issuer_url}"
+audience = "tidegate"
+tags = ["tag:ci"]
+"#
+        )
+    });
+    let mut server = d.serve();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa1".into());
+    let token = jsonwebtoken::encode(&header, &claims(&issuer.url, "rs-1"), &rsa).unwrap();
+    let (status, body, _) = ask(&d.server_url(), &token, "deploy-staging");
+    assert_eq!(status, 200, "{body}");
+    // The same key claimed as ES256 does not verify.
+    let mut lying = Header::new(Algorithm::ES256);
+    lying.kid = Some("rsa1".into());
+    let parts: Vec<&str> = token.split('.').collect();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let forged = format!(
+        "{}.{}.{}",
+        b64(serde_json::to_string(&lying).unwrap().as_bytes()),
+        parts[1],
+        parts[2]
+    );
+    let (status, body, _) = ask(&d.server_url(), &forged, "deploy-staging");
+    assert_eq!(status, 401, "{body}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
