@@ -69,18 +69,22 @@ pub async fn run(command: MachineCommand) -> Result<(), Failure> {
             wait_seconds,
         } => {
             let http = reqwest::Client::new();
-            let token = match (id_token_file, github_actions) {
-                (Some(path), _) => std::fs::read_to_string(&path)
-                    .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?
-                    .trim()
-                    .to_owned(),
-                (None, true) => github_token(&http, &audience).await?,
-                (None, false) => {
-                    return Err(Failure::Usage(
-                        "give the job's token: --id-token-file F or --github-actions".into(),
-                    ));
+            if id_token_file.is_none() && !github_actions {
+                return Err(Failure::Usage(
+                    "give the job's token: --id-token-file F or --github-actions".into(),
+                ));
+            }
+            // Read again for every poll: job tokens live minutes, an approval may take longer
+            // (and platforms rotate the file).
+            let job_token = || async {
+                match &id_token_file {
+                    Some(path) => std::fs::read_to_string(path)
+                        .map(|t| t.trim().to_owned())
+                        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display()))),
+                    None => github_token(&http, &audience).await,
                 }
             };
+            let token = job_token().await?;
             let url = format!("{}/api/machine/authkey", server.trim_end_matches('/'));
             let answer = http
                 .post(&url)
@@ -104,6 +108,7 @@ pub async fn run(command: MachineCommand) -> Result<(), Failure> {
                         )));
                     }
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    let token = job_token().await?;
                     let answer = http
                         .get(&poll)
                         .bearer_auth(&token)
