@@ -164,6 +164,11 @@ fn claims(issuer: &str, jti: &str) -> Value {
     })
 }
 
+/// A deployment whose config adds one `[[machine]]` entitlement with `fields` (TOML lines).
+fn with_machine(name: &str, fields: String) -> Deployment {
+    Deployment::new(name, move |text| format!("{text}\n[[machine]]\n{fields}"))
+}
+
 fn ask(server: &str, token: &str, entitlement: &str) -> (u16, Value, Option<String>) {
     let r = reqwest::blocking::Client::new()
         .post(format!("{server}/api/machine/authkey"))
@@ -185,11 +190,10 @@ fn ci_jobs_trade_their_oidc_token_for_a_tagged_single_use_key() {
     let key = SigningKey::new("k1");
     issuer.publish(&key);
     let issuer_url = issuer.url.clone();
-    let d = Deployment::new("machine", move |text| {
+    let d = with_machine(
+        "machine",
         format!(
-            r#"{text}
-[[machine]]
-name = "deploy-staging"
+            r#"name = "deploy-staging"
 issuer = "{issuer_url}"
 audience = "tidegate"
 claims = {{ repository = "acme/api", ref = "refs/heads/*", repository_id = "4211" }}
@@ -197,8 +201,8 @@ tags = ["tag:ci"]
 key_ttl = "10m"
 rate = "3/m"
 "#
-        )
-    });
+        ),
+    );
     let mut server = d.serve();
     let url = d.server_url();
 
@@ -425,11 +429,10 @@ fn a_production_key_waits_for_an_approver() {
     let key = SigningKey::new("k1");
     issuer.publish(&key);
     let issuer_url = issuer.url.clone();
-    let d = Deployment::new("machine-approval", move |text| {
+    let d = with_machine(
+        "machine-approval",
         format!(
-            r#"{text}
-[[machine]]
-name = "deploy-prod"
+            r#"name = "deploy-prod"
 issuer = "{issuer_url}"
 audience = "tidegate"
 claims = {{ repository = "acme/api", environment = "production" }}
@@ -438,8 +441,8 @@ key_ttl = "15m"
 approvals = 1
 approvers = ["group:sre"]
 "#
-        )
-    });
+        ),
+    );
     let mut server = d.serve();
     let url = d.server_url();
     let mut job = claims(&issuer.url, "deploy-1");
@@ -513,19 +516,18 @@ fn the_cli_waits_for_the_approval() {
     let key = SigningKey::new("k1");
     issuer.publish(&key);
     let issuer_url = issuer.url.clone();
-    let d = Deployment::new("machine-wait", move |text| {
+    let d = with_machine(
+        "machine-wait",
         format!(
-            r#"{text}
-[[machine]]
-name = "deploy-prod"
+            r#"name = "deploy-prod"
 issuer = "{issuer_url}"
 audience = "tidegate"
 tags = ["tag:ci"]
 approvals = 1
 approvers = ["group:sre"]
 "#
-        )
-    });
+        ),
+    );
     let mut server = d.serve();
     let url = d.server_url();
     let token_file = d.dir.join("job-token");
@@ -691,18 +693,16 @@ fn tidegate_uses_its_own_workload_identity() {
 /// tagged devices whose tags nothing explains.
 #[test]
 fn machine_nodes_and_unexplained_tags_are_reported() {
-    let d = Deployment::new("machine-nodes", |text| {
-        format!(
-            r#"{text}
-[[machine]]
-name = "ci-jobs"
+    let d = with_machine(
+        "machine-nodes",
+        r#"name = "ci-jobs"
 issuer = "https://token.actions.githubusercontent.com"
 audience = "tidegate"
 tags = ["tag:ci"]
 node_ttl = "1h"
 "#
-        )
-    });
+        .to_owned(),
+    );
     let add = |device: Value| {
         let r = reqwest::blocking::Client::new()
             .post(format!("{}/emulator/devices", d.emulator_url))
@@ -769,18 +769,17 @@ fn machine_nodes_are_tracked_and_cleaned_up() {
     let key = SigningKey::new("k1");
     issuer.publish(&key);
     let issuer_url = issuer.url.clone();
-    let d = Deployment::new("machine-clean", move |text| {
+    let d = with_machine(
+        "machine-clean",
         format!(
-            r#"{text}
-[[machine]]
-name = "deploy-staging"
+            r#"name = "deploy-staging"
 issuer = "{issuer_url}"
 audience = "tidegate"
 tags = ["tag:ci"]
 node_ttl = "1s"
 "#
-        )
-    });
+        ),
+    );
     let mut server = d.serve();
     let (status, minted, _) = ask(
         &d.server_url(),
@@ -863,17 +862,16 @@ fn the_cli_gets_the_job_token_from_github_actions() {
     let issuer = Issuer::start();
     issuer.sign_actions_with(SigningKey::new("actions"));
     let issuer_url = issuer.url.clone();
-    let d = Deployment::new("machine-actions", move |text| {
+    let d = with_machine(
+        "machine-actions",
         format!(
-            r#"{text}
-[[machine]]
-name = "deploy-staging"
+            r#"name = "deploy-staging"
 issuer = "{issuer_url}"
 audience = "tidegate-acme"
 tags = ["tag:ci"]
 "#
-        )
-    });
+        ),
+    );
     let mut server = d.serve();
     let run = |audience: Option<&str>| {
         let mut args = vec![
@@ -939,17 +937,16 @@ fn an_rs256_job_token_gets_a_key() {
     issuer.published.lock().unwrap().push(jwk);
     let rsa = EncodingKey::from_rsa_der(include_bytes!("fixtures/rsa-test-key.der"));
     let issuer_url = issuer.url.clone();
-    let d = Deployment::new("machine-rs256", move |text| {
+    let d = with_machine(
+        "machine-rs256",
         format!(
-            r#"{text}
-[[machine]]
-name = "deploy-staging"
+            r#"name = "deploy-staging"
 issuer = "{issuer_url}"
 audience = "tidegate"
 tags = ["tag:ci"]
 "#
-        )
-    });
+        ),
+    );
     let mut server = d.serve();
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("rsa1".into());

@@ -137,6 +137,27 @@ fn event(request: &Request, action: &str, detail: serde_json::Value) -> Event {
     }
 }
 
+/// The intents to record for a target's requests that need a change: `grant.applying` or
+/// `grant.removing`, each with the same `detail` (what the target is made into).
+fn target_intents(
+    requests: &[Request],
+    now: OffsetDateTime,
+    detail: &serde_json::Value,
+) -> Vec<(Option<String>, &'static str, serde_json::Value)> {
+    requests
+        .iter()
+        .filter(|r| needs_change(r, now))
+        .map(|r| {
+            let action = if r.wants_access(now) {
+                "grant.applying"
+            } else {
+                "grant.removing"
+            };
+            (Some(r.id.clone()), action, detail.clone())
+        })
+        .collect()
+}
+
 /// Whether the reconciler must change or confirm something in the tailnet for this request:
 /// an approved grant to apply, or access to remove whose removal is not yet verified.
 fn needs_change(r: &Request, now: OffsetDateTime) -> bool {

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
-use super::{ChangeError, PassReport, Reconciler, each_target, event, needs_change};
+use super::{
+    ChangeError, PassReport, Reconciler, each_target, event, needs_change, target_intents,
+};
 use crate::entitlement::{Strategy, role_rank};
 use crate::request::{Event, Request, recorded_own_role};
 
@@ -110,22 +112,11 @@ impl Reconciler {
         let mut note = None;
         if desired != current {
             if ours || raising {
-                let intents = requests
-                    .iter()
-                    .filter(|r| needs_change(r, now))
-                    .map(|r| {
-                        let action = if r.wants_access(now) {
-                            "grant.applying"
-                        } else {
-                            "grant.removing"
-                        };
-                        (
-                            Some(r.id.clone()),
-                            action,
-                            json!({"user": login, "role": desired, "from": current, "own_role": base}),
-                        )
-                    })
-                    .collect();
+                let intents = target_intents(
+                    &requests,
+                    now,
+                    &json!({"user": login, "role": desired, "from": current, "own_role": base}),
+                );
                 let result = match self.intend(intents).await {
                     Ok(()) => self.set_role_verified(user, &desired).await,
                     Err(e) => Err(e),

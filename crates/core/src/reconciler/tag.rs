@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
-use super::{ChangeError, PassReport, Reconciler, each_target, event, needs_change};
+use super::{
+    ChangeError, PassReport, Reconciler, each_target, event, needs_change, target_intents,
+};
 use crate::entitlement::Strategy;
 use crate::request::{Event, Request};
 
@@ -180,22 +182,11 @@ impl Reconciler {
                 return Ok(current_tags);
             }
         }
-        let intents = requests
-            .iter()
-            .filter(|r| needs_change(r, now))
-            .map(|r| {
-                let action = if r.wants_access(now) {
-                    "grant.applying"
-                } else {
-                    "grant.removing"
-                };
-                (
-                    Some(r.id.clone()),
-                    action,
-                    json!({"device": device, "tags": wanted, "from": current_tags, "own_tags": own}),
-                )
-            })
-            .collect();
+        let intents = target_intents(
+            requests,
+            now,
+            &json!({"device": device, "tags": wanted, "from": current_tags, "own_tags": own}),
+        );
         self.intend(intents).await?;
         let list: Vec<String> = wanted.iter().cloned().collect();
         self.tailnet()
