@@ -185,20 +185,50 @@ fn print_request(r: &Value) {
     );
     println!("  requester: {}", text(r, "requester"));
     println!("  reason:    {}", text(r, "reason"));
-    println!("  duration:  {}", text(r, "duration"));
-    if let Some(reviews) = r.get("reviews").and_then(Value::as_array) {
-        for review in reviews {
+    let extended: Vec<&Value> = r
+        .get("extended")
+        .and_then(Value::as_array)
+        .map(|e| e.iter().collect())
+        .unwrap_or_default();
+    if extended.is_empty() {
+        println!("  duration:  {}", text(r, "duration"));
+    } else {
+        let steps: Vec<String> = extended.iter().map(|e| text(e, "duration")).collect();
+        println!(
+            "  duration:  {} ({}, extended by {})",
+            text(r, "total_duration"),
+            text(r, "duration"),
+            steps.join(" and ")
+        );
+    }
+    let print_reviews = |reviews: Option<&Value>, what: &str| {
+        for review in reviews.and_then(Value::as_array).into_iter().flatten() {
             let verdict = if review["approve"] == true {
                 "approved"
             } else {
                 "denied"
             };
             println!(
-                "  {verdict} by {} {}",
+                "  {what}{verdict} by {} {}",
                 text(review, "reviewer"),
                 text(review, "comment")
             );
         }
+    };
+    print_reviews(r.get("reviews"), "");
+    for e in &extended {
+        print_reviews(
+            e.get("reviews"),
+            &format!("extension {} ", text(e, "duration")),
+        );
+    }
+    if let Some(ext) = r.get("extension").filter(|e| e.is_object()) {
+        println!(
+            "  extension: {} more asked, waiting for approval: {}",
+            text(ext, "duration"),
+            text(ext, "reason")
+        );
+        print_reviews(ext.get("reviews"), "  extension ");
     }
     for key in ["activated_at", "expires_at", "ended_at", "end_reason"] {
         let v = text(r, key);
@@ -319,7 +349,13 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                 .map(|r| {
                     vec![
                         text(r, "id"),
-                        text(r, "state"),
+                        match r.get("extension").filter(|e| e.is_object()) {
+                            // Waiting for a review is the extension, not the grant.
+                            Some(ext) => {
+                                format!("{}, extend +{}", text(r, "state"), text(ext, "duration"))
+                            }
+                            None => text(r, "state"),
+                        },
                         text(r, "entitlement"),
                         text(r, "requester"),
                         text(r, "duration"),

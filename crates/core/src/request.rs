@@ -200,6 +200,9 @@ pub struct Request {
     pub break_glass: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension: Option<Extension>,
+    /// Extensions granted, in order, with their reviews.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extended: Vec<Extension>,
     #[serde(default)]
     pub tailnet: TailnetStatus,
     /// Bumped on every stored change (optimistic concurrency).
@@ -346,6 +349,7 @@ impl Request {
             end_reason: None,
             break_glass: ask.break_glass,
             extension: None,
+            extended: Vec::new(),
             tailnet: TailnetStatus::default(),
             version: 0,
         };
@@ -409,6 +413,7 @@ impl Request {
             end_reason: None,
             break_glass: false,
             extension: None,
+            extended: Vec::new(),
             tailnet: TailnetStatus::default(),
             version: 0,
         };
@@ -505,7 +510,11 @@ impl Request {
                 let old = self.expires_at;
                 let base = old.unwrap_or(now).max(now);
                 self.expires_at = Some(base + duration.to_time());
-                self.extension = None;
+                // Kept, with its reviews: who approved the extra time, and why, stays on the
+                // request.
+                if let Some(granted) = self.extension.take() {
+                    self.extended.push(granted);
+                }
                 events.push(self.event(
                     reviewer,
                     "grant.extended",

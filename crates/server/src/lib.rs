@@ -242,6 +242,16 @@ fn json_request(r: &tidegate_core::request::Request, now: time::OffsetDateTime) 
     let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
     if let Some(obj) = v.as_object_mut() {
         obj.insert("overdue".into(), json!(r.overdue(now)));
+        // The time granted in all: the duration asked for plus every extension granted.
+        let total =
+            r.duration.as_secs() + r.extended.iter().map(|e| e.duration.as_secs()).sum::<u64>();
+        obj.insert(
+            "total_duration".into(),
+            json!(tidegate_core::Span::seconds(total).to_string()),
+        );
+        if let Some(ext) = obj.get_mut("extension").and_then(Value::as_object_mut) {
+            ext.insert("state".into(), json!("pending"));
+        }
     }
     v
 }

@@ -5,6 +5,7 @@
 mod access;
 mod browser;
 mod chaos;
+mod flows;
 mod logs;
 mod machine;
 mod web;

@@ -10,14 +10,14 @@ use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
 use crate::{Demo, Deployment, prod_access_members, wait_until};
 
 /// A browser-like client for one user: keeps its session cookie, does not follow redirects.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::blocking::Client,
     base: String,
     cookie: Option<String>,
 }
 
 impl Browser {
-    fn new(base: &str) -> Browser {
+    pub(crate) fn new(base: &str) -> Browser {
         Browser::with(base, reqwest::blocking::Client::builder())
     }
 
@@ -53,7 +53,7 @@ impl Browser {
         r
     }
 
-    fn get(&mut self, path: &str) -> (StatusCode, String) {
+    pub(crate) fn get(&mut self, path: &str) -> (StatusCode, String) {
         let r = self.get_with(path, &[]);
         (r.status(), r.text().unwrap())
     }
@@ -71,7 +71,7 @@ impl Browser {
         r
     }
 
-    fn sign_in_demo(&mut self, login: &str) {
+    pub(crate) fn sign_in_demo(&mut self, login: &str) {
         let r = self.post("/login", &[("user", login), ("next", "/")]);
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let cookie = r.headers()[SET_COOKIE].to_str().unwrap();

@@ -537,7 +537,8 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
             .list(
                 &viewer.actor,
                 &RequestFilter {
-                    states: vec![RequestState::Pending],
+                    // Active grants too: an extension waits for review like a request.
+                    states: vec![RequestState::Pending, RequestState::Active],
                     ..RequestFilter::default()
                 },
             )
@@ -568,16 +569,41 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
             }
             Err(e) => vec![e.to_string()],
         };
-        let others: Vec<String> = r
-            .reviews
+        let reviews = match &r.extension {
+            Some(ext) => &ext.reviews,
+            None => &r.reviews,
+        };
+        let others: Vec<String> = reviews
             .iter()
             .filter(|rev| rev.approve)
             .map(|rev| esc(&rev.reviewer))
             .collect();
+        let (asks, reason) = match &r.extension {
+            Some(ext) => (
+                format!(
+                    "<strong>{who}</strong> asks for <strong>{more} more</strong> on an active grant \
+                     (it ends {ends}), {asked}.",
+                    who = esc(&r.requester),
+                    more = ext.duration,
+                    ends = r.expires_at.map(|e| when(e, now)).unwrap_or_default(),
+                    asked = when(ext.requested_at, now),
+                ),
+                esc(&ext.reason),
+            ),
+            None => (
+                format!(
+                    "<strong>{who}</strong> asks for <strong>{dur}</strong>, {asked}.",
+                    who = esc(&r.requester),
+                    dur = r.duration,
+                    asked = when(r.created_at, now),
+                ),
+                esc(&r.reason),
+            ),
+        };
         let _ = write!(
             body,
             "<article class=\"card\"><h2><a href=\"/requests/{id}\">{ent}</a> for {who}</h2>\
-             <p><strong>{who}</strong> asks for <strong>{dur}</strong>, {asked}.</p>\
+             <p>{asks}</p>\
              <p class=\"reason\">{reason}</p><ul class=\"gives\">{gives}</ul>\
              <p class=\"muted\">Approved so far by: {others}</p>\
              <form method=\"post\" action=\"/requests/{id}/act\" class=\"stack\">{csrf}\
@@ -588,9 +614,6 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
             id = esc(&r.id),
             ent = esc(&r.entitlement),
             who = esc(&r.requester),
-            dur = r.duration,
-            asked = when(r.created_at, now),
-            reason = esc(&r.reason),
             gives = gives
                 .iter()
                 .map(|g| format!("<li>{}</li>", esc(g)))

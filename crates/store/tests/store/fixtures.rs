@@ -33,6 +33,7 @@ pub fn request(id: &str, entitlement: &str, requester: &str, minutes: i64) -> Re
         end_reason: None,
         break_glass: false,
         extension: None,
+        extended: Vec::new(),
         tailnet: TailnetStatus::default(),
         version: 0,
     }
@@ -85,6 +86,17 @@ pub fn full_request(id: &str) -> Request {
             }],
             requested_at: t + Duration::minutes(45),
         }),
+        extended: vec![Extension {
+            duration: Span::minutes(15),
+            reason: "one more step".into(),
+            reviews: vec![Review {
+                reviewer: "bob@example.com".into(),
+                approve: true,
+                comment: "ok".into(),
+                at: t + Duration::minutes(40),
+            }],
+            requested_at: t + Duration::minutes(39),
+        }],
         tailnet: TailnetStatus {
             applying_since: None,
             applied_at: Some(t + Duration::minutes(5)),

@@ -1,0 +1,64 @@
+//! Flows as people finish them in the CLI (issue 11's observations, each reproduced first).
+
+use crate::{Demo, stdout, wait_until};
+
+/// Approvers see extension requests where they see requests waiting for them, and after the
+/// approval `show` has the new end and both comments.
+#[test]
+fn approvers_see_and_approve_extensions() {
+    let demo = Demo::start();
+    let (dave, alice) = ("dave@example.com", "alice@example.com");
+    let r = demo.json(
+        dave,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-9"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    demo.json(alice, &["approve", &id, "--comment", "go ahead"]);
+    wait_until("the grant to apply", || {
+        demo.json(dave, &["show", &id])["state"] == "active"
+    });
+    let before = demo.json(dave, &["show", &id]);
+    demo.json(
+        dave,
+        &["extend", &id, "--for", "30m", "--reason", "still on it"],
+    );
+
+    // Waiting for alice: in the JSON list, with the extension, and in the table.
+    let pending = demo.json(alice, &["list", "--pending"]);
+    let listed = pending["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("the extension is not listed: {pending}"));
+    assert_eq!(listed["extension"]["duration"], "30m", "{listed}");
+    assert_eq!(listed["extension"]["state"], "pending", "{listed}");
+    let table = stdout(&demo.as_user(alice, &["list", "--pending"]));
+    assert!(
+        table.contains(&id) && table.contains("extend"),
+        "the table says it is an extension: {table}"
+    );
+
+    // And on the approvals page, with what is asked and a form to decide.
+    let mut browser = crate::web::Browser::new(&demo.server);
+    browser.sign_in_demo(alice);
+    let (status, page) = browser.get("/approvals");
+    assert_eq!(status.as_u16(), 200);
+    assert!(
+        page.contains(&id) && page.contains("30m more") && page.contains("still on it"),
+        "the extension is on /approvals: {page}"
+    );
+
+    demo.json(alice, &["approve", &id, "--comment", "ok, 30 more"]);
+    let after = demo.json(dave, &["show", &id]);
+    assert_ne!(after["expires_at"], before["expires_at"]);
+    let text = stdout(&demo.as_user(dave, &["show", &id]));
+    assert!(
+        text.contains("90m (1h, extended by 30m)"),
+        "show prints the new duration: {text}"
+    );
+    assert!(
+        text.contains("go ahead") && text.contains("ok, 30 more"),
+        "both comments: {text}"
+    );
+}
