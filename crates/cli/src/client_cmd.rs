@@ -236,10 +236,12 @@ fn print_request(r: &Value) {
             println!("  {key}: {v}");
         }
     }
-    if r["overdue"] == true {
-        println!(
-            "  not yet removed from the tailnet (the reconciler is on it; see last error if any)"
-        );
+    match r["removal"].as_str() {
+        Some("in progress") => println!("  removal from the tailnet: in progress"),
+        Some(_) => println!(
+            "  overdue: not yet removed from the tailnet (the reconciler retries; see last error if any)"
+        ),
+        None => {}
     }
     let error = r
         .get("tailnet")
@@ -359,7 +361,11 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                         text(r, "entitlement"),
                         text(r, "requester"),
                         text(r, "duration"),
-                        text(r, "expires_at"),
+                        match text(r, "ended_at") {
+                            // An ended grant shows when it ended, not the end it would have had.
+                            ended if !ended.is_empty() => format!("ended {ended}"),
+                            _ => text(r, "expires_at"),
+                        },
                         text(r, "reason"),
                     ]
                 })

@@ -160,7 +160,7 @@ pub async fn start(
 pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Failure> {
     let mut config = load_config(config_path)?;
     if let Some(listen) = listen {
-        config.listen = listen;
+        config.listen = listen_address(&listen);
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = open_store(&config.database).await?;
@@ -564,6 +564,14 @@ const DEMO_CONFIG: &str = include_str!("../../../examples/tidegate.toml");
 
 /// Runs everything locally: the emulator with the example tailnet, the server on SQLite in a
 /// temporary directory, and a token per example user.
+/// `--listen` as given, or a bare port on this machine's loopback.
+fn listen_address(listen: &str) -> String {
+    match listen.parse::<u16>() {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => listen.to_owned(),
+    }
+}
+
 pub async fn demo(listen: &str, for_seconds: Option<u64>) -> Result<(), Failure> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = emulator::State::from_json(DEMO_STATE, clock.now()).map_err(usage)?;
@@ -592,7 +600,8 @@ pub async fn demo(listen: &str, for_seconds: Option<u64>) -> Result<(), Failure>
     let config = Config::parse(&text, "demo config").map_err(usage)?;
     let store = open_store(&config.database).await?;
     let tailnet = tailnet_client(&config, clock.clone())?;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listen = listen_address(listen);
+    let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {listen}: {e}")))?;
     let running = start(
@@ -636,7 +645,7 @@ pub async fn demo(listen: &str, for_seconds: Option<u64>) -> Result<(), Failure>
     println!("  tidegate request prod-ssh --for 1h --reason INC-4211");
     println!("then with alice's token:   tidegate list --pending   and   tidegate approve <ID>");
     println!(
-        "and watch group:prod-access change:  curl -s {}/emulator/state | grep -A2 prod-access",
+        "and watch group:prod-access change:  curl -s -H 'Authorization: Bearer {token}' {}/api/v2/tailnet/-/acl | grep -A2 '\"group:prod-access\"'",
         emu.url()
     );
     match for_seconds {

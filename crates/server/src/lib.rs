@@ -249,6 +249,15 @@ fn json_request(r: &tidegate_core::request::Request, now: time::OffsetDateTime) 
             "total_duration".into(),
             json!(tidegate_core::Span::seconds(total).to_string()),
         );
+        // Access being taken away: just now (the reconciler is on it) or overdue.
+        if let Some(end) = r.access_ends_at().filter(|end| *end <= now) {
+            let removal = if now - end < time::Duration::minutes(1) {
+                "in progress"
+            } else {
+                "overdue"
+            };
+            obj.insert("removal".into(), json!(removal));
+        }
         if let Some(ext) = obj.get_mut("extension").and_then(Value::as_object_mut) {
             ext.insert("state".into(), json!("pending"));
         }

@@ -62,3 +62,75 @@ fn approvers_see_and_approve_extensions() {
         "both comments: {text}"
     );
 }
+
+/// After a drop, `show` says removal is under way (not an alarm), and `list` shows when the
+/// grant ended instead of a future expiry.
+#[test]
+fn a_dropped_grant_reads_calmly() {
+    let demo = Demo::start();
+    let (dave, alice) = ("dave@example.com", "alice@example.com");
+    let r = demo.json(
+        dave,
+        &["request", "prod-ssh", "--for", "2h", "--reason", "INC-10"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    demo.json(alice, &["approve", &id]);
+    wait_until("the grant to apply", || {
+        demo.json(dave, &["show", &id])["state"] == "active"
+    });
+    let out = demo.as_user(dave, &["drop", &id]);
+    let text = stdout(&out);
+    assert!(
+        !text.contains("not yet removed"),
+        "a normal drop is not an alarm: {text}"
+    );
+    let listed = stdout(&demo.as_user(dave, &["list", "--mine"]));
+    let row = listed
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains("ended"), "the row shows when it ended: {row}");
+}
+
+/// `demo --listen PORT` takes a bare port, and the favicon is not a JSON 404.
+#[test]
+fn the_demo_takes_a_bare_port_and_has_a_favicon() {
+    use std::io::BufRead;
+    let port = crate::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["demo", "--listen", &port.to_string(), "--for-seconds", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut server = String::new();
+    let mut hint = String::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(url) = line.trim().strip_prefix("server:") {
+            server = url.trim().to_owned();
+        }
+        if line.contains("prod-access") {
+            hint = line.clone();
+            break;
+        }
+    }
+    assert_eq!(server, format!("http://127.0.0.1:{port}"));
+    assert!(
+        !hint.contains("curl -s") || !hint.contains("/emulator/state |"),
+        "the hint shows the group, not the whole state: {hint}"
+    );
+    let r = reqwest::blocking::get(format!("{server}/favicon.ico")).unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("image/"),
+        "{:?}",
+        r.headers()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -69,6 +69,7 @@ fn layout(title: &str, viewer: Option<&Viewer>, body: &str) -> String {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · tidegate</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
+         <link rel=\"icon\" href=\"/static/favicon.svg\" type=\"image/svg+xml\">\
          <script src=\"/static/app.js\" defer></script></head>\
          <body><a class=\"skip\" href=\"#main\">Skip to content</a>\
          <header><a class=\"brand\" href=\"/\">tidegate</a>{nav}</header>\
@@ -195,6 +196,8 @@ pub fn router() -> Router<AppState> {
         .route("/login/oidc/callback", get(oidc::callback))
         .route("/logout", post(logout))
         .route("/static/app.css", get(css))
+        .route("/favicon.ico", get(favicon))
+        .route("/static/favicon.svg", get(favicon))
         .route("/static/app.js", get(js))
 }
 
@@ -232,6 +235,22 @@ pub async fn security_headers(
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// A tide mark: two waves under a gate (SVG, so one small file serves every size).
+const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\">\
+<rect width=\"32\" height=\"32\" rx=\"6\" fill=\"#0b4f6c\"/>\
+<path d=\"M8 6v14M24 6v14M8 8h16\" stroke=\"#fff\" stroke-width=\"3\" fill=\"none\"/>\
+<path d=\"M4 22q4-3 8 0t8 0t8 0M4 27q4-3 8 0t8 0t8 0\" stroke=\"#7fd1ff\" stroke-width=\"2\" fill=\"none\"/></svg>";
+
+async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        FAVICON,
+    )
 }
 
 async fn css() -> impl IntoResponse {
