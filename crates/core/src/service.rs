@@ -18,8 +18,12 @@ use crate::{Span, time_text};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
-    #[error("no entitlement named {0:?}")]
-    UnknownEntitlement(String),
+    #[error("no entitlement named {name:?}{}", did_you_mean(.suggestion))]
+    UnknownEntitlement {
+        name: String,
+        /// The configured entitlement with the closest name, if one is close.
+        suggestion: Option<String>,
+    },
     #[error("no request {0}")]
     UnknownRequest(String),
     #[error("{owner} has no token {id}")]
@@ -217,7 +221,17 @@ impl Service {
     pub fn entitlement(&self, name: &str) -> Result<&Entitlement, ServiceError> {
         self.config
             .entitlement(name)
-            .ok_or_else(|| ServiceError::UnknownEntitlement(name.to_owned()))
+            .ok_or_else(|| ServiceError::UnknownEntitlement {
+                name: name.to_owned(),
+                suggestion: closest(
+                    name,
+                    self.config
+                        .entitlements
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .chain(self.config.machines.iter().map(|m| m.name.as_str())),
+                ),
+            })
     }
 
     /// Resolves a caller once: a user of the tailnet, with their tidegate roles.
@@ -1136,4 +1150,20 @@ pub fn device_matches(d: &tailnet::Device, name: &str) -> bool {
 /// A refusal from [`crate::access`], as the lifecycle reports it.
 fn not_allowed(why: String) -> ServiceError {
     ServiceError::Lifecycle(LifecycleError::NotAllowed(why))
+}
+
+/// The candidate closest to `name`, if it is close enough to be what was meant.
+fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c.to_owned())
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(": did you mean {s:?}?"))
+        .unwrap_or_default()
 }

@@ -67,7 +67,7 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         use tidegate_core::request::LifecycleError;
         let status = match &e {
-            ServiceError::UnknownEntitlement(_)
+            ServiceError::UnknownEntitlement { .. }
             | ServiceError::UnknownRequest(_)
             | ServiceError::UnknownToken { .. } => StatusCode::NOT_FOUND,
             ServiceError::UnknownUser(_) => StatusCode::FORBIDDEN,

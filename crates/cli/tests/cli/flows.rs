@@ -134,3 +134,24 @@ fn the_demo_takes_a_bare_port_and_has_a_favicon() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A misspelt entitlement gets "did you mean".
+#[test]
+fn a_misspelt_entitlement_gets_a_suggestion() {
+    let demo = Demo::start();
+    let out = demo.as_user(
+        "dave@example.com",
+        &["request", "prod-shh", "--for", "1h", "--reason", "INC-11"],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let err = crate::stderr(&out);
+    assert!(err.contains("did you mean \"prod-ssh\"?"), "{err}");
+    let out = demo.as_user(
+        "dave@example.com",
+        &["request", "zzz", "--for", "1h", "--reason", "INC-11"],
+    );
+    assert!(
+        !crate::stderr(&out).contains("did you mean"),
+        "nothing close"
+    );
+}
