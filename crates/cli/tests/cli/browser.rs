@@ -347,7 +347,7 @@ fn request_approve_and_drop_in_chromium() {
     }
     dave.wait_for_text(
         &format!("{}/requests/{id}", demo.server),
-        "grant.removal verified",
+        "Access removed, checked in the tailnet",
     );
     dave.screenshot("4-request-timeline");
 

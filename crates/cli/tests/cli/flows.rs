@@ -155,3 +155,43 @@ fn a_misspelt_entitlement_gets_a_suggestion() {
         "nothing close"
     );
 }
+
+/// The request page is titled by what it is, tells its story in sentences with the comments,
+/// and lets a requester cancel their own pending request.
+#[test]
+fn the_request_page_tells_the_story_and_cancels() {
+    let demo = Demo::start();
+    let (carol, alice) = ("carol@example.com", "alice@example.com");
+    let denied = demo.json(
+        carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-12"],
+    );
+    let denied = denied["id"].as_str().unwrap().to_owned();
+    demo.json(alice, &["deny", &denied, "--comment", "use staging"]);
+    let mut browser = crate::web::Browser::new(&demo.server);
+    browser.sign_in_demo(carol);
+    let (_, page) = browser.get(&format!("/requests/{denied}"));
+    assert!(
+        page.contains("<title>prod-ssh for carol@example.com"),
+        "titled by what it is: {page}"
+    );
+    assert!(
+        page.contains("alice@example.com denied: use staging"),
+        "the timeline in sentences, with the comment: {page}"
+    );
+
+    let pending = demo.json(
+        carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-13"],
+    );
+    let pending = pending["id"].as_str().unwrap().to_owned();
+    let (_, page) = browser.get(&format!("/requests/{pending}"));
+    assert!(page.contains("value=\"cancel\""), "a cancel button: {page}");
+    let token = crate::web::csrf(&page);
+    let r = browser.post(
+        &format!("/requests/{pending}/act"),
+        &[("csrf", &token), ("action", "cancel")],
+    );
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert_eq!(demo.json(carol, &["show", &pending])["state"], "cancelled");
+}

@@ -58,7 +58,11 @@ impl Browser {
         (r.status(), r.text().unwrap())
     }
 
-    fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::blocking::Response {
+    pub(crate) fn post(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> reqwest::blocking::Response {
         let mut req = self
             .http
             .post(format!("{}{path}", self.base))
@@ -83,7 +87,7 @@ impl Browser {
 }
 
 /// The CSRF token in a page's first form.
-fn csrf(page: &str) -> String {
+pub(crate) fn csrf(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
     page[at..at + page[at..].find('"').unwrap()].to_owned()
 }
@@ -225,14 +229,16 @@ fn request_approve_and_drop_through_the_web_ui() {
 
     // The timeline tells the whole story.
     wait_until("the removal to be verified", || {
-        dave.get(&detail).1.contains("grant.removal verified")
+        dave.get(&detail)
+            .1
+            .contains("Access removed, checked in the tailnet")
     });
     let (_, page) = dave.get(&detail);
     for step in [
-        "request.created",
-        "request.approved",
-        "grant.applied",
-        "grant.dropped",
+        "dave@example.com asked for it",
+        "Approved: enough approvals",
+        "Access given in the tailnet",
+        "dave@example.com ended it early",
     ] {
         assert!(page.contains(step), "{step} in {page}");
     }

@@ -677,6 +677,15 @@ async fn detail(State(app): State<AppState>, viewer: Viewer, Path(id): Path<Stri
     if r.overdue(now) {
         body.push_str("<p class=\"error\" role=\"alert\">Overdue: past its end, removal from the tailnet not yet verified.</p>");
     }
+    if r.state == RequestState::Pending && r.requester == viewer.login {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/requests/{id}/act\">{csrf}\
+             <button type=\"submit\" name=\"action\" value=\"cancel\">Cancel request</button></form>",
+            id = esc(&r.id),
+            csrf = csrf_field(&viewer),
+        );
+    }
     if matches!(r.state, RequestState::Active | RequestState::Approved) {
         let label = if r.requester == viewer.login {
             "Drop"
@@ -699,16 +708,62 @@ async fn detail(State(app): State<AppState>, viewer: Viewer, Path(id): Path<Stri
             .unwrap_or_else(|| esc(&e.at));
         let _ = write!(
             body,
-            "<li><span class=\"action\">{}</span> by {} {at}</li>",
-            esc(&e.action.replace('_', " ")),
-            esc(&e.actor),
+            "<li>{} <span class=\"muted\">{at}</span></li>",
+            esc(&sentence(e))
         );
     }
     body.push_str("</ol>");
     Page(
         StatusCode::OK,
-        layout(&format!("Request {}", r.id), Some(&viewer), &body),
+        layout(
+            &format!("{} for {}", r.entitlement, r.requester),
+            Some(&viewer),
+            &body,
+        ),
     )
+}
+
+/// An audit entry of a request as a plain sentence, with the comment or reason it carries.
+fn sentence(e: &tidegate_core::audit::AuditEntry) -> String {
+    let detail: serde_json::Value = serde_json::from_str(&e.detail).unwrap_or_default();
+    let said = |key: &str| {
+        detail[key]
+            .as_str()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| format!(": {t}"))
+            .unwrap_or_default()
+    };
+    let who = &e.actor;
+    match e.action.as_str() {
+        "request.created" => format!("{who} asked for it{}", said("reason")),
+        "request.approval" => format!("{who} approved{}", said("comment")),
+        "request.approved" => "Approved: enough approvals".to_owned(),
+        "request.auto_approved" => "Approved automatically".to_owned(),
+        "request.break_glass" => {
+            format!("{who} took it in an emergency (break-glass), to be reviewed")
+        }
+        "request.denied" => format!("{who} denied{}", said("comment")),
+        "request.cancelled" => format!("{who} cancelled it"),
+        "request.lapsed" => "Lapsed: nobody decided in time".to_owned(),
+        "grant.applying" => "tidegate is giving the access".to_owned(),
+        "grant.applied" => "Access given in the tailnet".to_owned(),
+        "grant.expired" => "The grant's time ran out".to_owned(),
+        "grant.removing" => "tidegate is removing the access".to_owned(),
+        "grant.removal_verified" => "Access removed, checked in the tailnet".to_owned(),
+        "grant.revoked" => format!("{who} revoked it{}", said("reason")),
+        "grant.dropped" => format!("{who} ended it early"),
+        "grant.failed" => format!("It could not be applied{}", said("reason")),
+        "extension.requested" => format!(
+            "{who} asked for {} more{}",
+            detail["duration"].as_str().unwrap_or("time"),
+            said("reason")
+        ),
+        "extension.approval" => format!("{who} approved the extension{}", said("comment")),
+        "extension.denied" => format!("{who} denied the extension{}", said("comment")),
+        "grant.extended" => "Extended".to_owned(),
+        "tailnet.change_failed" => format!("A tailnet change failed{}", said("error")),
+        other => format!("{} by {who}", other.replace(['_', '.'], " ")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -734,6 +789,7 @@ async fn act(
         "approve" => app.service.approve(who, &id, &f.comment).await,
         "deny" => app.service.deny(who, &id, &f.comment).await,
         "drop" => app.service.drop_grant(who, &id).await,
+        "cancel" => app.service.cancel(who, &id).await,
         "revoke" => app.service.revoke(who, &id, &f.comment).await,
         "extend" => match f.duration.trim().parse() {
             Ok(d) => app.service.extend(who, &id, d, &f.comment).await,
