@@ -195,3 +195,59 @@ fn the_request_page_tells_the_story_and_cancels() {
     assert!(r.status().is_redirection(), "{}", r.status());
     assert_eq!(demo.json(carol, &["show", &pending])["state"], "cancelled");
 }
+
+/// Claiming an auth key in the web UI: a POST answered by a redirect to a page that shows the
+/// key once, with the `tailscale up` line; reloading shows no key; claiming again is refused.
+#[test]
+fn an_auth_key_is_claimed_in_the_web_ui_and_shown_once() {
+    let demo = Demo::start();
+    let alice = "alice@example.com";
+    // ci-runner-key: group:sre may request it and approve their own.
+    let r = demo.json(
+        alice,
+        &[
+            "request",
+            "ci-runner-key",
+            "--for",
+            "30m",
+            "--reason",
+            "runner",
+        ],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    if r["state"] != "approved" {
+        demo.json(alice, &["approve", &id]);
+    }
+    let mut browser = crate::web::Browser::new(&demo.server);
+    browser.sign_in_demo(alice);
+    let (_, page) = browser.get(&format!("/requests/{id}"));
+    assert!(page.contains("value=\"claim\""), "a claim button: {page}");
+    let r = browser.post(
+        &format!("/requests/{id}/act"),
+        &[("csrf", &crate::web::csrf(&page)), ("action", "claim")],
+    );
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let (status, shown) = browser.get(&location);
+    assert_eq!(status.as_u16(), 200);
+    assert!(
+        shown.contains("tskey-auth-") && shown.contains("tailscale up --auth-key="),
+        "the key, once, with the command: {shown}"
+    );
+    let (_, again) = browser.get(&location);
+    assert!(!again.contains("tskey-auth-"), "not shown twice: {again}");
+    let (_, page) = browser.get(&format!("/requests/{id}"));
+    assert!(
+        !page.contains("value=\"claim\""),
+        "no claim button once active"
+    );
+    let r = browser.post(
+        &format!("/requests/{id}/act"),
+        &[("csrf", &crate::web::csrf(&page)), ("action", "claim")],
+    );
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("already claimed") || text.contains("only be claimed once"),
+        "{text}"
+    );
+}

@@ -32,11 +32,23 @@ impl Browser {
         }
     }
 
+    /// Keeps each cookie by name, as a browser does (one cleared with `Max-Age=0` goes).
     fn keep_cookie(&mut self, r: &reqwest::blocking::Response) {
-        if let Some(set) = r.headers().get(SET_COOKIE) {
+        for set in r.headers().get_all(SET_COOKIE) {
             let set = set.to_str().unwrap();
-            let pair = set.split(';').next().unwrap();
-            self.cookie = Some(pair.to_owned());
+            let pair = set.split(';').next().unwrap().trim();
+            let name = pair.split('=').next().unwrap();
+            let mut jar: Vec<String> = self
+                .cookie
+                .iter()
+                .flat_map(|c| c.split("; "))
+                .filter(|c| c.split('=').next() != Some(name))
+                .map(str::to_owned)
+                .collect();
+            if !set.contains("Max-Age=0") {
+                jar.push(pair.to_owned());
+            }
+            self.cookie = (!jar.is_empty()).then(|| jar.join("; "));
         }
     }
 

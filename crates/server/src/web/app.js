@@ -1,5 +1,5 @@
-// tidegate: progressive enhancement only (every page works without it). Shows each <time> in
-// the viewer's own time zone next to its relative form, and keeps the relative form current.
+// tidegate: progressive enhancement only (every page works without it): each <time> shown in
+// the viewer's own time zone beside its relative form, kept current; and copy buttons.
 "use strict";
 (function () {
   function relative(ms) {
@@ -25,4 +25,16 @@
   }
   update();
   setInterval(update, 30000);
+})();
+// Copy buttons: data-copy names the element whose text goes to the clipboard.
+(function () {
+  document.querySelectorAll("button[data-copy]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var source = document.getElementById(button.getAttribute("data-copy"));
+      if (!source || !navigator.clipboard) return;
+      navigator.clipboard.writeText(source.textContent).then(function () {
+        button.textContent = "Copied";
+      });
+    });
+  });
 })();

@@ -189,6 +189,7 @@ pub fn router() -> Router<AppState> {
         .route("/approvals", get(approvals))
         .route("/requests/{id}", get(detail))
         .route("/requests/{id}/act", post(act))
+        .route("/requests/{id}/key", get(claimed_key))
         .route("/admin", get(admin))
         .route("/admin/audit.jsonl", get(audit_export))
         .route("/login", get(login_page).post(login_submit))
@@ -677,6 +678,20 @@ async fn detail(State(app): State<AppState>, viewer: Viewer, Path(id): Path<Stri
     if r.overdue(now) {
         body.push_str("<p class=\"error\" role=\"alert\">Overdue: past its end, removal from the tailnet not yet verified.</p>");
     }
+    let is_key = app
+        .service
+        .entitlement(&r.entitlement)
+        .is_ok_and(|e| matches!(e.strategy, Strategy::AuthKey { .. }));
+    if is_key && r.state == RequestState::Approved && r.requester == viewer.login {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/requests/{id}/act\">{csrf}\
+             <button type=\"submit\" name=\"action\" value=\"claim\">Claim the key</button>\
+             <p class=\"muted\">It is shown once, on the next page, and never stored.</p></form>",
+            id = esc(&r.id),
+            csrf = csrf_field(&viewer),
+        );
+    }
     if r.state == RequestState::Pending && r.requester == viewer.login {
         let _ = write!(
             body,
@@ -782,9 +797,15 @@ async fn act(
     Path(id): Path<String>,
     headers: HeaderMap,
     Form(f): Form<ActForm>,
-) -> Result<Redirect, Page> {
+) -> Result<Response, Page> {
     check_csrf(&viewer, &f.csrf)?;
     let who = &viewer.actor;
+    if f.action == "claim" {
+        return match app.service.claim_key(who, &id).await {
+            Ok((_, secret)) => Ok(key_once(&app, &id, &secret)),
+            Err(e) => Err(service_error(&viewer, e, StatusCode::CONFLICT)),
+        };
+    }
     let done = match f.action.as_str() {
         "approve" => app.service.approve(who, &id, &f.comment).await,
         "deny" => app.service.deny(who, &id, &f.comment).await,
@@ -822,10 +843,77 @@ async fn act(
                 .and_then(|rest| rest.find('/').map(|i| rest[i..].to_owned()))
                 .map(|p| local_path(Some(&p)))
                 .unwrap_or_else(|| format!("/requests/{id}"));
-            Ok(Redirect::to(&back))
+            Ok(Redirect::to(&back).into_response())
         }
         Err(e) => Err(service_error(&viewer, e, StatusCode::CONFLICT)),
     }
+}
+
+/// The cookie that carries a just-claimed key to the one page that shows it. The key is never
+/// stored by tidegate: it goes to the claimant's browser, scoped to that page, for two minutes,
+/// and the page clears it as it shows it (so a reload, or another replica, shows nothing).
+fn key_cookie(app: &AppState, id: &str, value: &str, max_age: u32) -> Option<HeaderValue> {
+    let secure = if session::served_over_https(app) {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "tidegate_key={value}; Path=/requests/{id}/key; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .ok()
+}
+
+/// The redirect after a claim, with the key in its one-page cookie.
+fn key_once(app: &AppState, id: &str, secret: &str) -> Response {
+    let mut response = Redirect::to(&format!("/requests/{id}/key")).into_response();
+    if let Some(cookie) = key_cookie(app, id, secret, 120) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Shows a just-claimed key once, with the command that uses it.
+async fn claimed_key(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let key = session::cookies(&headers, "tidegate_key")
+        .find(|v| v.starts_with("tskey-"))
+        .map(str::to_owned);
+    let body = match &key {
+        Some(key) => format!(
+            "<p role=\"status\">Your key, shown this once: copy it now.</p>\
+             <p><code id=\"key\">{key}</code></p>\
+             <p>On the machine to join:</p><pre><code id=\"command\">tailscale up --auth-key={key}</code></pre>\
+             <p><button type=\"button\" data-copy=\"command\">Copy the command</button></p>\
+             <p class=\"muted\">tidegate does not keep it; it expires with the grant. \
+             <a href=\"/requests/{id}\">Back to the request</a></p>",
+            key = esc(key),
+            id = esc(&id),
+        ),
+        None => format!(
+            "<p>This key was shown once and is not kept anywhere: it cannot be shown again. \
+             <a href=\"/requests/{id}\">Back to the request</a></p>",
+            id = esc(&id),
+        ),
+    };
+    let mut response = Page(
+        StatusCode::OK,
+        layout("Your auth key", Some(&viewer), &body),
+    )
+    .into_response();
+    if key.is_some()
+        && let Some(clear) = key_cookie(&app, &id, "", 0)
+    {
+        response.headers_mut().insert(header::SET_COOKIE, clear);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[derive(Deserialize, Default)]
