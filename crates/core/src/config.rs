@@ -525,15 +525,20 @@ fn https_or_loopback(url: &str) -> bool {
     url.starts_with("https://") || loopback
 }
 
-fn machine(m: &RawMachine) -> Result<MachineEntitlement, String> {
-    if m.name.is_empty()
-        || !m
-            .name
+/// An entitlement's name (people's and machines' share one namespace and one rule).
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         return Err("name must be letters, digits, - or _".into());
     }
+    Ok(())
+}
+
+fn machine(m: &RawMachine) -> Result<MachineEntitlement, String> {
+    check_name(&m.name)?;
     if !https_or_loopback(&m.issuer) {
         return Err(format!(
             "issuer {:?} must be an https:// URL (its keys are trusted because they come over TLS)",
@@ -598,14 +603,7 @@ fn selectors(field: &str, items: &[String]) -> Result<Vec<Selector>, String> {
 }
 
 fn entitlement(e: &RawEntitlement) -> Result<Entitlement, String> {
-    if e.name.is_empty()
-        || !e
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err("name must be letters, digits, - or _".into());
-    }
+    check_name(&e.name)?;
     let missing = |field: &str| format!("strategy {:?} needs {field}", e.strategy);
     let strategy = match e.strategy.as_str() {
         "group" => {

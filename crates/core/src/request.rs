@@ -328,31 +328,14 @@ impl Request {
                 entitlement.name
             )));
         }
-        let mut request = Request {
-            id,
-            entitlement: entitlement.name.clone(),
-            requester: requester.to_owned(),
-            reason,
-            duration,
-            devices: ask.devices,
-            state: State::Pending,
-            created_at: now,
-            start_at: ask.start_at,
-            // A scheduled request may be decided (and, approved, applied) until its pending
-            // time after the start.
-            pending_until: ask.start_at.unwrap_or(now).max(now) + entitlement.pending_ttl.to_time(),
-            reviews: Vec::new(),
-            activated_at: None,
-            expires_at: None,
-            ended_at: None,
-            ended_by: None,
-            end_reason: None,
-            break_glass: ask.break_glass,
-            extension: None,
-            extended: Vec::new(),
-            tailnet: TailnetStatus::default(),
-            version: 0,
-        };
+        let mut request = Request::pending(id, entitlement, requester, reason, duration, now);
+        request.devices = ask.devices;
+        request.start_at = ask.start_at;
+        // A scheduled request may be decided (and, approved, applied) until its pending time
+        // after the start.
+        request.pending_until =
+            ask.start_at.unwrap_or(now).max(now) + entitlement.pending_ttl.to_time();
+        request.break_glass = ask.break_glass;
         let mut events = vec![request.event(
             requester,
             "request.created",
@@ -394,12 +377,43 @@ impl Request {
     ) -> Result<(Request, Vec<Event>), LifecycleError> {
         let requester = crate::machine::requester(subject);
         check_text("subject", subject)?;
-        let request = Request {
+        let request = Request::pending(
+            id,
+            entitlement,
+            &requester,
+            format!("CI job {subject}"),
+            entitlement.default_duration,
+            now,
+        );
+        let events = vec![request.event(
+            &requester,
+            "request.created",
+            serde_json::json!({
+                "entitlement": request.entitlement,
+                "reason": request.reason,
+                "duration": request.duration,
+                "machine": true,
+            }),
+        )];
+        Ok((request, events))
+    }
+
+    /// A new pending request, decided within the entitlement's pending time; nothing else
+    /// set yet.
+    fn pending(
+        id: String,
+        entitlement: &Entitlement,
+        requester: &str,
+        reason: String,
+        duration: Span,
+        now: OffsetDateTime,
+    ) -> Request {
+        Request {
             id,
             entitlement: entitlement.name.clone(),
-            requester: requester.clone(),
-            reason: format!("CI job {subject}"),
-            duration: entitlement.default_duration,
+            requester: requester.to_owned(),
+            reason,
+            duration,
             devices: Vec::new(),
             state: State::Pending,
             created_at: now,
@@ -416,18 +430,7 @@ impl Request {
             extended: Vec::new(),
             tailnet: TailnetStatus::default(),
             version: 0,
-        };
-        let events = vec![request.event(
-            &requester,
-            "request.created",
-            serde_json::json!({
-                "entitlement": request.entitlement,
-                "reason": request.reason,
-                "duration": request.duration,
-                "machine": true,
-            }),
-        )];
-        Ok((request, events))
+        }
     }
 
     fn event(&self, actor: &str, action: &str, detail: serde_json::Value) -> Event {

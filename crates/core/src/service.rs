@@ -1033,7 +1033,6 @@ impl Service {
     /// entitlement's `node_ttl` (audited as `machine.node_deleted`), and forgets keys whose
     /// node is gone or never came. The names of the devices deleted.
     pub async fn clean_machine_nodes(&self) -> Result<Vec<String>, ServiceError> {
-        let (records, devices) = self.machine_keys().await?;
         let now = self.now();
         let parse = |t: &str| tailnet::clock::parse_rfc3339(t);
         // Used token ids whose tokens expired: a replay would be refused for its expiry.
@@ -1042,6 +1041,11 @@ impl Service {
                 self.store.delete_state(&key).await?;
             }
         }
+        // Without a minted key on record there is no node to look for: no device list.
+        if self.store.states("machine_key:").await?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (records, devices) = self.machine_keys().await?;
         let mut deleted = Vec::new();
         for r in records {
             let ttl = self

@@ -1,6 +1,7 @@
 //! tidegate's HTTP API: JSON endpoints for requests, reviews, grants and the audit log,
 //! authenticated with API tokens (stored hashed), and its OpenAPI document.
 
+mod jwt;
 pub mod machine;
 mod metrics;
 mod openapi;
@@ -425,15 +426,7 @@ async fn audit(
     Caller(who): Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    if who.auditor().is_none() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} is not an admin or auditor (tailnet owners, admins and auditors, and [roles] in the config)",
-                who.login()
-            ),
-        ));
-    }
+    auditor(&who)?;
     let entries = app
         .service
         .store()
@@ -443,38 +436,36 @@ async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
+/// The caller's auditor capability (admins have it too), or 403 saying who has it.
+fn auditor(who: &tidegate_core::access::Actor) -> ApiResult<tidegate_core::access::Auditor<'_>> {
+    who.auditor().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not an admin or auditor (tailnet owners, admins and auditors, and [roles] in the config)",
+                who.login()
+            ),
+        )
+    })
+}
+
 /// The audit chain's head now (admins and auditors).
 async fn audit_head(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
-    if who.auditor().is_none() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{} is not an admin or auditor", who.login()),
-        ));
-    }
+    auditor(&who)?;
     let head = app.service.audit_head().await?;
     Ok(Json(json!(head)))
 }
 
 /// Standing members of the managed groups (admins and auditors).
 async fn standing(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
-    let auditor = who.auditor().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{} is not an admin or auditor", who.login()),
-        )
-    })?;
+    let auditor = auditor(&who)?;
     let groups = app.service.standing(auditor).await?;
     Ok(Json(json!({ "groups": groups })))
 }
 
 /// Machine nodes and unexplained tagged devices (admins and auditors).
 async fn machine_nodes(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
-    let auditor = who.auditor().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{} is not an admin or auditor", who.login()),
-        )
-    })?;
+    let auditor = auditor(&who)?;
     Ok(Json(json!(app.service.machine_nodes(auditor).await?)))
 }
 

@@ -15,7 +15,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
@@ -93,15 +92,6 @@ impl IntoResponse for Refusal {
         }
         response
     }
-}
-
-/// The payload of a JWT, not verified: only to name the subject of a refusal.
-fn unverified_claims(token: &str) -> Option<Value> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// A subject as it may be logged and audited: printable, at most 200 characters.
@@ -186,16 +176,8 @@ impl MachineAuth {
         }
         // The algorithm is read before anything else: `none` and shared-secret (HMAC)
         // algorithms are never accepted, whatever the key set says.
-        let raw_header = token
-            .split('.')
-            .next()
-            .and_then(|h| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(h)
-                    .ok()
-            })
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .ok_or_else(|| Refusal::unauthorized("the token is not a JWT"))?;
+        let raw_header = crate::jwt::part(token, 0)
+            .map_err(|_| Refusal::unauthorized("the token is not a JWT"))?;
         let alg = raw_header["alg"].as_str().unwrap_or_default();
         let algorithm = match alg {
             "RS256" => Algorithm::RS256,
@@ -311,8 +293,10 @@ pub async fn authkey(
             .into_response();
         }
     };
-    let unverified_subject =
-        unverified_claims(&token).and_then(|c| c["sub"].as_str().map(printable));
+    // Not verified: only to name the subject of a refusal (audited as unverified).
+    let unverified_subject = crate::jwt::part(&token, 1)
+        .ok()
+        .and_then(|c| c["sub"].as_str().map(printable));
     match mint(&state, &token, &entitlement).await {
         Ok(Granted::Key(minted)) => (StatusCode::OK, Json(json!(minted))).into_response(),
         Ok(Granted::Pending(request)) => (

@@ -271,22 +271,38 @@ impl ApiClient {
         format!("/tailnet/{}{rest}", segment(&self.config.tailnet))
     }
 
-    /// The `Authorization` header value, minting an OAuth token if needed.
+    /// The `Authorization` header value, minting an access token if needed (OAuth client or
+    /// workload identity), cached until shortly before it expires.
     async fn authorization(&self) -> Result<String> {
-        match &self.config.credentials {
-            Credentials::ApiToken(token) => Ok(format!("Bearer {}", token.expose())),
+        let (path, what) = match &self.config.credentials {
+            Credentials::ApiToken(token) => return Ok(format!("Bearer {}", token.expose())),
+            Credentials::OAuth { .. } => ("/oauth/token", "OAuth client"),
+            Credentials::Federated { .. } => ("/oauth/token-exchange", "token exchange"),
+        };
+        let mut cached = self.token.lock().await;
+        let now = self.config.clock.now();
+        if let Some(token) = cached.as_ref()
+            && now + TOKEN_MARGIN < token.expires
+        {
+            return Ok(format!("Bearer {}", token.secret.expose()));
+        }
+        let token = self.mint_token(path, &self.token_form()?, what).await?;
+        let header = format!("Bearer {}", token.secret.expose());
+        *cached = Some(token);
+        Ok(header)
+    }
+
+    /// The form that trades this client's credential for an access token (an API token is
+    /// used as it is and needs none). A workload's ID token is read here, when it is traded:
+    /// platforms rotate it.
+    fn token_form(&self) -> Result<Vec<(&'static str, String)>> {
+        Ok(match &self.config.credentials {
+            Credentials::ApiToken(_) => Vec::new(),
             Credentials::OAuth {
                 client_id,
                 client_secret,
                 scopes,
             } => {
-                let mut cached = self.token.lock().await;
-                let now = self.config.clock.now();
-                if let Some(token) = cached.as_ref()
-                    && now + TOKEN_MARGIN < token.expires
-                {
-                    return Ok(format!("Bearer {}", token.secret.expose()));
-                }
                 let mut form = vec![
                     ("grant_type", "client_credentials".to_owned()),
                     ("client_id", client_id.clone()),
@@ -295,37 +311,16 @@ impl ApiClient {
                 if !scopes.is_empty() {
                     form.push(("scope", scopes.join(" ")));
                 }
-                let token = self
-                    .mint_token("/oauth/token", &form, "OAuth client")
-                    .await?;
-                let header = format!("Bearer {}", token.secret.expose());
-                *cached = Some(token);
-                Ok(header)
+                form
             }
             Credentials::Federated {
                 client_id,
                 id_token,
-            } => {
-                let mut cached = self.token.lock().await;
-                let now = self.config.clock.now();
-                if let Some(token) = cached.as_ref()
-                    && now + TOKEN_MARGIN < token.expires
-                {
-                    return Ok(format!("Bearer {}", token.secret.expose()));
-                }
-                let jwt = id_token.read()?;
-                let form = vec![
-                    ("client_id", client_id.clone()),
-                    ("jwt", jwt.expose().to_owned()),
-                ];
-                let token = self
-                    .mint_token("/oauth/token-exchange", &form, "token exchange")
-                    .await?;
-                let header = format!("Bearer {}", token.secret.expose());
-                *cached = Some(token);
-                Ok(header)
-            }
-        }
+            } => vec![
+                ("client_id", client_id.clone()),
+                ("jwt", id_token.read()?.expose().to_owned()),
+            ],
+        })
     }
 
     /// Trades `form` at `path` (`/oauth/token` or `/oauth/token-exchange`) for an access

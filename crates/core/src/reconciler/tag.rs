@@ -62,7 +62,6 @@ impl Reconciler {
         )
         .await;
         let (outcomes, latest) = gathered.into_inner().unwrap_or_default();
-        drop(requests);
         let now = self.now();
         let mut changes: Vec<(Request, Vec<Event>)> = Vec::new();
         let mut failures: BTreeMap<String, (ChangeError, Vec<Request>)> = BTreeMap::new();
