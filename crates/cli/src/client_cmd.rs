@@ -7,32 +7,33 @@ use serde_json::{Value, json};
 use crate::Failure;
 use crate::table;
 
-#[derive(Args, Clone)]
+/// The flags of every command that talks to a tidegate server (added to those commands only).
+#[derive(Args, Clone, Default)]
 pub struct Connection {
     /// The tidegate server.
-    #[arg(
-        long,
-        global = true,
-        env = "TIDEGATE_SERVER",
-        default_value = "http://127.0.0.1:8080"
-    )]
+    #[arg(long, env = "TIDEGATE_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// An API token (`tidegate token create`).
-    #[arg(long, global = true, env = "TIDEGATE_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TIDEGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print the API's JSON objects.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
+    /// Print times in UTC (RFC 3339) instead of "in 42 min".
+    #[arg(long)]
+    pub utc: bool,
 }
 
 #[derive(Subcommand)]
 pub enum ClientCommand {
     /// Request an entitlement.
     Request {
+        /// The entitlement (`tidegate entitlements` lists yours).
         entitlement: String,
         /// How long, e.g. 2h (default: the entitlement's default).
         #[arg(long = "for")]
         duration: Option<String>,
+        /// Why: a ticket or incident, e.g. INC-4211.
         #[arg(long, default_value = "")]
         reason: String,
         /// posture entitlements: your device (hostname, MagicDNS name or ID); repeatable.
@@ -44,51 +45,93 @@ pub enum ClientCommand {
         /// Grant it to yourself now (emergency; announced and reviewed).
         #[arg(long)]
         break_glass: bool,
+        /// Wait until the grant is active (exit 0), denied, cancelled or lapsed (exit 1).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. 10m) and exit 3.
+        #[arg(long, requires = "wait")]
+        wait_timeout: Option<String>,
     },
     /// Approve a request (or its pending extension).
     Approve {
+        /// The request's id.
         id: String,
+        /// A note kept with your approval.
         #[arg(long, default_value = "")]
         comment: String,
     },
-    /// Deny a request.
+    /// Deny a request (or its pending extension).
     Deny {
+        /// The request's id.
         id: String,
+        /// Why, told to the requester.
         #[arg(long, default_value = "")]
         comment: String,
     },
     /// End someone's access early (approvers and admins).
     Revoke {
+        /// The request's id.
         id: String,
+        /// Why, kept in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// End your own access early.
-    Drop { id: String },
+    Drop {
+        /// The request's id.
+        id: String,
+    },
     /// Withdraw your request before it is active.
-    Cancel { id: String },
+    Cancel {
+        /// The request's id.
+        id: String,
+    },
     /// Ask for more time on an active grant (needs approval).
     Extend {
+        /// The request's id.
         id: String,
+        /// How much more, e.g. 30m.
         #[arg(long = "for")]
         duration: String,
+        /// Why more time is needed.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// Claim the auth key of an approved authkey request (shown once).
-    Key { id: String },
-    /// List requests.
+    Key {
+        /// The request's id.
+        id: String,
+    },
+    /// List requests, newest first.
     List {
+        /// Only your own requests.
         #[arg(long)]
         mine: bool,
-        /// Requests waiting for your review.
+        /// Requests (and extensions) waiting for your review.
         #[arg(long)]
         pending: bool,
+        /// Only active grants (same as --state active).
         #[arg(long)]
         active: bool,
+        /// Only these states, comma-separated: pending, approved, active, denied, cancelled,
+        /// expired, revoked, failed.
+        #[arg(long, value_delimiter = ',')]
+        state: Vec<String>,
+        /// Only this entitlement.
+        #[arg(long)]
+        entitlement: Option<String>,
+        /// Only this requester's (a login).
+        #[arg(long)]
+        requester: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
     /// Show one request.
-    Show { id: String },
+    Show {
+        /// The request's id.
+        id: String,
+    },
     /// Who the token belongs to.
     Whoami,
     /// The entitlements you may request.
@@ -176,7 +219,33 @@ pub(crate) fn printable(raw: &str) -> String {
         .collect()
 }
 
-fn print_request(r: &Value) {
+/// How times are printed: relative to now ("in 42 min"), or UTC with `--utc`.
+#[derive(Clone, Copy)]
+pub(crate) struct Times {
+    utc: bool,
+    now: time::OffsetDateTime,
+}
+
+impl Times {
+    pub(crate) fn new(connection: &Connection) -> Times {
+        // The CLI is the edge: the terminal's reader lives in the machine's clock.
+        Times {
+            utc: connection.utc,
+            now: tailnet::Clock::now(&tailnet::SystemClock),
+        }
+    }
+
+    /// A time field of an API object as printed.
+    pub(crate) fn of(&self, v: &Value, key: &str) -> String {
+        let raw = text(v, key);
+        match tailnet::clock::parse_rfc3339(&raw) {
+            Some(t) if !self.utc => tidegate_core::relative(t, self.now),
+            _ => raw,
+        }
+    }
+}
+
+fn print_request(r: &Value, times: Times) {
     println!(
         "{}  {}  {}",
         text(r, "id"),
@@ -230,11 +299,20 @@ fn print_request(r: &Value) {
         );
         print_reviews(ext.get("reviews"), "  extension ");
     }
-    for key in ["activated_at", "expires_at", "ended_at", "end_reason"] {
-        let v = text(r, key);
+    for (key, label) in [
+        ("created_at", "asked"),
+        ("activated_at", "active since"),
+        ("expires_at", "expires"),
+        ("ended_at", "ended"),
+    ] {
+        let v = times.of(r, key);
         if !v.is_empty() {
-            println!("  {key}: {v}");
+            println!("  {label:<10} {v}");
         }
+    }
+    let why = text(r, "end_reason");
+    if !why.is_empty() {
+        println!("  ended because: {why}");
     }
     match r["removal"].as_str() {
         Some("in progress") => println!("  removal from the tailnet: in progress"),
@@ -255,6 +333,7 @@ fn print_request(r: &Value) {
 pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), Failure> {
     use reqwest::Method;
     let client = Client::new(connection)?;
+    let times = Times::new(connection);
     let post = |path: String, body: Value| {
         let client = &client;
         async move { client.call(Method::POST, &path, Some(body)).await }
@@ -267,6 +346,8 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
             device,
             start,
             break_glass,
+            wait,
+            wait_timeout,
         } => {
             let mut body = json!({"entitlement": entitlement, "reason": reason, "devices": device, "break_glass": break_glass});
             if let Some(d) = duration {
@@ -275,7 +356,18 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
             if let Some(s) = start {
                 body["start_at"] = json!(s);
             }
-            post("/api/requests".into(), body).await?
+            if !wait {
+                post("/api/requests".into(), body).await?
+            } else {
+                let timeout = wait_timeout
+                    .map(|t| {
+                        t.parse::<tidegate_core::Span>()
+                            .map_err(|e| Failure::Usage(format!("--wait-timeout {t:?}: {e}")))
+                    })
+                    .transpose()?;
+                let created = post("/api/requests".into(), body).await.map_err(as_error)?;
+                return wait_for_grant(&client, created, timeout, connection.json).await;
+            }
         }
         ClientCommand::Approve { id, comment } => {
             post(
@@ -327,8 +419,12 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
             mine,
             pending,
             active,
+            mut state,
+            entitlement,
+            requester,
+            limit,
         } => {
-            let mut query = Vec::new();
+            let mut query = vec![format!("limit={limit}")];
             if mine {
                 query.push("mine=true".to_owned());
             }
@@ -336,7 +432,16 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                 query.push("review=true".to_owned());
             }
             if active {
-                query.push("state=active".to_owned());
+                state.push("active".to_owned());
+            }
+            if !state.is_empty() {
+                query.push(format!("state={}", encode(&state.join(","))));
+            }
+            if let Some(e) = entitlement {
+                query.push(format!("entitlement={}", encode(&e)));
+            }
+            if let Some(r) = requester {
+                query.push(format!("requester={}", encode(&r)));
             }
             let path = format!("/api/requests?{}", query.join("&"));
             let v = client.call(Method::GET, &path, None).await?;
@@ -361,10 +466,10 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                         text(r, "entitlement"),
                         text(r, "requester"),
                         text(r, "duration"),
-                        match text(r, "ended_at") {
+                        match times.of(r, "ended_at") {
                             // An ended grant shows when it ended, not the end it would have had.
                             ended if !ended.is_empty() => format!("ended {ended}"),
-                            _ => text(r, "expires_at"),
+                            _ => times.of(r, "expires_at"),
                         },
                         text(r, "reason"),
                     ]
@@ -382,7 +487,7 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                             "ENTITLEMENT",
                             "REQUESTER",
                             "FOR",
-                            "EXPIRES",
+                            "ENDS",
                             "REASON"
                         ],
                         &rows
@@ -472,7 +577,117 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
             serde_json::to_string_pretty(&result).unwrap_or_default()
         );
     } else {
-        print_request(&result);
+        print_request(&result, times);
     }
     Ok(())
+}
+
+/// A query parameter's value, percent-encoded.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// While waiting, every failure is exit 2; exit 1 is kept for "denied or lapsed".
+fn as_error(f: Failure) -> Failure {
+    match f {
+        Failure::Rejected(m) => Failure::Usage(m),
+        other => other,
+    }
+}
+
+/// `request --wait`: polls the request until its access is usable (exit 0), it ended without
+/// (denied, cancelled, lapsed: exit 1), or the timeout passed (exit 3), with a spinner on a
+/// terminal.
+async fn wait_for_grant(
+    client: &Client,
+    created: Value,
+    timeout: Option<tidegate_core::Span>,
+    json: bool,
+) -> Result<(), Failure> {
+    let id = text(&created, "id");
+    // An auth key's grant is usable once approved: the key is claimed, not applied.
+    let entitlements = client
+        .call(reqwest::Method::GET, "/api/entitlements", None)
+        .await
+        .map_err(as_error)?;
+    let is_key = entitlements["entitlements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["name"] == created["entitlement"] && e["strategy"] == "authkey");
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let started = std::time::Instant::now();
+    let mut current = created;
+    loop {
+        let state = text(&current, "state");
+        let done = match state.as_str() {
+            "active" => Some(Ok(format!("{id} is active: access granted"))),
+            "approved" if is_key => Some(Ok(format!(
+                "{id} is approved: claim the key with `tidegate key {id}`"
+            ))),
+            "denied" | "cancelled" | "expired" | "revoked" | "failed" => {
+                let why = [text(&current, "end_reason")]
+                    .into_iter()
+                    .chain(
+                        current["reviews"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|r| r["approve"] == false)
+                            .map(|r| format!("{}: {}", text(r, "reviewer"), text(r, "comment"))),
+                    )
+                    .filter(|w| !w.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Some(Err(format!(
+                    "{id} was {state}{}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({why})")
+                    }
+                )))
+            }
+            _ => None,
+        };
+        if let Some(outcome) = done {
+            spinner.finish_and_clear();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&current).unwrap_or_default()
+                );
+            }
+            return match outcome {
+                Ok(message) => {
+                    eprintln!("{message}");
+                    Ok(())
+                }
+                Err(message) => Err(Failure::Rejected(message)),
+            };
+        }
+        if let Some(limit) = timeout
+            && started.elapsed().as_secs() >= limit.as_secs()
+        {
+            spinner.finish_and_clear();
+            return Err(Failure::TimedOut(format!(
+                "{id} is still {state} after {limit}; `tidegate show {id}` follows it"
+            )));
+        }
+        spinner.set_message(format!("{id}: {state}, waiting"));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        current = client
+            .call(reqwest::Method::GET, &format!("/api/requests/{id}"), None)
+            .await
+            .map_err(as_error)?;
+    }
 }

@@ -40,6 +40,7 @@ pub enum MachineCommand {
     /// outstayed node_ttl), and tagged devices whose tags nothing explains (no machine
     /// entitlement mints them, no tagOwner matches their user).
     Nodes {
+        /// The configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
         /// The report as JSON.

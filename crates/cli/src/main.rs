@@ -12,7 +12,7 @@ mod table;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -23,8 +23,6 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    connection: client_cmd::Connection,
     /// Log lines on standard error: readable text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -72,6 +70,7 @@ enum Command {
     Emulator(emulator_cmd::EmulatorArgs),
     /// Run the tidegate server (API and reconciler).
     Serve {
+        /// The configuration file (TOML; see examples/tidegate.toml).
         #[arg(long)]
         config: std::path::PathBuf,
         /// Listen here instead of the config's `[server] listen` (replicas on one machine).
@@ -81,6 +80,7 @@ enum Command {
     /// Try tidegate locally: an emulated tailnet, the server on SQLite, tokens for the example
     /// users.
     Demo {
+        /// Where the server listens: ADDRESS:PORT, or a bare PORT on 127.0.0.1.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
         /// Stop after this many seconds (default: at Ctrl-C).
@@ -95,7 +95,9 @@ enum Command {
     /// Adopt a managed group: its standing members (there before tidegate managed it) lose
     /// their standing and become drift, removed where the entitlement says remove_drift.
     Adopt {
+        /// The managed group, e.g. group:prod-access.
         group: String,
+        /// The configuration file (TOML).
         #[arg(long)]
         config: std::path::PathBuf,
     },
@@ -109,8 +111,46 @@ enum Command {
         #[command(subcommand)]
         command: server_cmd::AuditCommand,
     },
+    /// Shell completions: `source <(tidegate completions bash)`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on standard output, or one page per command into a directory.
+    Man {
+        /// Write tidegate.1 and a page per subcommand (tidegate-request.1, ...) here.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
+}
+
+/// The command line: the derived commands, with the client's connection flags (`--server`,
+/// `--token`, `--json`, `--utc`) added to the commands that talk to a server and to no others.
+fn cli_command() -> clap::Command {
+    let mut cli = Cli::command();
+    let client: Vec<String> = cli
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .filter(|name| client_cmd::ClientCommand::has_subcommand(name))
+        .collect();
+    for name in client {
+        cli = cli.mut_subcommand(name, client_cmd::Connection::augment_args);
+    }
+    // `token list|revoke` talk to the server unless given --config; `token create` ignores them.
+    cli.mut_subcommand("token", |token| {
+        client_cmd::Connection::augment_args(token).mut_args(|a| a.global(true))
+    })
+}
+
+/// The connection flags of the command that was run (defaults where it has none).
+fn connection(matches: &clap::ArgMatches) -> client_cmd::Connection {
+    matches
+        .subcommand()
+        .filter(|(_, sub)| sub.try_get_one::<String>("server").is_ok())
+        .and_then(|(_, sub)| client_cmd::Connection::from_arg_matches(sub).ok())
+        .unwrap_or_default()
 }
 
 /// Runs an async command on a fresh runtime.
@@ -129,6 +169,8 @@ pub enum Failure {
     Rejected(String),
     /// Bad usage or unreadable input: exit 2.
     Usage(String),
+    /// Waited as long as asked and nothing was decided: exit 3.
+    TimedOut(String),
 }
 
 impl From<std::io::Error> for Failure {
@@ -138,12 +180,17 @@ impl From<std::io::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = cli_command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let connection = connection(&matches);
     let default_level = match cli.command {
         Command::Serve { .. } | Command::Demo { .. } | Command::Emulator(_) => "info",
         _ => "warn",
     };
-    if let Err(Failure::Usage(message) | Failure::Rejected(message)) =
+    if let Err(Failure::Usage(message) | Failure::Rejected(message) | Failure::TimedOut(message)) =
         init_logging(cli.log_format, cli.log_level.as_deref(), default_level)
     {
         eprintln!("tidegate: {message}");
@@ -157,11 +204,21 @@ fn main() -> ExitCode {
             listen,
             for_seconds,
         } => block_on(server_cmd::demo(&listen, for_seconds)),
-        Command::Token { command } => block_on(server_cmd::token(command, &cli.connection)),
+        Command::Token { command } => block_on(server_cmd::token(command, &connection)),
         Command::Audit { command } => block_on(server_cmd::audit(command)),
         Command::Machine { command } => block_on(machine_cmd::run(command)),
         Command::Adopt { group, config } => block_on(server_cmd::adopt(&config, &group)),
-        Command::Client(command) => block_on(client_cmd::run(&cli.connection, command)),
+        Command::Client(command) => block_on(client_cmd::run(&connection, command)),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut cli_command(),
+                "tidegate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { output } => man_pages(output.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,5 +232,81 @@ fn main() -> ExitCode {
             eprintln!("tidegate: {message}");
             ExitCode::from(2)
         }
+        Err(Failure::TimedOut(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// `tidegate man`: clap's own roff generator over the same command tree the parser uses.
+fn man_pages(output: Option<&std::path::Path>) -> Result<(), Failure> {
+    let cli = cli_command();
+    let Some(dir) = output else {
+        return clap_mangen::Man::new(cli)
+            .render(&mut std::io::stdout())
+            .map_err(Failure::from);
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    let write = |name: &str, command: clap::Command| -> Result<(), Failure> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(command).render(&mut out)?;
+        std::fs::write(&path, out)
+            .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))
+    };
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("tidegate-{}", sub.get_name());
+        write(
+            &name,
+            sub.clone()
+                .display_name(name.clone())
+                .bin_name(format!("tidegate {}", sub.get_name())),
+        )?;
+    }
+    write("tidegate", cli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&cli_command(), "tidegate", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    #[test]
+    fn client_flags_are_only_on_client_commands() {
+        let cli = cli_command();
+        let has_server = |name: &str| {
+            cli.find_subcommand(name)
+                .is_some_and(|s| s.get_arguments().any(|a| a.get_id() == "server"))
+        };
+        for client in ["request", "list", "approve", "show", "token"] {
+            assert!(has_server(client), "{client} lacks --server");
+        }
+        for local in ["serve", "demo", "policy", "emulator", "adopt", "audit"] {
+            assert!(!has_server(local), "{local} shows --server");
+        }
+        cli.debug_assert();
     }
 }

@@ -12,6 +12,7 @@ use crate::table;
 pub enum PolicyCommand {
     /// Check that a policy file is valid (exit 0) or say why not (exit 1).
     Check {
+        /// The policy file (HuJSON).
         file: PathBuf,
         /// Also check it against this tailnet's users (for user:*@domain).
         #[arg(long)]
@@ -19,13 +20,17 @@ pub enum PolicyCommand {
     },
     /// Run the policy's own `tests` and `sshTests`.
     Test {
+        /// The policy file (HuJSON).
         file: PathBuf,
+        /// The tailnet's users and devices as JSON: {"users": [...], "devices": [...]}.
         #[arg(long)]
         inventory: Option<PathBuf>,
     },
     /// Print what each device receives: packet filter and SSH rules, in Tailscale's wire format.
     Compile {
+        /// The policy file (HuJSON).
         file: PathBuf,
+        /// The tailnet's users and devices as JSON: {"users": [...], "devices": [...]}.
         #[arg(long)]
         inventory: PathBuf,
         /// Only this device (name, hostname, ID or address).
@@ -34,37 +39,52 @@ pub enum PolicyCommand {
     },
     /// Who can reach DEVICE:PORT, and through which rules.
     WhoCan {
+        /// The policy file (HuJSON).
         file: PathBuf,
+        /// The tailnet's users and devices as JSON: {"users": [...], "devices": [...]}.
         #[arg(long)]
         inventory: PathBuf,
+        /// The destination device and port.
         #[arg(long, value_name = "DEVICE:PORT")]
         reach: String,
+        /// The IP protocol: tcp, udp, icmp ...
         #[arg(long, default_value = "tcp")]
         proto: String,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// What a user, device or address can reach.
     Reach {
+        /// The policy file (HuJSON).
         file: PathBuf,
+        /// The tailnet's users and devices as JSON: {"users": [...], "devices": [...]}.
         #[arg(long)]
         inventory: PathBuf,
+        /// A user's login, a device (name or address) or an IP.
         #[arg(long, value_name = "USER_OR_DEVICE")]
         from: String,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// May SRC reach DEVICE:PORT, and which rules allow it (with their lines).
     Explain {
+        /// The policy file (HuJSON).
         file: PathBuf,
+        /// The tailnet's users and devices as JSON: {"users": [...], "devices": [...]}.
         #[arg(long)]
         inventory: PathBuf,
+        /// The source: a user's login, a device or an IP.
         #[arg(long, value_name = "USER_DEVICE_OR_IP")]
         src: String,
+        /// The destination device and port.
         #[arg(long, value_name = "DEVICE:PORT")]
         dst: String,
+        /// The IP protocol: tcp, udp, icmp ...
         #[arg(long, default_value = "tcp")]
         proto: String,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },

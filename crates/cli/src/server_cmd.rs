@@ -180,30 +180,38 @@ pub async fn serve(config_path: &Path, listen: Option<String>) -> Result<(), Fai
 pub enum TokenCommand {
     /// Create an API token for a user; it is printed once and stored hashed.
     Create {
+        /// The configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// The user's login (user@domain).
         #[arg(long)]
         user: String,
         /// How long it lasts (e.g. 30d); without it, until revoked.
         #[arg(long)]
         ttl: Option<String>,
+        /// What the token is for, shown by token list.
         #[arg(long, default_value = "")]
         description: String,
     },
     /// List your API tokens and web sessions (id, kind, description, created, last used,
     /// expires); with --config and --user, an operator lists anyone's.
     List {
+        /// The configuration file (TOML).
         #[arg(long, requires = "user")]
         config: Option<PathBuf>,
+        /// The user's login (user@domain).
         #[arg(long, requires = "config")]
         user: Option<String>,
     },
     /// Revoke one of your tokens (or sessions) by its id from `token list`, never its secret;
     /// with --config and --user, an operator revokes anyone's.
     Revoke {
+        /// The token's id from token list (never its secret).
         id: String,
+        /// The configuration file (TOML).
         #[arg(long, requires = "user")]
         config: Option<PathBuf>,
+        /// The user's login (user@domain).
         #[arg(long, requires = "config")]
         user: Option<String>,
     },
@@ -398,6 +406,7 @@ pub async fn adopt(config_path: &Path, group: &str) -> Result<(), Failure> {
 pub enum AuditCommand {
     /// Check the hash chain: exit 1 and say where if any entry was edited or deleted.
     Verify {
+        /// The configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
         /// A manifest from `audit export` to check the log against (catches a cut-off tail).
@@ -406,8 +415,10 @@ pub enum AuditCommand {
     },
     /// Export the log as JSON lines or CSV, and a manifest of hashes for auditors.
     Export {
+        /// The configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// JSON lines or CSV.
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv"])]
         format: String,
         /// Write here (and the manifest next to it as FILE.manifest.json); default stdout.

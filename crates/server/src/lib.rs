@@ -221,6 +221,8 @@ struct ListQuery {
     mine: bool,
     state: Option<String>,
     entitlement: Option<String>,
+    /// Only this requester's.
+    requester: Option<String>,
     /// Requests waiting for the caller's review.
     #[serde(default)]
     review: bool,
@@ -310,6 +312,7 @@ async fn list(
             );
         }
     }
+    filter.requester = q.requester;
     if q.mine {
         filter.requester = Some(who.login().to_owned());
     }

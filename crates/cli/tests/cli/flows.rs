@@ -251,3 +251,206 @@ fn an_auth_key_is_claimed_in_the_web_ui_and_shown_once() {
         "{text}"
     );
 }
+
+/// `list` filters by state, entitlement, requester and count, and prints times relative to now
+/// (UTC with `--utc`).
+#[test]
+fn list_filters_and_reads_times_relatively() {
+    let demo = Demo::start();
+    let (dave, carol, alice) = ("dave@example.com", "carol@example.com", "alice@example.com");
+    let first = demo.json(
+        dave,
+        &["request", "prod-ssh", "--for", "2h", "--reason", "INC-1"],
+    );
+    let first = first["id"].as_str().unwrap().to_owned();
+    demo.json(
+        carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-2"],
+    );
+    demo.json(
+        dave,
+        &[
+            "request",
+            "network-admin",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-3",
+        ],
+    );
+    demo.json(alice, &["approve", &first]);
+    wait_until("the grant to apply", || {
+        demo.json(dave, &["show", &first])["state"] == "active"
+    });
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["list"];
+        all.extend_from_slice(args);
+        demo.json(alice, &all)["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r["requester"].as_str().unwrap(),
+                    r["entitlement"].as_str().unwrap(),
+                    r["state"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ids(&["--state", "active"]),
+        vec!["dave@example.com prod-ssh active"]
+    );
+    assert_eq!(
+        ids(&["--entitlement", "network-admin"]),
+        vec!["dave@example.com network-admin pending"]
+    );
+    assert_eq!(
+        ids(&["--requester", carol]),
+        vec!["carol@example.com prod-ssh pending"]
+    );
+    assert_eq!(
+        ids(&[
+            "--state",
+            "pending,active",
+            "--entitlement",
+            "prod-ssh",
+            "--limit",
+            "1"
+        ])
+        .len(),
+        1
+    );
+    let bad = demo.as_user(alice, &["list", "--state", "sleeping"]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(
+        crate::stderr(&bad).contains("sleeping"),
+        "{}",
+        crate::stderr(&bad)
+    );
+
+    let table = stdout(&demo.as_user(dave, &["list", "--mine", "--state", "active"]));
+    assert!(
+        table.contains("in 1 h 59 min") || table.contains("in 2 h"),
+        "relative: {table}"
+    );
+    let utc = stdout(&demo.as_user(dave, &["list", "--mine", "--state", "active", "--utc"]));
+    assert!(utc.contains("Z") && !utc.contains(" in "), "UTC: {utc}");
+    let shown = stdout(&demo.as_user(dave, &["show", &first]));
+    assert!(
+        shown.contains("expires") && shown.contains("in 1 h 59 min") || shown.contains("in 2 h"),
+        "{shown}"
+    );
+}
+
+/// `request --wait` blocks until the grant is active (exit 0), denied (exit 1), or the wait
+/// times out (exit 3).
+#[test]
+fn request_wait_exits_with_the_outcome() {
+    let demo = Demo::start();
+    let (dave, alice) = ("dave@example.com", "alice@example.com");
+    let waiting = |reason: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec![
+            "request", "prod-ssh", "--for", "1h", "--reason", reason, "--wait",
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"));
+        cmd.args(&args)
+            .env("TIDEGATE_SERVER", &demo.server)
+            .env("TIDEGATE_TOKEN", &demo.tokens[dave])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let pending_of = |reason: &str| -> String {
+        let mut found = String::new();
+        wait_until("the request to be listed", || {
+            let list = demo.json(alice, &["list", "--pending"]);
+            if let Some(r) = list["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["reason"] == reason)
+            {
+                found = r["id"].as_str().unwrap().to_owned();
+                true
+            } else {
+                false
+            }
+        });
+        found
+    };
+
+    let approved = waiting("INC-W1", &[]);
+    let id = pending_of("INC-W1");
+    demo.json(alice, &["approve", &id]);
+    let out = approved.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", crate::stderr(&out));
+    assert!(
+        crate::stderr(&out).contains("active"),
+        "{}",
+        crate::stderr(&out)
+    );
+
+    let denied = waiting("INC-W2", &[]);
+    let id = pending_of("INC-W2");
+    demo.json(alice, &["deny", &id, "--comment", "use staging"]);
+    let out = denied.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", crate::stderr(&out));
+    assert!(
+        crate::stderr(&out).contains("use staging"),
+        "{}",
+        crate::stderr(&out)
+    );
+
+    let out = waiting("INC-W3", &["--wait-timeout", "2s"])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", crate::stderr(&out));
+    assert!(
+        crate::stderr(&out).contains("still pending"),
+        "{}",
+        crate::stderr(&out)
+    );
+
+    let out = demo.as_user(dave, &["request", "prod-sh", "--reason", "x", "--wait"]);
+    assert_eq!(out.status.code(), Some(2), "{}", crate::stderr(&out));
+}
+
+/// Completions and a man page come from clap's generators; server commands do not offer the
+/// client's flags.
+#[test]
+fn completions_man_page_and_help() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = crate::tidegate(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(stdout(&out).contains("request"), "{shell}");
+    }
+    let man = crate::tidegate(&["man"]);
+    assert!(
+        stdout(&man).starts_with(".ie") || stdout(&man).contains(".TH tidegate"),
+        "{}",
+        stdout(&man)
+    );
+    let dir = std::env::temp_dir().join(format!("tidegate-man-{}", std::process::id()));
+    assert_eq!(
+        crate::tidegate(&["man", "--output", dir.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert!(dir.join("tidegate-request.1").exists() && dir.join("tidegate.1").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+    let serve = stdout(&crate::tidegate(&["serve", "--help"]));
+    assert!(
+        !serve.contains("--server") && !serve.contains("--token"),
+        "{serve}"
+    );
+    let request = stdout(&crate::tidegate(&["request", "--help"]));
+    assert!(
+        request.contains("--server") && request.contains("--wait"),
+        "{request}"
+    );
+}

@@ -121,40 +121,12 @@ fn service_error(viewer: &Viewer, e: impl std::fmt::Display, status: StatusCode)
     message(status, "Could not do that", Some(viewer), &e.to_string())
 }
 
-/// "in 1 h 12 min" / "3 min ago".
-pub fn relative(t: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
-    let d = t - now;
-    let secs = d.whole_seconds().abs();
-    if secs < 5 {
-        return "just now".to_owned();
-    }
-    let text = if secs < 60 {
-        format!("{secs} s")
-    } else if secs < 3600 {
-        format!("{} min", secs / 60)
-    } else if secs < 86_400 {
-        let m = (secs % 3600) / 60;
-        if m == 0 {
-            format!("{} h", secs / 3600)
-        } else {
-            format!("{} h {m} min", secs / 3600)
-        }
-    } else {
-        format!("{} d {} h", secs / 86_400, (secs % 86_400) / 3600)
-    };
-    if d.is_negative() {
-        format!("{text} ago")
-    } else {
-        format!("in {text}")
-    }
-}
-
 /// A time in UTC with its relative form; the viewer's zone is applied by `<time>` readers.
 fn when(t: time::OffsetDateTime, now: time::OffsetDateTime) -> String {
     let text = tidegate_core::time_text(t);
     format!(
         "<time datetime=\"{text}\" title=\"{text}\">{}</time>",
-        esc(&relative(t, now))
+        esc(&tidegate_core::relative(t, now))
     )
 }
 
@@ -1370,16 +1342,5 @@ mod tests {
             assert_eq!(local_path(Some(bad)), "/", "{bad:?}");
         }
         assert_eq!(local_path(None), "/");
-    }
-
-    #[test]
-    fn relative_times_read_naturally() {
-        let now = time::macros::datetime!(2026-11-22 10:00 UTC);
-        let at = |secs: i64| relative(now + time::Duration::seconds(secs), now);
-        assert_eq!(at(2), "just now");
-        assert_eq!(at(4332), "in 1 h 12 min");
-        assert_eq!(at(7200), "in 2 h");
-        assert_eq!(at(-180), "3 min ago");
-        assert_eq!(at(90_000), "in 1 d 1 h");
     }
 }
