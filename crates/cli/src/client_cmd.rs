@@ -11,16 +11,21 @@ use crate::table;
 #[derive(Args, Clone, Default)]
 pub struct Connection {
     /// The tidegate server.
-    #[arg(long, env = "TIDEGATE_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "TIDEGATE_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub server: String,
     /// An API token (`tidegate token create`).
-    #[arg(long, env = "TIDEGATE_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "TIDEGATE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print the API's JSON objects.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     /// Print times in UTC (RFC 3339) instead of "in 42 min".
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub utc: bool,
 }
 
@@ -139,6 +144,44 @@ pub enum ClientCommand {
     /// Standing members of managed groups: there before tidegate managed the group, never
     /// removed until an admin adopts it (admins and auditors).
     Standing,
+    /// What requesting an entitlement would give you, on the chosen device, and who approves.
+    Preview {
+        /// The entitlement.
+        entitlement: String,
+        /// Posture and tag entitlements: the device it would be for (name, hostname or ID).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Who has access right now: active grants, each managed group's members and why they are
+    /// there, overdue removals (admins and auditors).
+    Access {
+        /// Only this managed group, e.g. group:prod-access.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only grants of this entitlement.
+        #[arg(long)]
+        entitlement: Option<String>,
+        /// Only this person's access (a login).
+        #[arg(long)]
+        requester: Option<String>,
+    },
+    /// Break-glass grants, to be reviewed after the fact (admins and auditors).
+    #[command(subcommand)]
+    BreakGlass(BreakGlassCommand),
+}
+
+#[derive(Subcommand)]
+pub enum BreakGlassCommand {
+    /// Break-glass grants, those not yet reviewed first.
+    List,
+    /// Mark one reviewed, saying what the review found.
+    Review {
+        /// The request's id.
+        id: String,
+        /// What the review found.
+        #[arg(long)]
+        note: String,
+    },
 }
 
 pub(crate) struct Client {
@@ -537,6 +580,101 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
             }
             v
         }
+        ClientCommand::Preview {
+            entitlement,
+            device,
+        } => {
+            let mut path = format!("/api/entitlements/{}/preview", encode(&entitlement));
+            if let Some(d) = device {
+                path.push_str(&format!("?device={}", encode(&d)));
+            }
+            let v = client.call(Method::GET, &path, None).await?;
+            if !connection.json {
+                print_preview(&v, times);
+                return Ok(());
+            }
+            v
+        }
+        ClientCommand::Access {
+            group,
+            entitlement,
+            requester,
+        } => {
+            let query: Vec<String> = [
+                ("group", group),
+                ("entitlement", entitlement),
+                ("requester", requester),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
+            .collect();
+            let v = client
+                .call(
+                    Method::GET,
+                    &format!("/api/access?{}", query.join("&")),
+                    None,
+                )
+                .await?;
+            if !connection.json {
+                print_access(&v, times);
+                return Ok(());
+            }
+            v
+        }
+        ClientCommand::BreakGlass(BreakGlassCommand::List) => {
+            let v = client.call(Method::GET, "/api/break-glass", None).await?;
+            if !connection.json {
+                let rows: Vec<Vec<String>> = v["requests"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            text(r, "id"),
+                            text(r, "requester"),
+                            text(r, "entitlement"),
+                            times.of(r, "created_at"),
+                            match r.get("break_glass_review") {
+                                Some(review) if review.is_object() => format!(
+                                    "reviewed by {}: {}",
+                                    text(review, "reviewer"),
+                                    text(review, "note")
+                                ),
+                                _ => "not reviewed".to_owned(),
+                            },
+                            text(r, "reason"),
+                        ]
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    println!("no break-glass grants");
+                } else {
+                    print!(
+                        "{}",
+                        table::render(
+                            &[
+                                "ID",
+                                "REQUESTER",
+                                "ENTITLEMENT",
+                                "TAKEN",
+                                "REVIEW",
+                                "REASON"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        ClientCommand::BreakGlass(BreakGlassCommand::Review { id, note }) => {
+            post(
+                format!("/api/requests/{id}/break-glass-review"),
+                json!({"note": note}),
+            )
+            .await?
+        }
         ClientCommand::Standing => {
             let v = client.call(Method::GET, "/api/standing", None).await?;
             if !connection.json {
@@ -580,6 +718,107 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
         print_request(&result, times);
     }
     Ok(())
+}
+
+fn print_preview(v: &Value, times: Times) {
+    println!("{}: {}", text(v, "entitlement"), text(v, "description"));
+    let list = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| printable(x.as_str().unwrap_or_default()))
+            .collect()
+    };
+    let devices = list("for_devices");
+    if !devices.is_empty() {
+        println!("  on:        {}", devices.join(", "));
+    }
+    println!("  gives:");
+    for line in list("gives") {
+        println!("    - {line}");
+    }
+    if v["auto_approved"] == true {
+        println!("  approval:  none needed (you are auto-approved)");
+    } else {
+        println!(
+            "  approval:  {} from {}",
+            v["approvals"],
+            list("approvers").join(", ")
+        );
+    }
+    println!(
+        "  duration:  {} by default, {} to {}",
+        text(v, "default_duration"),
+        text(v, "min_duration"),
+        text(v, "max_duration")
+    );
+    if let Some(h) = v.get("holding").filter(|h| h.is_object()) {
+        println!(
+            "  you already hold it ({}), until {}: `tidegate extend {} --for 30m` instead?",
+            text(h, "request"),
+            times.of(h, "expires_at"),
+            text(h, "request")
+        );
+    }
+}
+
+fn print_access(v: &Value, times: Times) {
+    for g in v["groups"].as_array().into_iter().flatten() {
+        let members = g["members"].as_array().cloned().unwrap_or_default();
+        println!("{} ({} members)", text(g, "group"), members.len());
+        for m in &members {
+            let why = match m["because"].as_str() {
+                Some("grant") => format!(
+                    "grant {}, ends {}",
+                    m["requests"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    times.of(m, "until")
+                ),
+                Some("standing") => "standing (there before tidegate)".to_owned(),
+                _ => "unexplained (drift)".to_owned(),
+            };
+            println!("  {:<28} {why}", text(m, "login"));
+        }
+    }
+    let rows = |key: &str| -> Vec<Vec<String>> {
+        v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                vec![
+                    text(r, "id"),
+                    text(r, "requester"),
+                    text(r, "entitlement"),
+                    times.of(r, "expires_at"),
+                ]
+            })
+            .collect()
+    };
+    let active = rows("active");
+    println!();
+    if active.is_empty() {
+        println!("no active grants");
+    } else {
+        print!(
+            "{}",
+            table::render(&["ACTIVE", "REQUESTER", "ENTITLEMENT", "ENDS"], &active)
+        );
+    }
+    let overdue = rows("overdue");
+    if !overdue.is_empty() {
+        println!();
+        print!(
+            "{}",
+            table::render(&["OVERDUE", "REQUESTER", "ENTITLEMENT", "ENDED"], &overdue)
+        );
+    }
 }
 
 /// A query parameter's value, percent-encoded.

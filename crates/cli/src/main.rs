@@ -127,7 +127,8 @@ enum Command {
 }
 
 /// The command line: the derived commands, with the client's connection flags (`--server`,
-/// `--token`, `--json`, `--utc`) added to the commands that talk to a server and to no others.
+/// `--token`, `--json`, `--utc`) added to the commands that talk to a server and to no others
+/// (global below them, so `token list` and `break-glass review` have them too).
 fn cli_command() -> clap::Command {
     let mut cli = Cli::command();
     let client: Vec<String> = cli
@@ -139,9 +140,7 @@ fn cli_command() -> clap::Command {
         cli = cli.mut_subcommand(name, client_cmd::Connection::augment_args);
     }
     // `token list|revoke` talk to the server unless given --config; `token create` ignores them.
-    cli.mut_subcommand("token", |token| {
-        client_cmd::Connection::augment_args(token).mut_args(|a| a.global(true))
-    })
+    cli.mut_subcommand("token", client_cmd::Connection::augment_args)
 }
 
 /// The connection flags of the command that was run (defaults where it has none).
@@ -149,7 +148,11 @@ fn connection(matches: &clap::ArgMatches) -> client_cmd::Connection {
     matches
         .subcommand()
         .filter(|(_, sub)| sub.try_get_one::<String>("server").is_ok())
-        .and_then(|(_, sub)| client_cmd::Connection::from_arg_matches(sub).ok())
+        .and_then(|(_, sub)| {
+            // Below a command group (`token list`), the leaf holds the values.
+            let leaf = sub.subcommand().map_or(sub, |(_, leaf)| leaf);
+            client_cmd::Connection::from_arg_matches(leaf).ok()
+        })
         .unwrap_or_default()
 }
 

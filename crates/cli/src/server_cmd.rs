@@ -656,8 +656,7 @@ pub async fn demo(listen: &str, for_seconds: Option<u64>) -> Result<(), Failure>
     println!("  tidegate request prod-ssh --for 1h --reason INC-4211");
     println!("then with alice's token:   tidegate list --pending   and   tidegate approve <ID>");
     println!(
-        "and watch group:prod-access change:  curl -s -H 'Authorization: Bearer {token}' {}/api/v2/tailnet/-/acl | grep -A2 '\"group:prod-access\"'",
-        emu.url()
+        "and watch group:prod-access change (alice's token):  tidegate access --group group:prod-access"
     );
     match for_seconds {
         Some(s) => tokio::time::sleep(std::time::Duration::from_secs(s)).await,

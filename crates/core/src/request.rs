@@ -73,6 +73,15 @@ pub struct Review {
     pub at: OffsetDateTime,
 }
 
+/// A break-glass grant looked at afterwards: who, when, and what they concluded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AfterReview {
+    pub reviewer: String,
+    pub note: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
 /// A request to lengthen an active grant; it needs approvals of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extension {
@@ -198,6 +207,9 @@ pub struct Request {
     /// Self-granted in an emergency; must be reviewed afterwards.
     #[serde(default)]
     pub break_glass: bool,
+    /// The after-the-fact review of a break-glass grant by an admin or auditor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass_review: Option<AfterReview>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension: Option<Extension>,
     /// Extensions granted, in order, with their reviews.
@@ -426,6 +438,7 @@ impl Request {
             ended_by: None,
             end_reason: None,
             break_glass: false,
+            break_glass_review: None,
             extension: None,
             extended: Vec::new(),
             tailnet: TailnetStatus::default(),
@@ -767,6 +780,47 @@ impl Request {
             SYSTEM,
             "grant.expired",
             serde_json::json!({}),
+        )])
+    }
+
+    /// An admin or auditor marks a break-glass grant reviewed, with what they found. Any state:
+    /// the review is of what happened, whether or not the grant has ended.
+    pub fn review_break_glass(
+        &mut self,
+        auditor: crate::access::Auditor<'_>,
+        note: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        if !self.break_glass {
+            return Err(LifecycleError::Invalid(format!(
+                "{} was not a break-glass grant: there is nothing to review afterwards",
+                self.id
+            )));
+        }
+        if let Some(done) = &self.break_glass_review {
+            return Err(LifecycleError::Invalid(format!(
+                "{} was already reviewed by {} at {}",
+                self.id,
+                done.reviewer,
+                crate::time_text(done.at)
+            )));
+        }
+        let note = note.trim();
+        if note.is_empty() {
+            return Err(LifecycleError::Invalid(
+                "say what the review found (a note is required)".into(),
+            ));
+        }
+        let reviewer = auditor.login().to_owned();
+        self.break_glass_review = Some(AfterReview {
+            reviewer: reviewer.clone(),
+            note: note.to_owned(),
+            at: now,
+        });
+        Ok(vec![self.event(
+            &reviewer,
+            "request.break_glass_reviewed",
+            serde_json::json!({"note": note}),
         )])
     }
 

@@ -719,6 +719,44 @@ impl Service {
         .await
     }
 
+    /// Marks a break-glass grant reviewed after the fact (admins and auditors), with a note.
+    pub async fn review_break_glass(
+        &self,
+        actor: &Actor,
+        id: &str,
+        note: &str,
+    ) -> Result<Request, ServiceError> {
+        self.change(actor, id, |r, _, _, now| {
+            let auditor = actor.auditor().ok_or_else(|| {
+                not_allowed(format!(
+                    "{} is not an admin or auditor: only they review break-glass grants",
+                    actor.login()
+                ))
+            })?;
+            Ok(r.review_break_glass(auditor, note, now)?)
+        })
+        .await
+    }
+
+    /// Break-glass grants, newest first: those not yet reviewed, then the reviewed ones.
+    pub async fn break_glass_grants(
+        &self,
+        auditor: Auditor<'_>,
+        limit: usize,
+    ) -> Result<Vec<Request>, ServiceError> {
+        let _ = auditor;
+        let mut all: Vec<Request> = self
+            .store
+            .requests(&RequestFilter::default())
+            .await?
+            .into_iter()
+            .filter(|r| r.break_glass)
+            .collect();
+        all.sort_by_key(|r| r.break_glass_review.is_some());
+        all.truncate(limit);
+        Ok(all)
+    }
+
     pub async fn extend(
         &self,
         actor: &Actor,

@@ -460,6 +460,90 @@ async fn audit_head(State(app): State<AppState>, Caller(who): Caller) -> ApiResu
 }
 
 /// Standing members of the managed groups (admins and auditors).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PreviewQuery {
+    /// A device for posture and tag grants (name, hostname or ID).
+    device: Option<String>,
+}
+
+/// What requesting an entitlement would give the caller, on the chosen device.
+async fn preview(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    ApiPath(name): ApiPath,
+    ApiQuery(q): ApiQuery<PreviewQuery>,
+) -> ApiResult<Json<Value>> {
+    let devices: Vec<String> = q.device.into_iter().collect();
+    Ok(Json(json!(
+        app.service.preview(who.login(), &name, &devices).await?
+    )))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AccessQuery {
+    entitlement: Option<String>,
+    requester: Option<String>,
+    group: Option<String>,
+}
+
+/// Who has access right now (admins and auditors).
+async fn access(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    ApiQuery(q): ApiQuery<AccessQuery>,
+) -> ApiResult<Json<Value>> {
+    let auditor = auditor(&who)?;
+    let filter = tidegate_core::overview::AccessFilter {
+        entitlement: q.entitlement,
+        requester: q.requester,
+        group: q.group,
+    };
+    let overview = app.service.access_overview(auditor, &filter).await?;
+    let now = app.service.now();
+    let mut v = json!(overview);
+    for list in ["active", "overdue"] {
+        v[list] = json!(
+            match list {
+                "active" => &overview.active,
+                _ => &overview.overdue,
+            }
+            .iter()
+            .map(|r| json_request(r, now))
+            .collect::<Vec<_>>()
+        );
+    }
+    Ok(Json(v))
+}
+
+/// Break-glass grants, those not yet reviewed first (admins and auditors).
+async fn break_glass(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    let auditor = auditor(&who)?;
+    let grants = app.service.break_glass_grants(auditor, 500).await?;
+    let now = app.service.now();
+    Ok(Json(
+        json!({ "requests": grants.iter().map(|r| json_request(r, now)).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    note: String,
+}
+
+/// Marks a break-glass grant reviewed after the fact, with a note.
+async fn review_break_glass(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath,
+    Body(b): Body<NoteBody>,
+) -> ApiResult<Json<Value>> {
+    let r = app.service.review_break_glass(&who, &id, &b.note).await?;
+    Ok(Json(json_request(&r, app.service.now())))
+}
+
 async fn standing(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
     let auditor = auditor(&who)?;
     let groups = app.service.standing(auditor).await?;
@@ -519,6 +603,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/whoami", get(whoami))
         .route("/api/entitlements", get(entitlements))
+        .route("/api/entitlements/{name}/preview", get(preview))
+        .route("/api/access", get(access))
+        .route("/api/break-glass", get(break_glass))
+        .route(
+            "/api/requests/{id}/break-glass-review",
+            post(review_break_glass),
+        )
         .route("/api/requests", get(list).post(create))
         .route("/api/requests/{id}", get(show))
         .route("/api/requests/{id}/approve", post(approve))

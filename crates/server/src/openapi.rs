@@ -38,10 +38,30 @@ pub fn document() -> Value {
             {"name": "review", "in": "query", "schema": {"type": "boolean"}, "description": "only pending requests the caller may review"},
             {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated states"},
             {"name": "entitlement", "in": "query", "schema": {"type": "string"}},
+            {"name": "requester", "in": "query", "schema": {"type": "string"}},
             {"name": "limit", "in": "query", "schema": {"type": "integer"}}
         ]);
         o
     };
+    let mut preview = op(
+        "What requesting it would give the caller: devices, what it gives, approvals, presets, an active grant already held",
+        None,
+        "Preview",
+    );
+    preview["parameters"] = json!([
+        {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+        {"name": "device", "in": "query", "schema": {"type": "string"}, "description": "posture and tag grants: the device it is for"}
+    ]);
+    let mut access = op(
+        "Who has access right now: active grants, managed groups' members and why, overdue removals (admins and auditors)",
+        None,
+        "Access",
+    );
+    access["parameters"] = json!([
+        {"name": "entitlement", "in": "query", "schema": {"type": "string"}},
+        {"name": "requester", "in": "query", "schema": {"type": "string"}},
+        {"name": "group", "in": "query", "schema": {"type": "string"}}
+    ]);
     let with_id = |mut o: Value| {
         o["parameters"] = id_param();
         o
@@ -57,6 +77,10 @@ pub fn document() -> Value {
             "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}},
             "/api/whoami": {"get": op("Who the token belongs to", None, "WhoAmI")},
             "/api/entitlements": {"get": op("Entitlements the caller may request", None, "EntitlementList")},
+            "/api/entitlements/{name}/preview": {"get": preview},
+            "/api/access": {"get": access},
+            "/api/break-glass": {"get": op("Break-glass grants, unreviewed first (admins and auditors)", None, "RequestList")},
+            "/api/requests/{id}/break-glass-review": {"post": with_id(op("Mark a break-glass grant reviewed, with a note (admins and auditors)", Some("Note"), "Request"))},
             "/api/requests": {"get": list, "post": create},
             "/api/requests/{id}": {"get": with_id(op("One request", None, "Request"))},
             "/api/requests/{id}/approve": {"post": with_id(op("Approve (a request or its pending extension)", Some("Comment"), "Request"))},
@@ -90,6 +114,23 @@ pub fn document() -> Value {
                     "start_at": {"type": "string", "format": "date-time"},
                     "devices": {"type": "array", "items": {"type": "string"}, "description": "posture entitlements: the requester's own devices"},
                     "break_glass": {"type": "boolean"}
+                }},
+                "Note": {"type": "object", "required": ["note"], "additionalProperties": false, "properties": {"note": {"type": "string"}}},
+                "Preview": {"type": "object", "required": ["entitlement", "gives", "approvals", "auto_approved", "duration_presets"], "properties": {
+                    "entitlement": {"type": "string"}, "gives": {"type": "array", "items": {"type": "string"}},
+                    "devices": {"type": "array", "items": {"type": "object"}}, "for_devices": {"type": "array", "items": {"type": "string"}},
+                    "approvals": {"type": "integer"}, "auto_approved": {"type": "boolean"},
+                    "duration_presets": {"type": "array", "items": {"type": "string"}},
+                    "holding": {"type": "object"}
+                }},
+                "Access": {"type": "object", "required": ["active", "groups", "overdue"], "properties": {
+                    "active": {"type": "array", "items": {"$ref": "#/components/schemas/Request"}},
+                    "overdue": {"type": "array", "items": {"$ref": "#/components/schemas/Request"}},
+                    "groups": {"type": "array", "items": {"type": "object", "properties": {
+                        "group": {"type": "string"}, "entitlements": {"type": "array", "items": {"type": "string"}},
+                        "members": {"type": "array", "items": {"type": "object", "properties": {
+                            "login": {"type": "string"}, "because": {"type": "string", "enum": ["grant", "standing", "unexplained"]},
+                            "requests": {"type": "array", "items": {"type": "string"}}, "until": {"type": "string", "format": "date-time"}}}}}}}
                 }},
                 "Comment": {"type": "object", "additionalProperties": false, "properties": {"comment": {"type": "string"}, "reason": {"type": "string"}}},
                 "Extend": {"type": "object", "required": ["duration"], "additionalProperties": false, "properties": {"duration": {"type": "string"}, "reason": {"type": "string"}}},

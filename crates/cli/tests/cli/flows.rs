@@ -454,3 +454,104 @@ fn completions_man_page_and_help() {
         "{request}"
     );
 }
+
+/// The preview follows the chosen device, refuses a tagged server by its name (not a node ID),
+/// and says when no approval is needed; the same read model in the API and the CLI.
+#[test]
+fn the_preview_follows_the_device_and_the_approvals() {
+    let demo = Demo::start();
+    let (alice, dave) = ("alice@example.com", "dave@example.com");
+    let laptop = demo.json(alice, &["preview", "prod-db", "--device", "alice-laptop"]);
+    assert_eq!(
+        laptop["for_devices"],
+        serde_json::json!(["alice-laptop"]),
+        "{laptop}"
+    );
+    assert_eq!(laptop["auto_approved"], true, "alice is an SRE: {laptop}");
+    assert_eq!(laptop["approvals"], 0);
+    let names: Vec<&str> = laptop["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["alice-laptop"], "no tagged servers offered");
+    let gives = laptop["gives"].to_string();
+    assert!(gives.contains("5432"), "{gives}");
+
+    let refused = demo.as_user(alice, &["preview", "prod-db", "--device", "db-1"]);
+    assert_ne!(refused.status.code(), Some(0));
+    let why = crate::stderr(&refused);
+    assert!(
+        why.contains("db-1") && why.contains("alice-laptop") && !why.contains("node"),
+        "{why}"
+    );
+
+    let text = stdout(&demo.as_user(dave, &["preview", "prod-ssh"]));
+    assert!(
+        text.contains("1 from group:sre") && text.contains("TCP 22"),
+        "{text}"
+    );
+    let text = stdout(&demo.as_user(alice, &["preview", "prod-db"]));
+    assert!(text.contains("none needed"), "{text}");
+}
+
+/// Who has access right now, per managed group, with why; the demo's hint command.
+#[test]
+fn access_overview_and_break_glass_review() {
+    let demo = Demo::start();
+    let (alice, dave, carol) = ("alice@example.com", "dave@example.com", "carol@example.com");
+    let r = demo.json(
+        dave,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-7"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    demo.json(alice, &["approve", &id]);
+    wait_until("the grant to apply", || {
+        demo.json(dave, &["show", &id])["state"] == "active"
+    });
+    let access = demo.json(alice, &["access", "--group", "group:prod-access"]);
+    let members = &access["groups"][0]["members"];
+    assert_eq!(members[0]["login"], dave, "{access}");
+    assert_eq!(members[0]["because"], "grant");
+    assert_eq!(members[0]["requests"][0], id.as_str());
+    let text = stdout(&demo.as_user(alice, &["access", "--group", "group:prod-access"]));
+    assert!(
+        text.contains("dave@example.com") && text.contains(&id),
+        "{text}"
+    );
+    let refused = demo.as_user(dave, &["access"]);
+    assert_ne!(refused.status.code(), Some(0));
+
+    // Break glass, then the after-the-fact review.
+    let bg = demo.json(
+        carol,
+        &["request", "prod-db", "--reason", "outage", "--break-glass"],
+    );
+    let bg = bg["id"].as_str().unwrap().to_owned();
+    let list = demo.json(alice, &["break-glass", "list"]);
+    assert_eq!(list["requests"][0]["id"], bg.as_str(), "{list}");
+    let no_note = demo.as_user(alice, &["break-glass", "review", &bg, "--note", " "]);
+    assert_ne!(no_note.status.code(), Some(0));
+    let not_auditor = demo.as_user(dave, &["break-glass", "review", &bg, "--note", "fine"]);
+    assert_ne!(not_auditor.status.code(), Some(0));
+    let done = demo.json(
+        alice,
+        &[
+            "break-glass",
+            "review",
+            &bg,
+            "--note",
+            "outage INC-8 confirmed",
+        ],
+    );
+    assert_eq!(done["break_glass_review"]["reviewer"], alice, "{done}");
+    let again = demo.as_user(alice, &["break-glass", "review", &bg, "--note", "again"]);
+    assert!(
+        crate::stderr(&again).contains("already reviewed"),
+        "{}",
+        crate::stderr(&again)
+    );
+    let table = stdout(&demo.as_user(alice, &["break-glass", "list"]));
+    assert!(table.contains("reviewed by alice@example.com"), "{table}");
+}

@@ -5,7 +5,6 @@
 //! times in the viewer's own zone.
 
 mod oidc;
-mod preview;
 pub mod session;
 
 use std::fmt::Write;
@@ -439,7 +438,7 @@ async fn render_request_form(
             devices.push(d.to_owned());
         }
     }
-    let gives = preview::Snapshot::default()
+    let gives = tidegate_core::preview::Snapshot::default()
         .what_it_gives(&app.service, chosen, &viewer.login, &devices)
         .await;
     body.push_str("<section aria-labelledby=\"gives\" class=\"gives\"><h2 id=\"gives\">What it gives</h2><ul>");
@@ -551,7 +550,7 @@ async fn approvals(State(app): State<AppState>, viewer: Viewer) -> Page {
         body.push_str("<p class=\"muted\">Nothing waiting for you.</p>");
     }
     // One read of the live policy and inventory for every request on the page.
-    let snapshot = preview::Snapshot::default();
+    let snapshot = tidegate_core::preview::Snapshot::default();
     for r in mine {
         let gives = match app.service.entitlement(&r.entitlement) {
             Ok(e) => {

@@ -32,6 +32,7 @@ pub fn request(id: &str, entitlement: &str, requester: &str, minutes: i64) -> Re
         ended_by: None,
         end_reason: None,
         break_glass: false,
+        break_glass_review: None,
         extension: None,
         extended: Vec::new(),
         tailnet: TailnetStatus::default(),

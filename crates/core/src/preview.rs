@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::entitlement::{Entitlement, Strategy};
+use crate::service::Service;
 use policy::{Engine, Inventory, Policy, Reachable};
-use tidegate_core::entitlement::{Entitlement, Strategy};
-use tidegate_core::service::Service;
 
 /// The live policy and inventory the statements are worked out on: read from the tailnet at
 /// most once per page, and only when a statement needs them.
@@ -67,8 +67,7 @@ impl Snapshot {
             let ids: Vec<String> = chosen_devices(&live.devices, login, devices)
                 .map(|d| d.node_id.clone())
                 .collect();
-            if let Err(refusal) =
-                tidegate_core::preflight::check(&live, &entitlement.strategy, login, &ids)
+            if let Err(refusal) = crate::preflight::check(&live, &entitlement.strategy, login, &ids)
             {
                 return vec![format!("refused: {refusal}")];
             }
@@ -183,18 +182,17 @@ impl Snapshot {
     }
 }
 
-/// The requester's devices among `names` (all of their own when none is named).
-fn chosen_devices<'a>(
+/// The requester's devices a device grant can be set on (their own, untagged), among `names`
+/// (all of them when none is named).
+pub fn chosen_devices<'a>(
     all: &'a [tailnet::Device],
     login: &'a str,
     names: &'a [String],
 ) -> impl Iterator<Item = &'a tailnet::Device> {
     all.iter().filter(move |d| {
         d.user == login
-            && (names.is_empty()
-                || names
-                    .iter()
-                    .any(|n| tidegate_core::service::device_matches(d, n)))
+            && d.tags.is_empty()
+            && (names.is_empty() || names.iter().any(|n| crate::service::device_matches(d, n)))
     })
 }
 
@@ -324,4 +322,156 @@ fn describe(gained: &[(String, String, String)]) -> Vec<String> {
             format!("{ports} to {what}: {}", targets.join(", "))
         })
         .collect()
+}
+
+/// Everything a person sees before asking for an entitlement: the read model of the request
+/// form, `GET /api/entitlements/{name}/preview` and `tidegate preview`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestPreview {
+    pub entitlement: String,
+    pub description: String,
+    pub requester: String,
+    pub strategy: &'static str,
+    pub default_duration: crate::Span,
+    pub min_duration: crate::Span,
+    pub max_duration: crate::Span,
+    /// Presets within the entitlement's bounds, for quick choice.
+    pub duration_presets: Vec<crate::Span>,
+    pub reason_required: bool,
+    pub break_glass_allowed: bool,
+    /// The requester's devices a device grant can go on (posture and tag strategies).
+    pub devices: Vec<DeviceChoice>,
+    /// The devices the preview was worked out for (the chosen one, or all of them).
+    pub for_devices: Vec<String>,
+    /// What the grant adds, in plain statements.
+    pub gives: Vec<String>,
+    /// Approved as soon as asked: the requester matches `auto_approve`.
+    pub auto_approved: bool,
+    pub approvals: u32,
+    pub approvers: Vec<String>,
+    /// An active grant of the same entitlement the requester already holds ("extend instead?").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holding: Option<Holding>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceChoice {
+    pub id: String,
+    /// The short name (MagicDNS name's first label).
+    pub name: String,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Holding {
+    pub request: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
+impl Service {
+    /// The preview of `entitlement` for `login`, on the chosen devices (all their own when
+    /// none). Unknown entitlements get the service's "did you mean" error.
+    pub async fn preview(
+        &self,
+        login: &str,
+        entitlement: &str,
+        devices: &[String],
+    ) -> Result<RequestPreview, crate::service::ServiceError> {
+        let e = self.entitlement(entitlement)?.clone();
+        let eligible = self.entitlements_for(login).await?;
+        if !eligible.iter().any(|x| x.name == e.name) {
+            return Err(crate::service::ServiceError::Invalid(format!(
+                "{login} may not request {}: not in its requesters",
+                e.name
+            )));
+        }
+        let live = self.live().await?;
+        let takes_devices = matches!(e.strategy, Strategy::Posture { .. } | Strategy::Tag { .. });
+        let choices: Vec<DeviceChoice> = if takes_devices {
+            chosen_devices(&live.devices, login, &[])
+                .map(|d| DeviceChoice {
+                    id: d.node_id.clone(),
+                    name: d.name.split('.').next().unwrap_or(&d.name).to_owned(),
+                    hostname: d.hostname.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let chosen: Vec<String> = devices.iter().filter(|d| !d.is_empty()).cloned().collect();
+        if let Some(unknown) = chosen
+            .iter()
+            .find(|n| !chosen_devices(&live.devices, login, std::slice::from_ref(*n)).any(|_| true))
+        {
+            return Err(crate::service::ServiceError::Invalid(format!(
+                "{unknown:?} is not one of {login}'s own devices (tagged servers cannot take a personal grant); choose one of: {}",
+                choices
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let for_devices = if takes_devices {
+            chosen_devices(&live.devices, login, &chosen)
+                .map(|d| d.name.split('.').next().unwrap_or(&d.name).to_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let gives = Snapshot::default()
+            .what_it_gives(self, &e, login, &chosen)
+            .await;
+        let auto_approved = live.directory.matches_any(&e.auto_approve, login);
+        let holding = self
+            .store()
+            .requests(&crate::store::RequestFilter {
+                states: vec![crate::request::State::Active],
+                requester: Some(login.to_owned()),
+                entitlement: Some(e.name.clone()),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .next()
+            .map(|r| Holding {
+                request: r.id,
+                expires_at: r.expires_at,
+            });
+        Ok(RequestPreview {
+            entitlement: e.name.clone(),
+            description: e.description.clone(),
+            requester: login.to_owned(),
+            strategy: e.strategy.name(),
+            default_duration: e.default_duration,
+            min_duration: e.min_duration,
+            max_duration: e.max_duration,
+            duration_presets: presets(e.min_duration, e.max_duration, e.default_duration),
+            reason_required: matches!(e.reason, crate::entitlement::ReasonRule::Required),
+            break_glass_allowed: e.break_glass,
+            devices: choices,
+            for_devices,
+            gives,
+            auto_approved,
+            approvals: if auto_approved { 0 } else { e.approvals },
+            approvers: e.approvers.iter().map(|s| s.to_string()).collect(),
+            holding,
+        })
+    }
+}
+
+/// Common durations within `[min, max]`, with the default among them.
+fn presets(min: crate::Span, max: crate::Span, default: crate::Span) -> Vec<crate::Span> {
+    let mut out: Vec<crate::Span> = [15 * 60, 30 * 60, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 86_400]
+        .into_iter()
+        .map(crate::Span::seconds)
+        .filter(|s| s.as_secs() >= min.as_secs() && s.as_secs() <= max.as_secs())
+        .collect();
+    if !out.contains(&default) {
+        out.push(default);
+        out.sort_by_key(|s| s.as_secs());
+    }
+    out
 }
