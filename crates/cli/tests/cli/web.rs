@@ -196,6 +196,8 @@ fn request_approve_and_drop_through_the_web_ui() {
     );
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let detail = location(&r);
+    assert!(detail.ends_with("?done=requested"), "{detail}");
+    let detail = detail.split('?').next().unwrap().to_owned();
     let id = detail.strip_prefix("/requests/").unwrap().to_owned();
 
     // Alice approves from her Approvals page.
@@ -229,7 +231,7 @@ fn request_approve_and_drop_through_the_web_ui() {
         ["dave@example.com"]
     );
     let (_, page) = dave.get("/");
-    assert!(page.contains("Expires <time"), "{page}");
+    assert!(page.contains("Ends <time"), "{page}");
     let r = dave.post(
         &format!("/requests/{id}/act"),
         &[("csrf", &csrf(&page)), ("action", "drop")],
@@ -262,16 +264,22 @@ fn request_approve_and_drop_through_the_web_ui() {
     for part in [
         "Overdue revocations",
         "Against the live policy",
-        "<td>prod-ssh</td><td>group group:prod-access</td><td>group:sre</td><td>ok</td>",
-        "<td>dave@example.com</td><td>member</td>",
+        "<td data-label=\"Name\">prod-ssh</td><td data-label=\"Strategy\">group group:prod-access</td><td data-label=\"Approvers\">group:sre</td><td data-label=\"Check\">ok</td>",
+        "Managed groups",
+    ] {
+        assert!(page.contains(part), "{part} in {page}");
+    }
+    let (_, page) = alice.get("/admin/inventory");
+    for part in [
+        "<td data-label=\"Login\">dave@example.com</td><td data-label=\"Role\">member</td>",
         "<strong>group:sre</strong>: alice@example.com, bob@example.com",
     ] {
         assert!(page.contains(part), "{part} in {page}");
     }
     // The audit log, filtered, and exported.
-    let (_, page) = alice.get("/admin?action=grant.applied");
-    assert!(page.contains("<td>grant.applied</td>"), "{page}");
-    assert!(!page.contains("<td>request.created</td>"), "{page}");
+    let (_, page) = alice.get("/admin/audit?action=grant.applied");
+    assert!(page.contains("<td data-label=\"Action\">grant.applied</td>"), "{page}");
+    assert!(!page.contains(">request.created</td>"), "{page}");
     let (status, jsonl) = alice.get("/admin/audit.jsonl");
     assert_eq!(status, StatusCode::OK);
     let entries: Vec<serde_json::Value> = jsonl
@@ -281,8 +289,8 @@ fn request_approve_and_drop_through_the_web_ui() {
     assert!(entries.len() >= 6 && entries.iter().all(|e| e["hash"].is_string()));
     assert_eq!(dave.get("/admin/audit.jsonl").0, StatusCode::FORBIDDEN);
 
-    // Signing out ends the session on the server too.
-    let (_, page) = dave.get("/");
+    // Signing out (from the account page) ends the session on the server too.
+    let (_, page) = dave.get("/account");
     let signed_in = dave.cookie.clone();
     let r = dave.post("/logout", &[("csrf", &csrf(&page))]);
     assert_eq!(r.status(), StatusCode::SEE_OTHER);

@@ -14,7 +14,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tidegate_core::config::OidcSettings;
 
-use super::{local_path, message, session};
+use super::layout::signed_out_message;
+use super::{local_path, session};
 use crate::AppState;
 
 const FLOW_COOKIE: &str = "tidegate_oidc";
@@ -89,11 +90,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 fn unavailable(text: &str) -> Response {
-    message(StatusCode::BAD_GATEWAY, "Sign-in failed", None, text).into_response()
+    signed_out_message(StatusCode::BAD_GATEWAY, "Sign-in failed", text).into_response()
 }
 
 fn refused(text: &str) -> Response {
-    message(StatusCode::FORBIDDEN, "Sign-in refused", None, text).into_response()
+    signed_out_message(StatusCode::FORBIDDEN, "Sign-in refused", text).into_response()
 }
 
 #[derive(Deserialize, Default)]

@@ -76,6 +76,11 @@ pub fn full_request(id: &str) -> Request {
         ended_by: Some("bob@example.com".into()),
         end_reason: Some("done early".into()),
         break_glass: true,
+        break_glass_review: Some(tidegate_core::request::AfterReview {
+            reviewer: "erin@example.com".into(),
+            note: "outage INC-8, confirmed".into(),
+            at: t + Duration::minutes(70),
+        }),
         extension: Some(Extension {
             duration: Span::minutes(30),
             reason: "still migrating".into(),
