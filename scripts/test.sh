@@ -16,6 +16,10 @@ export TIDEGATE_PYTHON="$PWD/$venv/bin/python"
 if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
   (cd tests/oidc && npm ci --no-audit --no-fund --silent)
 fi
+# axe-core (npm), injected by the browser suite into every page it checks.
+if [ ! -f tests/browser/node_modules/axe-core/axe.min.js ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
 # PostgreSQL for the store's conformance suite (the machine runs one with trust auth).
 export TIDEGATE_TEST_POSTGRES_URL="${TIDEGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 

@@ -1,18 +1,22 @@
-//! The web UI in a real browser: headless Chromium from Debian driven over WebDriver
-//! (`chromedriver`), with a small W3C WebDriver client written here. Fields are found through
-//! their labels and buttons by their names, as a screen reader would. Screenshots go to
-//! `target/browser-screenshots/` as test artefacts.
+//! The web UI in a real browser: headless Chromium from Debian, driven over WebDriver
+//! (`chromedriver`) with fantoccini. Fields are found through their labels and buttons by their
+//! names, as a screen reader would; the request and the approval are completed with the
+//! keyboard alone. Every page visited is scanned with axe-core (from npm, `tests/browser`) and
+//! must have no serious or critical violation; on a 390 px phone every page must stay one
+//! header line high and never scroll sideways; no page's HTML is over 20 KB. Screenshots go to
+//! `target/browser-screenshots/` as test artefacts, and the per-page figures to
+//! `target/browser-screenshots/pages.json`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::{Demo, free_port, prod_access_members, repo};
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+use crate::{Demo, free_port, prod_access_members, repo, wait_until};
 
 /// `chromedriver` on PATH; the test fails without it in CI and is skipped elsewhere.
 fn chromedriver() -> Option<PathBuf> {
@@ -33,6 +37,24 @@ fn chromedriver() -> Option<PathBuf> {
     }
 }
 
+/// axe-core's script (scripts/test.sh runs `npm ci` in tests/browser); required in CI.
+fn axe_source() -> Option<String> {
+    let path = repo().join("tests/browser/node_modules/axe-core/axe.min.js");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!(
+                "{} is missing: run `npm ci` in tests/browser",
+                path.display()
+            )
+        }
+        Err(_) => {
+            eprintln!("skipped: run `npm ci` in tests/browser for the browser suite");
+            None
+        }
+    }
+}
+
 fn chromium() -> &'static str {
     [
         "/usr/bin/chromium",
@@ -44,14 +66,45 @@ fn chromium() -> &'static str {
     .unwrap_or("/usr/bin/chromium")
 }
 
+fn screenshots() -> PathBuf {
+    let dir = repo().join("target/browser-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// chromedriver, and the runtime fantoccini's futures run on (the tests themselves stay
+/// synchronous, so the blocking helpers of the other tests work between browser steps).
 struct Driver {
     process: Child,
     url: String,
-    http: reqwest::blocking::Client,
+    rt: tokio::runtime::Runtime,
+    axe: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Viewport {
+    Laptop,
+    Phone,
+}
+
+impl Viewport {
+    fn name(self) -> &'static str {
+        match self {
+            Viewport::Laptop => "laptop",
+            Viewport::Phone => "phone",
+        }
+    }
+}
+
+/// What the suite measured on one page.
+#[derive(Default)]
+struct PageFigures {
+    bytes: u64,
+    violations: BTreeMap<String, u64>,
 }
 
 impl Driver {
-    fn start(path: &PathBuf) -> Driver {
+    fn start(path: &PathBuf, axe: String) -> Driver {
         let port = free_port();
         let process = Command::new(path)
             .arg(format!("--port={port}"))
@@ -60,49 +113,55 @@ impl Driver {
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(60))
+        wait_until("chromedriver", || {
+            crate::http_get(&format!("{url}/status")).is_some()
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
-        let started = Instant::now();
-        while http.get(format!("{url}/status")).send().is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "chromedriver did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        Driver {
+            process,
+            url,
+            rt,
+            axe,
         }
-        Driver { process, url, http }
     }
 
-    /// A new browser window of `width` × `height`; a phone's viewport when `phone`.
-    fn browser(&self, width: u32, height: u32, phone: bool) -> Browser<'_> {
+    fn browser(&self, server: &str, viewport: Viewport) -> Browser<'_> {
+        let (width, height) = match viewport {
+            Viewport::Laptop => (1280, 900),
+            Viewport::Phone => (390, 844),
+        };
         let mut options = json!({
             "binary": chromium(),
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", format!("--window-size={width},{height}")],
         });
-        if phone {
+        if viewport == Viewport::Phone {
             options["mobileEmulation"] = json!({"deviceMetrics": {
                 "width": width, "height": height, "pixelRatio": 3.0, "touch": true,
             }});
         }
-        let answer: Value = self
-            .http
-            .post(format!("{}/session", self.url))
-            .json(&json!({"capabilities": {"alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": options,
-            }}}))
-            .send()
-            .unwrap()
-            .json()
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("goog:chromeOptions".into(), options);
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = self
+            .rt
+            .block_on(
+                ClientBuilder::new(connector)
+                    .capabilities(caps)
+                    .connect(&self.url),
+            )
             .unwrap();
-        let id = answer["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {answer}"))
-            .to_owned();
-        Browser { driver: self, id }
+        Browser {
+            driver: self,
+            client: Some(client),
+            server: server.to_owned(),
+            viewport,
+            figures: BTreeMap::new(),
+        }
     }
 }
 
@@ -115,126 +174,118 @@ impl Drop for Driver {
 
 struct Browser<'a> {
     driver: &'a Driver,
-    id: String,
+    client: Option<Client>,
+    server: String,
+    viewport: Viewport,
+    figures: BTreeMap<String, PageFigures>,
 }
 
 impl Browser<'_> {
-    fn try_call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, (String, String)> {
-        let url = format!("{}/session/{}{path}", self.driver.url, self.id);
-        let mut req = self.driver.http.request(method, url);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let answer: Value = req.send().unwrap().json().unwrap();
-        match answer["value"]["error"].as_str() {
-            Some(error) => Err((error.to_owned(), answer["value"]["message"].to_string())),
-            None => Ok(answer["value"].clone()),
-        }
+    fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.driver.rt.block_on(f)
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        self.try_call(method, path, body)
-            .unwrap_or_else(|(error, message)| panic!("WebDriver {path}: {error}: {message}"))
+    fn client(&self) -> &Client {
+        self.client.as_ref().unwrap()
     }
 
-    fn post(&self, path: &str, body: Value) -> Value {
-        self.call(reqwest::Method::POST, path, Some(body))
-    }
-
-    fn get(&self, path: &str) -> Value {
-        self.call(reqwest::Method::GET, path, None)
-    }
-
-    fn open(&self, url: &str) {
-        self.post("/url", json!({"url": url}));
+    fn open(&self, path: &str) {
+        self.run(self.client().goto(&format!("{}{path}", self.server)))
+            .unwrap();
     }
 
     fn source(&self) -> String {
-        self.get("/source").as_str().unwrap().to_owned()
+        self.run(self.client().source()).unwrap()
     }
 
-    fn find_all(&self, xpath: &str) -> Vec<String> {
-        self.post("/elements", json!({"using": "xpath", "value": xpath}))
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e[ELEMENT].as_str().unwrap().to_owned())
-            .collect()
+    fn url(&self) -> String {
+        self.run(self.client().current_url()).unwrap().to_string()
     }
 
-    fn find(&self, xpath: &str) -> String {
-        let all = self.find_all(xpath);
-        assert!(
-            !all.is_empty(),
-            "nothing matches {xpath} in\n{}",
-            self.source()
-        );
-        all[0].clone()
+    fn script(&self, script: &str) -> Value {
+        self.run(self.client().execute(script, Vec::new())).unwrap()
+    }
+
+    fn find_all(&self, xpath: &str) -> Vec<Element> {
+        self.run(self.client().find_all(Locator::XPath(xpath)))
+            .unwrap_or_default()
+    }
+
+    fn find(&self, xpath: &str) -> Element {
+        // Right after a click the old page may still be going away: look again.
+        let started = Instant::now();
+        loop {
+            if let Some(e) = self.find_all(xpath).into_iter().next() {
+                return e;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nothing matches {xpath} on {}:\n{}",
+                self.url(),
+                self.source()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The form field whose `<label>` reads `label`.
-    fn field(&self, label: &str) -> String {
-        // Right after a click the old page may still be going away: look again.
-        for _ in 0..50 {
+    fn field(&self, label: &str) -> Element {
+        let started = Instant::now();
+        loop {
             let l = self.find(&format!("//label[normalize-space()='{label}']"));
-            let path = format!("/element/{l}/attribute/for");
-            match self.try_call(reqwest::Method::GET, &path, None) {
-                Ok(target) => {
-                    let id = target
-                        .as_str()
-                        .unwrap_or_else(|| panic!("label {label} names no field"));
-                    return self.find(&format!("//*[@id='{id}']"));
-                }
-                Err((error, _)) if error == "stale element reference" => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err((error, message)) => panic!("label {label}: {error}: {message}"),
+            if let Ok(Some(id)) = self.run(l.attr("for")) {
+                return self.find(&format!("//*[@id='{id}']"));
             }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "label {label} names no field"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("label {label} kept going stale")
     }
 
-    fn button(&self, name: &str) -> String {
+    fn button(&self, name: &str) -> Element {
         self.find(&format!("//button[normalize-space()='{name}']"))
     }
 
-    fn click(&self, element: &str) {
-        self.post(&format!("/element/{element}/click"), json!({}));
+    fn click(&self, e: &Element) {
+        self.run(e.click()).unwrap();
     }
 
-    fn type_into(&self, element: &str, text: &str) {
-        self.post(&format!("/element/{element}/clear"), json!({}));
-        self.post(&format!("/element/{element}/value"), json!({"text": text}));
+    fn type_into(&self, e: &Element, text: &str) {
+        self.run(e.clear()).unwrap();
+        self.run(e.send_keys(text)).unwrap();
     }
 
-    fn choose(&self, select: &str, option_text: &str) {
-        let option = self.post(
-            &format!("/element/{select}/element"),
-            json!({"using": "xpath", "value": format!(".//option[normalize-space()='{option_text}']")}),
-        );
-        self.click(option[ELEMENT].as_str().unwrap());
+    fn choose(&self, select: &Element, label: &str) {
+        self.run(select.select_by_label(label)).unwrap();
     }
 
-    fn screenshot(&self, name: &str) {
-        let png = self.get("/screenshot");
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().unwrap())
-            .unwrap();
-        let dir = repo().join("target/browser-screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    /// Presses Tab until the focused element satisfies `is_it` (its id, or a button's text).
+    fn tab_to(&self, what: &str) -> Element {
+        let tab = char::from(fantoccini::key::Key::Tab).to_string();
+        for _ in 0..80 {
+            let active = self.run(self.client().active_element()).unwrap();
+            let id = self.run(active.attr("id")).unwrap().unwrap_or_default();
+            let text = self.run(active.text()).unwrap_or_default();
+            if id == what || text.trim() == what {
+                return active;
+            }
+            self.run(active.send_keys(&tab)).unwrap();
+        }
+        panic!("Tab never reached {what} on {}", self.url());
+    }
+
+    fn press_enter(&self, e: &Element) {
+        let enter = char::from(fantoccini::key::Key::Enter).to_string();
+        self.run(e.send_keys(&enter)).unwrap();
     }
 
     /// Waits until the page's URL satisfies `done` (a click's navigation may still be going).
     fn wait_for_url(&self, done: impl Fn(&str) -> bool) -> String {
         let started = Instant::now();
         loop {
-            let url = self.get("/url").as_str().unwrap().to_owned();
+            let url = self.url();
             if done(&url) {
                 return url;
             }
@@ -247,126 +298,432 @@ impl Browser<'_> {
         }
     }
 
-    /// Reloads `url` until its page contains `text`.
-    fn wait_for_text(&self, url: &str, text: &str) {
+    /// Reloads `path` until its page contains `text`.
+    fn wait_for_text(&self, path: &str, text: &str) {
         let started = Instant::now();
         loop {
-            self.open(url);
+            self.open(path);
             if self.source().contains(text) {
                 return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "{text:?} never appeared on {url}:\n{}",
+                "{text:?} never appeared on {path}:\n{}",
                 self.source()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
-    fn sign_in(&self, server: &str, login: &str) {
-        self.open(&format!("{server}/"));
-        assert!(self.get("/url").as_str().unwrap().contains("/login"));
+    /// The flash message after an action.
+    fn status_message(&self) -> String {
+        let e = self.find("//*[@role='status']");
+        self.run(e.text()).unwrap()
+    }
+
+    fn sign_in(&self, login: &str) {
+        self.open("/");
+        assert!(self.url().contains("/login"));
         let user = self.field("User");
         self.choose(&user, login);
         self.click(&self.button("Sign in"));
         self.wait_for_url(|u| !u.contains("/login"));
-        assert!(self.source().contains(login), "signed in as {login}");
+    }
+
+    /// Checks the page as it stands and keeps a screenshot: axe-core finds no serious or
+    /// critical violation, the HTML is at most 20 KB, and on a phone the header is one line
+    /// and nothing scrolls sideways.
+    /// axe-core's violations on the page as it stands (injected afresh: navigation drops it).
+    fn axe(&self) -> Vec<Value> {
+        let injected = self.run(self.client().execute(
+            &format!("{}\nreturn typeof axe;", self.driver.axe),
+            Vec::new(),
+        ));
+        assert_eq!(
+            injected.unwrap(),
+            json!("object"),
+            "axe-core loads on {}",
+            self.url()
+        );
+        let found = self
+            .run(self.client().execute_async(
+                "const done = arguments[arguments.length - 1];\
+                 axe.run(document, {resultTypes: ['violations']})\
+                   .then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,\
+                       nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 3)}))))\
+                   .catch(e => done([{id: 'axe-error', impact: 'critical', help: String(e), nodes: []}]));",
+                Vec::new(),
+            ))
+            .unwrap();
+        found.as_array().cloned().unwrap_or_default()
+    }
+
+    fn check(&mut self, name: &str) {
+        let page = self.url();
+        let violations = self.axe();
+        let bad: Vec<&Value> = violations
+            .iter()
+            .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "accessibility ({}) on {page}: {}",
+            self.viewport.name(),
+            serde_json::to_string_pretty(&bad).unwrap()
+        );
+        let mut figures = PageFigures::default();
+        for v in &violations {
+            *figures
+                .violations
+                .entry(v["impact"].as_str().unwrap_or("unknown").to_owned())
+                .or_default() += 1;
+        }
+        figures.bytes = self
+            .script("return performance.getEntriesByType('navigation')[0].decodedBodySize;")
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            figures.bytes <= 20 * 1024,
+            "{page} is {} bytes of HTML",
+            figures.bytes
+        );
+        if self.viewport == Viewport::Phone {
+            let layout = self.script(
+                "const centres = [...document.querySelectorAll('header a')].map(a => {\
+                   const r = a.getBoundingClientRect(); return r.top + r.height / 2; });\
+                 return [document.documentElement.scrollWidth, window.innerWidth,\
+                         Math.max(...centres) - Math.min(...centres)];",
+            );
+            let (scroll, width, spread) = (
+                layout[0].as_f64().unwrap(),
+                layout[1].as_f64().unwrap(),
+                layout[2].as_f64().unwrap(),
+            );
+            assert_eq!(width, 390.0, "a phone's viewport");
+            assert!(
+                scroll <= width,
+                "{page} scrolls sideways on a phone: {scroll} > {width}"
+            );
+            assert!(
+                spread < 8.0,
+                "{page}: the header wraps on a phone ({spread} px between its links)"
+            );
+        }
+        let png = self.run(self.client().screenshot()).unwrap();
+        std::fs::write(
+            screenshots().join(format!("{}-{name}.png", self.viewport.name())),
+            png,
+        )
+        .unwrap();
+        self.figures
+            .insert(format!("{} {name}", self.viewport.name()), figures);
     }
 }
 
 impl Drop for Browser<'_> {
     fn drop(&mut self) {
-        let url = format!("{}/session/{}", self.driver.url, self.id);
-        let _ = self.driver.http.delete(url).send();
+        if let Some(client) = self.client.take() {
+            let _ = self.driver.rt.block_on(client.close());
+        }
     }
 }
 
+fn id_of(url: &str) -> String {
+    let path = url.split('?').next().unwrap();
+    path.rsplit('/').next().unwrap().to_owned()
+}
+
+/// Every flow of the web UI, on a laptop, then every page on a phone.
 #[test]
-fn request_approve_and_drop_in_chromium() {
-    let Some(path) = chromedriver() else {
+fn every_flow_in_chromium_on_a_laptop_and_a_phone() {
+    let (Some(path), Some(axe)) = (chromedriver(), axe_source()) else {
         return;
     };
     let started = Instant::now();
     let demo = Demo::start();
-    let driver = Driver::start(&path);
+    let driver = Driver::start(&path, axe);
+    let mut report: BTreeMap<String, PageFigures> = BTreeMap::new();
 
-    // Dave requests production SSH and sees what it would give him before he sends it.
-    let dave = driver.browser(1280, 900, false);
-    dave.sign_in(&demo.server, "dave@example.com");
-    dave.open(&format!("{}/request", demo.server));
-    let entitlement = dave.field("Entitlement");
-    dave.choose(&entitlement, "prod-ssh: SSH and PostgreSQL on production");
-    dave.click(&dave.button("Preview"));
-    dave.wait_for_url(|u| u.contains("entitlement=prod-ssh"));
+    // Dave, new: an empty state that leads somewhere.
+    let mut dave = driver.browser(&demo.server, Viewport::Laptop);
+    dave.sign_in("dave@example.com");
+    assert!(dave.source().contains("You hold no access right now"));
+    dave.check("my-access-empty");
+    // The scanner itself finds what it should (an image without a text alternative).
+    dave.script("document.body.insertAdjacentHTML('beforeend', '<img src=\"/static/favicon.svg\">'); return 1;");
+    assert!(
+        dave.axe().iter().any(|v| v["id"] == "image-alt"),
+        "axe-core reports problems"
+    );
+
+    // He asks for production SSH with the keyboard alone.
+    dave.open("/request?entitlement=prod-ssh");
     let page = dave.source();
     assert!(
         page.contains("What it gives") && page.contains("TCP 22, 5432 to"),
         "{page}"
     );
-    dave.type_into(&dave.field("Duration"), "2h");
-    dave.type_into(&dave.field("Reason"), "INC-4211 disk full on db-1");
-    dave.screenshot("1-request-preview");
-    dave.click(&dave.button("Request"));
+    assert!(page.contains("1 approval from group:sre"), "{page}");
+    dave.check("request-form");
+    let reason = dave.tab_to("reason");
+    dave.run(reason.send_keys("INC-4211 disk full on db-1"))
+        .unwrap();
+    let request = dave.tab_to("Request");
+    dave.press_enter(&request);
     let url = dave.wait_for_url(|u| u.contains("/requests/"));
-    let id = url.rsplit('/').next().unwrap().to_owned();
-    assert!(id.starts_with("r-"), "{url}");
-    assert!(dave.source().contains("pending"));
+    let ssh = id_of(&url);
+    assert_eq!(
+        dave.status_message(),
+        "Request sent. Approvers have been asked."
+    );
+    assert!(dave.source().contains("prod-ssh for dave@example.com"));
+    dave.check("request-pending");
 
-    // Alice approves it from her approvals, in a browser of her own.
-    let alice = driver.browser(1280, 900, false);
-    alice.sign_in(&demo.server, "alice@example.com");
-    alice.open(&format!("{}/approvals", demo.server));
+    // A duration chip, a bad duration kept in the form with the error, then a cancel.
+    dave.open("/request?entitlement=network-admin");
+    dave.click(&dave.find("//a[normalize-space()='2h']"));
+    dave.wait_for_url(|u| u.contains("duration=2h"));
+    assert_eq!(
+        dave.run(dave.field("Duration").prop("value"))
+            .unwrap()
+            .unwrap(),
+        "2h"
+    );
+    dave.type_into(&dave.field("Duration"), "forever");
+    dave.type_into(&dave.field("Reason"), "rotate keys");
+    dave.click(&dave.button("Request"));
+    let alert = dave.find("//*[@role='alert']");
+    assert!(dave.run(alert.text()).unwrap().starts_with("Duration:"));
+    assert_eq!(
+        dave.run(dave.field("Reason").prop("value"))
+            .unwrap()
+            .unwrap(),
+        "rotate keys"
+    );
+    dave.check("request-error");
+    dave.type_into(&dave.field("Duration"), "1h");
+    dave.click(&dave.button("Request"));
+    dave.wait_for_url(|u| u.contains("/requests/"));
+    dave.click(&dave.button("Cancel request"));
+    dave.wait_for_url(|u| u.contains("done=cancelled"));
+    assert_eq!(dave.status_message(), "Request cancelled.");
+    assert!(dave.source().contains("dave@example.com cancelled it"));
+
+    // Alice sees one waiting in her header, and approves with the keyboard alone.
+    let mut alice = driver.browser(&demo.server, Viewport::Laptop);
+    alice.sign_in("alice@example.com");
+    let waiting = alice.find("//nav//a[@href='/approvals']");
+    assert_eq!(alice.run(waiting.text()).unwrap().trim(), "Approvals 1");
+    alice.open("/approvals");
     let page = alice.source();
     assert!(
-        page.contains("INC-4211 disk full on db-1") && page.contains("TCP 22, 5432 to"),
+        page.contains("INC-4211 disk full on db-1") && page.contains("0 of 1 approval"),
         "{page}"
     );
-    alice.type_into(&alice.field("Comment"), "go ahead");
-    alice.screenshot("2-approvals");
-    alice.click(&alice.button("Approve"));
+    alice.check("approvals");
+    let comment = alice.tab_to(&format!("comment-{ssh}"));
+    alice.run(comment.send_keys("go ahead")).unwrap();
+    let approve = alice.tab_to("Approve");
+    alice.press_enter(&approve);
+    alice.wait_for_url(|u| u.contains("done=approved"));
+    assert_eq!(alice.status_message(), "Approved.");
 
-    // Dave sees the active grant with its time left, then drops it.
-    dave.wait_for_text(&format!("{}/", demo.server), ">Drop</button>");
-    assert!(dave.source().contains("in 1 h 59 min") || dave.source().contains("in 2 h"));
+    // Dave's grant is active; he asks for more time from its page.
+    dave.wait_for_text("/", ">Drop</button>");
     assert_eq!(
         prod_access_members(&demo.emulator_state()),
         ["dave@example.com"]
     );
-    // The script (allowed by the CSP, from /static/) shows the expiry in the viewer's zone.
-    assert!(dave.source().contains(")</time>"), "{}", dave.source());
-    dave.screenshot("3-my-access-active");
-    dave.click(&dave.button("Drop"));
-    let started_drop = Instant::now();
-    while !prod_access_members(&demo.emulator_state()).is_empty() {
-        assert!(
-            started_drop.elapsed() < Duration::from_secs(20),
-            "the drop never reached the tailnet"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        dave.source().contains(")</time>"),
+        "the script shows the viewer's zone"
+    );
+    dave.check("my-access-active");
+    dave.open(&format!("/requests/{ssh}"));
+    dave.type_into(&dave.field("More time"), "30m");
+    dave.type_into(&dave.field("Why"), "migration still running");
+    dave.click(&dave.button("Ask for more time"));
+    dave.wait_for_url(|u| u.contains("done=extension"));
+    dave.check("request-active");
+
+    // Alice approves the extension where she approves requests.
+    alice.open("/approvals");
+    assert!(alice.source().contains("30m more"), "{}", alice.source());
+    alice.click(&alice.button("Approve"));
+    alice.wait_for_url(|u| u.contains("done=approved"));
+    dave.wait_for_text(&format!("/requests/{ssh}"), "1h + 30m");
+
+    // He drops it; the timeline tells the story to the verified removal.
+    dave.click(&dave.button("Drop: end my access now"));
+    dave.wait_for_url(|u| u.contains("done=dropped"));
+    assert!(dave.status_message().starts_with("Access ended."));
+    wait_until("the drop to reach the tailnet", || {
+        prod_access_members(&demo.emulator_state()).is_empty()
+    });
     dave.wait_for_text(
-        &format!("{}/requests/{id}", demo.server),
+        &format!("/requests/{ssh}"),
         "Access removed, checked in the tailnet",
     );
-    dave.screenshot("4-request-timeline");
-
-    // On a phone: the same page, readable.
-    let phone = driver.browser(390, 844, true);
-    phone.sign_in(&demo.server, "carol@example.com");
-    phone.open(&format!("{}/request", demo.server));
-    let width: Value = phone.post(
-        "/execute/sync",
-        json!({"script": "return [document.documentElement.scrollWidth, window.innerWidth]", "args": []}),
-    );
-    phone.screenshot("5-phone-request");
-    let (scroll, viewport) = (width[0].as_u64().unwrap(), width[1].as_u64().unwrap());
-    assert_eq!(viewport, 390, "a phone's viewport");
     assert!(
-        scroll <= viewport,
-        "no horizontal scrolling on a phone: {scroll} > {viewport}"
+        dave.source()
+            .contains("alice@example.com approved: go ahead")
     );
-    eprintln!("browser suite: {:.1} s", started.elapsed().as_secs_f64());
+    dave.check("request-ended");
+
+    // A denial with a comment, read by the requester.
+    dave.open("/request?entitlement=monitoring-tag");
+    dave.type_into(&dave.field("Reason"), "check dashboards");
+    dave.click(&dave.button("Request"));
+    let denied = id_of(&dave.wait_for_url(|u| u.contains("/requests/")));
+    alice.open(&format!("/requests/{denied}"));
+    alice.type_into(&alice.field("Comment"), "use staging");
+    alice.click(&alice.button("Deny"));
+    alice.wait_for_url(|u| u.contains("done=denied"));
+    alice.check("request-decided");
+    dave.open(&format!("/requests/{denied}"));
+    assert!(
+        dave.source()
+            .contains("alice@example.com denied: use staging")
+    );
+    assert!(dave.source().contains("state-bad"), "denied is red");
+
+    // Carol breaks glass on her own device; the device list offers no tagged server.
+    let mut carol = driver.browser(&demo.server, Viewport::Laptop);
+    carol.sign_in("carol@example.com");
+    carol.open("/request?entitlement=prod-db");
+    let options: Vec<String> = carol
+        .find_all("//select[@id='device-pick']/option")
+        .iter()
+        .map(|o| carol.run(o.text()).unwrap())
+        .collect();
+    assert_eq!(options, ["All my devices", "carol-laptop"]);
+    carol.choose(&carol.field("Device"), "carol-laptop");
+    carol.click(&carol.button("Show for this device"));
+    carol.wait_for_url(|u| u.contains("device=carol-laptop"));
+    assert!(
+        carol
+            .source()
+            .contains("What it gives on <span class=\"nowrap\">carol-laptop</span>")
+    );
+    carol.type_into(&carol.field("Reason"), "outage INC-8");
+    carol.click(&carol.find("//input[@id='break-glass']"));
+    carol.check("request-break-glass");
+    carol.click(&carol.button("Request"));
+    let glass = id_of(&carol.wait_for_url(|u| u.contains("done=granted")));
+
+    // Alice reviews it afterwards from the admin pages.
+    alice.open("/admin");
+    assert!(
+        alice.source().contains("1 break-glass grant to review"),
+        "{}",
+        alice.source()
+    );
+    alice.check("admin");
+    alice.open("/admin/break-glass");
+    alice.check("admin-break-glass");
+    alice.type_into(
+        &alice.field("What the review found"),
+        "outage INC-8 confirmed",
+    );
+    alice.click(&alice.button("Mark reviewed"));
+    alice.wait_for_url(|u| u.contains("done=reviewed"));
+    assert!(
+        alice
+            .source()
+            .contains("reviewed</span> by alice@example.com")
+    );
+    alice.open(&format!("/requests/{glass}"));
+    assert!(
+        alice
+            .source()
+            .contains("alice@example.com reviewed the break-glass grant: outage INC-8 confirmed")
+    );
+    alice.open("/admin/audit");
+    alice.check("admin-audit");
+    alice.open("/admin/inventory");
+    alice.check("admin-inventory");
+
+    // Bob takes a CI auth key: approves it himself (allowed for it), claims it in the page,
+    // once.
+    let mut bob = driver.browser(&demo.server, Viewport::Laptop);
+    bob.sign_in("bob@example.com");
+    bob.open("/request?entitlement=ci-runner-key");
+    bob.type_into(&bob.field("Reason"), "new runner");
+    bob.click(&bob.button("Request"));
+    let key = id_of(&bob.wait_for_url(|u| u.contains("/requests/")));
+    if bob
+        .find_all("//button[normalize-space()='Approve']")
+        .first()
+        .is_some()
+    {
+        bob.click(&bob.button("Approve"));
+        bob.wait_for_url(|u| u.contains("done=approved"));
+    }
+    bob.click(&bob.button("Claim the key"));
+    bob.wait_for_url(|u| u.ends_with(&format!("/requests/{key}/key")));
+    let page = bob.source();
+    assert!(page.contains("tailscale up --auth-key=tskey-"), "{page}");
+    assert!(
+        bob.find_all("//button[normalize-space()='Copy the command']")
+            .len()
+            == 1
+    );
+    bob.check("key-claimed");
+    bob.open(&format!("/requests/{key}/key"));
+    assert!(!bob.source().contains("tskey-"), "shown once");
+
+    // Dave's account: his tokens and this session; revoking one says so.
+    dave.open("/account");
+    assert!(dave.source().contains("this session"));
+    dave.check("account");
+    dave.click(&dave.find("//button[starts-with(@aria-label, 'Revoke tok_')][1]"));
+    dave.wait_for_url(|u| u.contains("done=token-revoked") || u.contains("/login"));
+
+    for b in [&mut dave, &mut alice, &mut carol, &mut bob] {
+        report.append(&mut b.figures);
+    }
+    drop((dave, alice, carol, bob));
+
+    // Every page again on a phone.
+    let mut phone = driver.browser(&demo.server, Viewport::Phone);
+    phone.sign_in("alice@example.com");
+    for (path, name) in [
+        ("/".to_owned(), "my-access"),
+        ("/request?entitlement=prod-db".to_owned(), "request-form"),
+        ("/approvals".to_owned(), "approvals"),
+        (format!("/requests/{ssh}"), "request-ended"),
+        (format!("/requests/{glass}"), "request-break-glass"),
+        ("/account".to_owned(), "account"),
+        ("/admin".to_owned(), "admin"),
+        ("/admin/break-glass".to_owned(), "admin-break-glass"),
+        ("/admin/audit".to_owned(), "admin-audit"),
+        ("/admin/inventory".to_owned(), "admin-inventory"),
+    ] {
+        phone.open(&path);
+        phone.check(name);
+    }
+    report.append(&mut phone.figures);
+    drop(phone);
+
+    let figures: BTreeMap<&String, Value> = report
+        .iter()
+        .map(|(page, f)| {
+            (
+                page,
+                json!({"html_bytes": f.bytes, "axe_violations": f.violations}),
+            )
+        })
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    std::fs::write(
+        screenshots().join("pages.json"),
+        serde_json::to_string_pretty(&json!({"seconds": elapsed, "pages": figures})).unwrap(),
+    )
+    .unwrap();
+    eprintln!(
+        "browser suite: {elapsed:.1} s, {} page checks",
+        report.len()
+    );
 }
 
 /// `node` with the test provider's packages installed (scripts/test.sh runs `npm ci`); the test
@@ -397,7 +754,9 @@ impl Drop for Stopped {
 
 #[test]
 fn oidc_sign_in_with_a_real_provider() {
-    let (Some(driver_path), Some(script)) = (chromedriver(), oidc_provider_script()) else {
+    let (Some(driver_path), Some(script), Some(axe)) =
+        (chromedriver(), oidc_provider_script(), axe_source())
+    else {
         return;
     };
     let provider_port = free_port();
@@ -446,7 +805,7 @@ fn oidc_sign_in_with_a_real_provider() {
         .spawn()
         .unwrap();
     let _serve = Stopped(serve);
-    crate::wait_until("the server", || {
+    wait_until("the server", || {
         crate::http_get(&format!("{server}/healthz")).is_some()
     });
 
@@ -458,9 +817,9 @@ fn oidc_sign_in_with_a_real_provider() {
     assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
     assert!(forged.text().unwrap().contains("not started here"));
 
-    let driver = Driver::start(&driver_path);
-    let carol = driver.browser(1280, 900, false);
-    carol.open(&format!("{server}/request"));
+    let driver = Driver::start(&driver_path, axe);
+    let mut carol = driver.browser(&server, Viewport::Laptop);
+    carol.open("/request");
     carol.click(&carol.find("//a[normalize-space()='Sign in with your identity provider']"));
     // The provider's own sign-in and consent pages.
     let login = carol.find("//input[@name='login']");
@@ -469,12 +828,12 @@ fn oidc_sign_in_with_a_real_provider() {
     carol.click(&carol.find("//button[normalize-space()='Sign-in']"));
     // The consent page may come next (its title is "Sign-in" too); then back to tidegate.
     let started = Instant::now();
-    while !carol.get("/url").as_str().unwrap().starts_with(&server) {
+    while !carol.url().starts_with(&server) {
         if let Some(button) = carol
             .find_all("//button[normalize-space()='Continue']")
             .first()
         {
-            carol.click(button);
+            let _ = carol.run(button.click());
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
@@ -484,16 +843,10 @@ fn oidc_sign_in_with_a_real_provider() {
         std::thread::sleep(Duration::from_millis(100));
     }
     carol.wait_for_url(|u| u == format!("{server}/request"));
-    assert_eq!(
-        carol.get("/url").as_str().unwrap(),
-        format!("{server}/request"),
-        "{}",
-        carol.source()
-    );
     let page = carol.source();
     assert!(
         page.contains("carol@example.com") && page.contains(">Entitlement</label>"),
         "{page}"
     );
-    carol.screenshot("6-oidc-signed-in");
+    carol.check("oidc-signed-in");
 }

@@ -278,7 +278,10 @@ fn request_approve_and_drop_through_the_web_ui() {
     }
     // The audit log, filtered, and exported.
     let (_, page) = alice.get("/admin/audit?action=grant.applied");
-    assert!(page.contains("<td data-label=\"Action\">grant.applied</td>"), "{page}");
+    assert!(
+        page.contains("<td data-label=\"Action\">grant.applied</td>"),
+        "{page}"
+    );
     assert!(!page.contains(">request.created</td>"), "{page}");
     let (status, jsonl) = alice.get("/admin/audit.jsonl");
     assert_eq!(status, StatusCode::OK);
