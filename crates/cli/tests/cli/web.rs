@@ -385,3 +385,95 @@ fn tailscale_identity_headers_are_believed_only_from_the_trusted_proxy() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// An approver revokes someone's grant from its page, with a reason; the audit log pages back
+/// through older entries; a member sees no Admin link and gets a page (not a dead end) there.
+#[test]
+fn revoke_from_the_page_and_page_through_the_audit_log() {
+    let demo = Demo::start();
+    let (dave, alice) = ("dave@example.com", "alice@example.com");
+    let mut ids = Vec::new();
+    for n in 0..45 {
+        let r = demo.json(
+            dave,
+            &[
+                "request",
+                "prod-ssh",
+                "--for",
+                "1h",
+                "--reason",
+                &format!("INC-{n}"),
+            ],
+        );
+        ids.push(r["id"].as_str().unwrap().to_owned());
+    }
+    demo.json(alice, &["approve", &ids[0]]);
+    wait_until("the grant to apply", || {
+        demo.json(dave, &["show", &ids[0]])["state"] == "active"
+    });
+    let mut a = Browser::new(&demo.server);
+    a.sign_in_demo(alice);
+    let (_, page) = a.get(&format!("/requests/{}", ids[0]));
+    assert!(page.contains(">Reason to revoke</label>"), "{page}");
+    let r = a.post(
+        &format!("/requests/{}/act", ids[0]),
+        &[
+            ("csrf", &csrf(&page)),
+            ("action", "revoke"),
+            ("comment", "incident over"),
+        ],
+    );
+    assert_eq!(location(&r), format!("/requests/{}?done=revoked", ids[0]));
+    let (_, page) = a.get(&location(&r));
+    assert!(page.contains("role=\"status\">Revoked."), "{page}");
+    assert!(
+        page.contains("alice@example.com revoked it: incident over"),
+        "{page}"
+    );
+    // A refused action shows the page again with the error, not a dead end.
+    let token = csrf(&a.get("/account").1);
+    let r = a.post(
+        &format!("/requests/{}/act", ids[0]),
+        &[
+            ("csrf", &token),
+            ("action", "approve"),
+            ("comment", "again"),
+        ],
+    );
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("role=\"alert\"") && text.contains("Timeline"),
+        "{text}"
+    );
+
+    // Over 50 entries: the first page, then older ones, then back to the newest.
+    let (_, first) = a.get("/admin/audit");
+    assert_eq!(
+        first.matches("<tr><td data-label=\"#\">").count(),
+        50,
+        "{first}"
+    );
+    let older = first
+        .split("href=\"")
+        .find(|s| s.starts_with("/admin/audit?") && s.contains("before="))
+        .map(|s| s[..s.find('"').unwrap()].replace("&amp;", "&"))
+        .unwrap_or_else(|| panic!("no link to older entries: {first}"));
+    let (_, second) = a.get(&older);
+    assert!(
+        second.contains("<td data-label=\"#\">1</td>"),
+        "the oldest entry: {second}"
+    );
+    assert!(second.contains(">Newest</a>"));
+
+    let mut d = Browser::new(&demo.server);
+    d.sign_in_demo(dave);
+    let (_, page) = d.get("/");
+    assert!(
+        !page.contains("href=\"/admin\""),
+        "no Admin link for a member"
+    );
+    let (status, page) = d.get("/admin/audit");
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("Back to my access"), "{page}");
+}
