@@ -8,6 +8,7 @@ mod expiry;
 mod generate;
 mod grants;
 mod machine;
+mod pages;
 mod posture;
 mod replicas;
 
@@ -190,6 +191,14 @@ fn main() -> Result<()> {
                 .unwrap_or(200);
             tokio::runtime::Runtime::new()?.block_on(posture::run(count))?
         }
+        "pages" => {
+            let runs = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(200);
+            tokio::runtime::Runtime::new()?.block_on(pages::run(runs))?
+        }
         "machine" => {
             let count = std::env::args()
                 .nth(2)
@@ -216,7 +225,7 @@ fn main() -> Result<()> {
         }
         _ => {
             bail!(
-                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] \
+                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] \
                  | expiry [COUNT] [SPREAD_SECONDS] \
                  | failover [KILLS] | throughput [SECONDS]"
             )

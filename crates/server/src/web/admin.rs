@@ -109,7 +109,7 @@ pub async fn overview(
         })
         .unwrap_or(0);
     let chrome = Chrome::of(&app, &viewer).await;
-    const SHOWN: usize = 60;
+    const SHOWN: usize = 30;
     let body = html! {
         (tabs("/admin"))
         @if !overview.overdue.is_empty() {

@@ -13,13 +13,23 @@ use super::layout::{self, Chrome, Page, Section, csrf, when};
 use super::session::Viewer;
 use crate::AppState;
 
+/// Requests shown with their forms; more are counted.
+const SHOWN: usize = 12;
+
 pub async fn page(State(app): State<AppState>, viewer: Viewer, Query(done): Query<Done>) -> Page {
     let now = app.service.now();
-    let waiting = layout::waiting_for(&app, &viewer).await;
+    let mut waiting = layout::waiting_for(&app, &viewer).await;
+    // Those that lapse first come first; the page shows a bounded number (at most 20 KB).
+    waiting.sort_by_key(|r| {
+        r.extension
+            .as_ref()
+            .map_or(r.pending_until, |x| x.requested_at)
+    });
+    let total = waiting.len();
     // One read of the live policy and inventory for every request on the page.
     let snapshot = tidegate_core::preview::Snapshot::default();
     let mut cards = Vec::new();
-    for r in &waiting {
+    for r in waiting.iter().take(SHOWN) {
         let gives = match app.service.entitlement(&r.entitlement) {
             Ok(e) => {
                 snapshot
@@ -35,7 +45,7 @@ pub async fn page(State(app): State<AppState>, viewer: Viewer, Query(done): Quer
         cards.push((r, gives, needed));
     }
     let recent = recent_decisions(&app, &viewer).await;
-    let chrome = Chrome::new(&viewer, waiting.len());
+    let chrome = Chrome::new(&viewer, total);
     let body = html! {
         @if cards.is_empty() {
             p.empty { "Nothing is waiting for you." }
@@ -75,6 +85,9 @@ pub async fn page(State(app): State<AppState>, viewer: Viewer, Query(done): Quer
                     }
                 }
             }
+        }
+        @if total > SHOWN {
+            p.notice { (total - SHOWN) " more are waiting: decide these first, or " code { "tidegate list --pending" } " lists them all." }
         }
         section aria-labelledby="recent" {
             h2 #recent { "My recent decisions" }

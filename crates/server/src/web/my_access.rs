@@ -12,6 +12,9 @@ use super::layout::{self, Chrome, Page, Section, csrf, request_item, when};
 use super::session::Viewer;
 use crate::AppState;
 
+/// Active grants shown as cards; more are counted.
+const SHOWN_ACTIVE: usize = 15;
+
 pub async fn page(State(app): State<AppState>, viewer: Viewer, Query(done): Query<Done>) -> Page {
     let now = app.service.now();
     let mine = match app
@@ -38,10 +41,12 @@ pub async fn page(State(app): State<AppState>, viewer: Viewer, Query(done): Quer
             .await;
         }
     };
+    // Bounded lists keep the page small (at most 20 KB) whatever the history.
     let active: Vec<_> = mine
         .iter()
         .filter(|r| r.state == RequestState::Active)
         .collect();
+    let more_active = active.len().saturating_sub(SHOWN_ACTIVE);
     let waiting: Vec<_> = mine
         .iter()
         .filter(|r| matches!(r.state, RequestState::Pending | RequestState::Approved))
@@ -58,7 +63,7 @@ pub async fn page(State(app): State<AppState>, viewer: Viewer, Query(done): Quer
             @if active.is_empty() {
                 p.empty { "You hold no access right now. " a.button href="/request" { "Request access" } }
             }
-            @for r in &active {
+            @for r in active.iter().take(SHOWN_ACTIVE) {
                 article.card {
                     h3 { a href=(format!("/requests/{}", r.id)) { (r.entitlement) } " " (layout::badge(r, now)) }
                     p {
@@ -69,30 +74,28 @@ pub async fn page(State(app): State<AppState>, viewer: Viewer, Query(done): Quer
                     }
                     @if !r.reason.is_empty() { p.reason { (r.reason) } }
                     div.actions {
-                        @if r.extension.is_none() {
-                            form method="post" action=(format!("/requests/{}/act", r.id)) class="inline-form" {
-                                (csrf(&viewer))
-                                input type="hidden" name="back" value="/";
-                                label for=(format!("extend-{}", r.id)) { "More time" }
-                                input id=(format!("extend-{}", r.id)) name="duration" value="30m" size="5" required;
-                                button type="submit" name="action" value="extend" { "Extend" }
-                            }
-                        }
                         form method="post" action=(format!("/requests/{}/act", r.id)) {
                             (csrf(&viewer))
                             input type="hidden" name="back" value="/";
-                            button.secondary type="submit" name="action" value="drop" { "Drop" }
+                            button.secondary type="submit" name="action" value="drop" aria-label=(format!("Drop {}", r.entitlement)) { "Drop" }
+                        }
+                        @if r.extension.is_none() {
+                            a href=(format!("/requests/{}#more-time", r.id)) { "More time…" }
                         }
                     }
                 }
             }
+        }
+        @if more_active > 0 {
+            p.muted { "And " (more_active) " more active grants: " code { "tidegate list --mine --state active" } " lists them all." }
         }
         section aria-labelledby="waiting" {
             h2 #waiting { "Waiting" }
             @if waiting.is_empty() {
                 p.muted { "Nothing waiting." }
             } @else {
-                ul.items { @for r in &waiting { (request_item(r, now, false)) } }
+                ul.items { @for r in waiting.iter().take(10) { (request_item(r, now, false)) } }
+                @if waiting.len() > 10 { p.muted { "And " (waiting.len() - 10) " more." } }
             }
         }
         section aria-labelledby="past" {

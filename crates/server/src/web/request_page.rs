@@ -164,7 +164,7 @@ fn actions(r: &Request, viewer: &Viewer, can: Actions, typed: &ActForm) -> Marku
         @if can.mine && r.state == RequestState::Active && r.extension.is_none() && !deciding {
             form method="post" action=(action) class="stack" {
                 (csrf(viewer))
-                label for="duration" { "More time" }
+                label #more-time for="duration" { "More time" }
                 input #duration name="duration" value=(if typed.duration.is_empty() { "30m" } else { typed.duration.as_str() }) required;
                 label for="why" { "Why" }
                 input #why name="comment" value=(typed.comment);
