@@ -85,6 +85,8 @@ struct Driver {
 enum Viewport {
     Laptop,
     Phone,
+    /// A laptop whose system asks for dark mode.
+    Dark,
 }
 
 impl Viewport {
@@ -92,6 +94,7 @@ impl Viewport {
         match self {
             Viewport::Laptop => "laptop",
             Viewport::Phone => "phone",
+            Viewport::Dark => "dark",
         }
     }
 }
@@ -130,7 +133,7 @@ impl Driver {
 
     fn browser(&self, server: &str, viewport: Viewport) -> Browser<'_> {
         let (width, height) = match viewport {
-            Viewport::Laptop => (1280, 900),
+            Viewport::Laptop | Viewport::Dark => (1280, 900),
             Viewport::Phone => (390, 844),
         };
         let mut options = json!({
@@ -138,6 +141,11 @@ impl Driver {
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", format!("--window-size={width},{height}")],
         });
+        if viewport == Viewport::Dark
+            && let Some(args) = options["args"].as_array_mut()
+        {
+            args.push(json!("--force-dark-mode"));
+        }
         if viewport == Viewport::Phone {
             options["mobileEmulation"] = json!({"deviceMetrics": {
                 "width": width, "height": height, "pixelRatio": 3.0, "touch": true,
@@ -699,6 +707,27 @@ fn every_flow_in_chromium_on_a_laptop_and_a_phone() {
     }
     report.append(&mut phone.figures);
     drop(phone);
+
+    // And in dark mode, where the contrast is checked again.
+    let mut dark = driver.browser(&demo.server, Viewport::Dark);
+    dark.sign_in("alice@example.com");
+    assert_eq!(
+        dark.script("return matchMedia('(prefers-color-scheme: dark)').matches;"),
+        json!(true)
+    );
+    for (path, name) in [
+        ("/".to_owned(), "my-access"),
+        ("/request?entitlement=prod-db".to_owned(), "request-form"),
+        (format!("/requests/{denied}"), "request-denied"),
+        ("/admin".to_owned(), "admin"),
+    ] {
+        dark.open(&path);
+        dark.check(name);
+    }
+    let background = dark.script("return getComputedStyle(document.body).backgroundColor;");
+    assert_eq!(background, json!("rgb(13, 17, 23)"), "the dark palette");
+    report.append(&mut dark.figures);
+    drop(dark);
 
     let figures: BTreeMap<&String, Value> = report
         .iter()

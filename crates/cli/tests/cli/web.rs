@@ -200,6 +200,29 @@ fn request_approve_and_drop_through_the_web_ui() {
     let detail = detail.split('?').next().unwrap().to_owned();
     let id = detail.strip_prefix("/requests/").unwrap().to_owned();
 
+    // A scheduled start (the form's datetime-local, read as UTC).
+    let r = dave.post(
+        "/request",
+        &[
+            ("csrf", &token),
+            ("entitlement", "network-admin"),
+            ("duration", "1h"),
+            ("reason", "maintenance window"),
+            ("start", "2030-01-01T09:30"),
+        ],
+    );
+    let later = location(&r);
+    let later = later
+        .split('?')
+        .next()
+        .unwrap()
+        .strip_prefix("/requests/")
+        .unwrap();
+    assert_eq!(
+        demo.json("dave@example.com", &["show", later])["start_at"],
+        "2030-01-01T09:30:00Z"
+    );
+
     // Alice approves from her Approvals page.
     let mut alice = Browser::new(&demo.server);
     alice.sign_in_demo("alice@example.com");

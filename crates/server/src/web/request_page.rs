@@ -72,11 +72,22 @@ async fn render(
         .is_some_and(|d| viewer.actor.may_revoke(&r, entitlement, d));
     let is_key = entitlement.is_some_and(|e| matches!(e.strategy, Strategy::AuthKey { .. }));
     let mine = r.requester == viewer.login;
+    // Devices are stored by node ID; people know them by name.
+    let live = app.service.live().await.ok();
+    let devices: Vec<String> = r
+        .devices
+        .iter()
+        .map(|id| {
+            live.as_ref()
+                .and_then(|l| l.devices.iter().find(|d| d.node_id == *id || d.id == *id))
+                .map_or_else(|| id.clone(), |d| d.name.clone())
+        })
+        .collect();
     let chrome = Chrome::of(app, viewer).await;
     let body = html! {
         p.summary {
             (layout::badge(&r, now)) " "
-            strong { (r.entitlement) } " for " strong { (r.requester) } ", " (r.duration.to_string())
+            (r.duration.to_string())
             @for x in &r.extended { " + " (x.duration.to_string()) }
             @match (r.state, r.expires_at, r.ended_at) {
                 (RequestState::Active, Some(end), _) => { ", ends " (when(end, now)) }
@@ -85,8 +96,8 @@ async fn render(
                 _ => {}
             }
         }
-        @if !r.devices.is_empty() {
-            p { "On " @for (i, d) in r.devices.iter().enumerate() { @if i > 0 { ", " } (layout::device(d)) } }
+        @if !devices.is_empty() {
+            p { "On " @for (i, d) in devices.iter().enumerate() { @if i > 0 { ", " } (layout::device(d)) } }
         }
         @if !r.reason.is_empty() { p.reason { (r.reason) } }
         @if r.overdue(now) && r.access_ends_at().is_some_and(|end| now - end > time::Duration::minutes(1)) {
