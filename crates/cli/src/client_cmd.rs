@@ -518,25 +518,19 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                     ]
                 })
                 .collect();
-            if rows.is_empty() {
-                println!("no requests");
-            } else {
-                print!(
-                    "{}",
-                    table::render(
-                        &[
-                            "ID",
-                            "STATE",
-                            "ENTITLEMENT",
-                            "REQUESTER",
-                            "FOR",
-                            "ENDS",
-                            "REASON"
-                        ],
-                        &rows
-                    )
-                );
-            }
+            print_rows(
+                &[
+                    "ID",
+                    "STATE",
+                    "ENTITLEMENT",
+                    "REQUESTER",
+                    "FOR",
+                    "ENDS",
+                    "REASON",
+                ],
+                &rows,
+                "no requests",
+            );
             return Ok(());
         }
         ClientCommand::Show { id } => {
@@ -646,24 +640,18 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                         ]
                     })
                     .collect();
-                if rows.is_empty() {
-                    println!("no break-glass grants");
-                } else {
-                    print!(
-                        "{}",
-                        table::render(
-                            &[
-                                "ID",
-                                "REQUESTER",
-                                "ENTITLEMENT",
-                                "TAKEN",
-                                "REVIEW",
-                                "REASON"
-                            ],
-                            &rows
-                        )
-                    );
-                }
+                print_rows(
+                    &[
+                        "ID",
+                        "REQUESTER",
+                        "ENTITLEMENT",
+                        "TAKEN",
+                        "REVIEW",
+                        "REASON",
+                    ],
+                    &rows,
+                    "no break-glass grants",
+                );
                 return Ok(());
             }
             v
@@ -699,11 +687,7 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
                             })
                     })
                     .collect();
-                if rows.is_empty() {
-                    println!("no standing members");
-                } else {
-                    print!("{}", table::render(&["GROUP", "MEMBER", "SINCE"], &rows));
-                }
+                print_rows(&["GROUP", "MEMBER", "SINCE"], &rows, "no standing members");
                 return Ok(());
             }
             v
@@ -801,16 +785,12 @@ fn print_access(v: &Value, times: Times) {
             })
             .collect()
     };
-    let active = rows("active");
     println!();
-    if active.is_empty() {
-        println!("no active grants");
-    } else {
-        print!(
-            "{}",
-            table::render(&["ACTIVE", "REQUESTER", "ENTITLEMENT", "ENDS"], &active)
-        );
-    }
+    print_rows(
+        &["ACTIVE", "REQUESTER", "ENTITLEMENT", "ENDS"],
+        &rows("active"),
+        "no active grants",
+    );
     let overdue = rows("overdue");
     if !overdue.is_empty() {
         println!();
@@ -818,6 +798,15 @@ fn print_access(v: &Value, times: Times) {
             "{}",
             table::render(&["OVERDUE", "REQUESTER", "ENTITLEMENT", "ENDED"], &overdue)
         );
+    }
+}
+
+/// Rows as a table under `headers`, or `empty` when there are none.
+fn print_rows(headers: &[&str], rows: &[Vec<String>], empty: &str) {
+    if rows.is_empty() {
+        println!("{empty}");
+    } else {
+        print!("{}", table::render(headers, rows));
     }
 }
 

@@ -18,9 +18,12 @@ use super::session::Viewer;
 use crate::AppState;
 
 /// Admins and auditors only; others get a page that says who may.
-async fn require_auditor(app: &AppState, viewer: &Viewer) -> Result<(), Page> {
+async fn require_auditor<'v>(
+    app: &AppState,
+    viewer: &'v Viewer,
+) -> Result<tidegate_core::access::Auditor<'v>, Page> {
     match viewer.actor.auditor() {
-        Some(_) => Ok(()),
+        Some(auditor) => Ok(auditor),
         None => Err(layout::message(
             app,
             Some(viewer),
@@ -62,18 +65,9 @@ pub async fn overview(
     viewer: Viewer,
     Query(q): Query<OverviewQuery>,
 ) -> Page {
-    if let Err(page) = require_auditor(&app, &viewer).await {
-        return page;
-    }
-    let Some(auditor) = viewer.actor.auditor() else {
-        return layout::message(
-            &app,
-            Some(&viewer),
-            StatusCode::FORBIDDEN,
-            "Admin",
-            "admins and auditors only",
-        )
-        .await;
+    let auditor = match require_auditor(&app, &viewer).await {
+        Ok(auditor) => auditor,
+        Err(page) => return page,
     };
     let now = app.service.now();
     let filter = AccessFilter {
@@ -299,18 +293,9 @@ pub async fn break_glass(
     viewer: Viewer,
     Query(done): Query<Done>,
 ) -> Page {
-    if let Err(page) = require_auditor(&app, &viewer).await {
-        return page;
-    }
-    let Some(auditor) = viewer.actor.auditor() else {
-        return layout::message(
-            &app,
-            Some(&viewer),
-            StatusCode::FORBIDDEN,
-            "Break-glass",
-            "admins and auditors only",
-        )
-        .await;
+    let auditor = match require_auditor(&app, &viewer).await {
+        Ok(auditor) => auditor,
+        Err(page) => return page,
     };
     let now = app.service.now();
     let grants = app
