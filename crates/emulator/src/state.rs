@@ -144,6 +144,10 @@ pub struct State {
     /// Still the tailnet's untouched default policy (for `If-Match: "ts-default"`).
     pub policy_is_default: bool,
     pub keys: Vec<KeyRecord>,
+    /// Pending user invites (state file key `userInvites`).
+    pub user_invites: Vec<tailnet::UserInvite>,
+    /// The tailnet's settings (state file key `settings`).
+    pub settings: tailnet::TailnetSettings,
     /// Webhook endpoints, with their secrets.
     pub webhooks: Vec<Webhook>,
     pub audit_log: Vec<AuditLogEntry>,
@@ -238,6 +242,10 @@ struct StateFile {
     /// With `secret`.
     #[serde(default)]
     webhooks: Vec<Webhook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    user_invites: Vec<tailnet::UserInvite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings: Option<tailnet::TailnetSettings>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     audit_log: Vec<AuditLogEntry>,
     /// Posture attribute key → `string`, `number` or `boolean`.
@@ -347,6 +355,8 @@ impl State {
             policy: DEFAULT_POLICY.to_owned(),
             policy_is_default: true,
             keys: Vec::new(),
+            user_invites: Vec::new(),
+            settings: tailnet::TailnetSettings::default(),
             webhooks: Vec::new(),
             audit_log: Vec::new(),
             posture_keys: BTreeMap::new(),
@@ -582,6 +592,16 @@ impl State {
             st.webhooks.push(w);
         }
         st.audit_log = file.audit_log;
+        for mut invite in file.user_invites {
+            if invite.id.is_empty() {
+                invite.id = st.fresh_id().to_string();
+            }
+            if invite.tailnet_id == 0 {
+                invite.tailnet_id = st.tailnet_id.parse().unwrap_or(1);
+            }
+            st.user_invites.push(invite);
+        }
+        st.settings = file.settings.unwrap_or_default();
 
         for (key, kind) in file.posture_attribute_types {
             st.posture_keys
@@ -903,6 +923,8 @@ impl State {
             policy: Some(self.policy.clone()),
             policy_is_default: self.policy_is_default,
             webhooks: self.webhooks.clone(),
+            user_invites: self.user_invites.clone(),
+            settings: Some(self.settings.clone()),
             audit_log: self.audit_log.clone(),
             posture_attribute_types: self
                 .posture_keys

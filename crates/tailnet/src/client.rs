@@ -21,8 +21,8 @@ use time::OffsetDateTime;
 
 use crate::clock::{Clock, SystemClock};
 use crate::types::{
-    AuditLog, AuditLogEntry, CreateAuthKey, Device, Key, PolicyText, PostureAttributes, User,
-    ValidationResult,
+    AuditLog, AuditLogEntry, CreateAuthKey, Device, Key, PolicyText, PostureAttributes,
+    TailnetSettings, User, UserInvite, ValidationResult,
 };
 use crate::{Error, Result, Secret, Tailnet};
 
@@ -518,6 +518,11 @@ struct Users {
 }
 
 #[derive(serde::Deserialize)]
+struct Keys {
+    keys: Vec<Key>,
+}
+
+#[derive(serde::Deserialize)]
 struct Devices {
     devices: Vec<Device>,
 }
@@ -668,6 +673,25 @@ impl Tailnet for ApiClient {
         // Not idempotent: a repeat after a lost answer would mint a second key.
         let call = Call::new(Method::POST, self.tailnet_path("/keys")).json(body);
         self.send(call).await?.json()
+    }
+
+    async fn keys(&self) -> Result<Vec<Key>> {
+        let call = Call::new(Method::GET, self.tailnet_path("/keys")).query("all", "true");
+        Ok(self.send(call).await?.json::<Keys>()?.keys)
+    }
+
+    async fn user_invites(&self) -> Result<Vec<UserInvite>> {
+        // A bare JSON array.
+        self.get(self.tailnet_path("/user-invites")).await
+    }
+
+    async fn settings(&self) -> Result<TailnetSettings> {
+        self.get(self.tailnet_path("/settings")).await
+    }
+
+    async fn suspend_user(&self, id: &str) -> Result<()> {
+        let call = Call::new(Method::POST, format!("/users/{}/suspend", segment(id))).idempotent();
+        self.send(call).await.map(|_| ())
     }
 
     async fn key(&self, id: &str) -> Result<Key> {

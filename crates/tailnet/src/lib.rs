@@ -104,4 +104,14 @@ pub trait Tailnet: Send + Sync {
 
     /// Configuration audit log entries between two RFC 3339 times.
     async fn audit_log(&self, start: &str, end: &str) -> Result<Vec<AuditLogEntry>>;
+
+    /// Every key of the tailnet (`?all=true`): auth keys, API tokens, OAuth clients,
+    /// federated identities.
+    async fn keys(&self) -> Result<Vec<Key>>;
+    /// Pending user invites.
+    async fn user_invites(&self) -> Result<Vec<UserInvite>>;
+    /// The tailnet's settings (whether the policy is managed externally, among others).
+    async fn settings(&self) -> Result<TailnetSettings>;
+    /// Suspends a user: their devices lose access until restored.
+    async fn suspend_user(&self, id: &str) -> Result<()>;
 }

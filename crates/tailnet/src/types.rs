@@ -252,3 +252,34 @@ pub struct ValidationResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Json>,
 }
+
+/// A pending user invite (`GET /tailnet/{t}/user-invites`). Unlike user and device ids,
+/// `tailnetId` and `inviterId` are JSON numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UserInvite {
+    pub id: String,
+    pub role: String,
+    pub tailnet_id: i64,
+    pub inviter_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_email_sent_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invite_url: Option<String>,
+}
+
+/// The tailnet's settings (`GET /tailnet/{t}/settings`); the fields tidegate reads, and the
+/// rest kept as they came.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TailnetSettings {
+    /// The policy file is managed by GitOps: edits made through the API are undone by its
+    /// next apply.
+    pub acls_externally_managed_on: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acls_external_link: Option<String>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}

@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod devices;
+pub(crate) mod invites;
 pub(crate) mod keys;
 pub(crate) mod oauth;
 pub(crate) mod policy;
@@ -39,6 +40,9 @@ enum Ep<'a> {
     Webhook(&'a str),
     WebhookAction(&'a str, &'a str),
     AuditLog(&'a str),
+    Invites(&'a str),
+    Invite(&'a str),
+    Settings(&'a str),
 }
 
 fn endpoint<'a>(s: &[&'a str]) -> Option<Ep<'a>> {
@@ -70,6 +74,9 @@ fn endpoint<'a>(s: &[&'a str]) -> Option<Ep<'a>> {
         ["webhooks", id] => Ep::Webhook(id),
         ["webhooks", id, a @ ("test" | "rotate")] => Ep::WebhookAction(id, a),
         ["tailnet", t, "logging", "configuration"] => Ep::AuditLog(t),
+        ["tailnet", t, "user-invites"] => Ep::Invites(t),
+        ["user-invites", id] => Ep::Invite(id),
+        ["tailnet", t, "settings"] => Ep::Settings(t),
         _ => return None,
     })
 }
@@ -91,6 +98,9 @@ fn allowed_methods(ep: Ep<'_>) -> &'static [Method] {
         Ep::DeviceAttr(..) => &[Method::POST, Method::DELETE],
         Ep::Key(..) => &[Method::GET, Method::DELETE, Method::PUT],
         Ep::Webhook(_) => &[Method::GET, Method::PATCH, Method::DELETE],
+        Ep::Invites(_) => &[Method::GET, Method::POST],
+        Ep::Invite(_) => &[Method::GET, Method::DELETE],
+        Ep::Settings(_) => &[Method::GET, Method::PATCH],
     }
 }
 
@@ -150,6 +160,12 @@ pub(crate) fn route(app: &App, req: &Req) -> ApiResult {
         Ep::Webhook(id) => webhooks::delete(app, &p, id),
         Ep::WebhookAction(id, action) => webhooks::action(app, &p, id, action),
         Ep::AuditLog(t) => audit::list(app, req, &p, t),
+        Ep::Invites(t) if m == Method::GET => invites::list(app, &p, t),
+        Ep::Invites(t) => invites::create(app, req, &p, t),
+        Ep::Invite(id) if m == Method::GET => invites::get(app, &p, id),
+        Ep::Invite(id) => invites::delete(app, &p, id),
+        Ep::Settings(t) if m == Method::GET => invites::settings(app, &p, t),
+        Ep::Settings(t) => invites::patch_settings(app, req, &p, t),
     }
 }
 

@@ -438,3 +438,52 @@ async fn credentials_and_scopes_are_enforced() {
         matches!(wrong.devices().await, Err(Error::Unauthorized(m)) if m.contains("OAuth client refused"))
     );
 }
+
+/// The inventory's reads: every key, user invites in Tailscale's own shape (integer tailnet and
+/// inviter ids), the settings, and suspending a user.
+#[tokio::test]
+async fn inventory_reads_invites_settings_keys_and_suspend() {
+    let mut state: serde_json::Value = serde_json::from_str(&state_text()).unwrap();
+    state["userInvites"] = json!([{"id": "29214", "role": "member", "tailnetId": 59954,
+        "inviterId": 22012, "email": "newhire@example.com", "lastEmailSentAt": "2026-11-01T10:00:00Z",
+        "inviteUrl": "https://login.tailscale.com/uinv/abc"}]);
+    state["settings"] = json!({"aclsExternallyManagedOn": true,
+        "aclsExternalLink": "https://github.com/acme/tailnet", "devicesApprovalOn": false});
+    let state = emulator::State::from_json(&state.to_string(), tailnet::SystemClock.now()).unwrap();
+    let emu = emulator::start(state, emulator::Options::default())
+        .await
+        .unwrap();
+    let api = client(emu.url());
+
+    let invites = api.user_invites().await.unwrap();
+    assert_eq!(invites.len(), 1);
+    assert_eq!(invites[0].tailnet_id, 59954);
+    assert_eq!(invites[0].email.as_deref(), Some("newhire@example.com"));
+    let raw: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v2/tailnet/-/user-invites", emu.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(raw.is_array() && raw[0]["inviterId"].is_i64(), "{raw}");
+
+    let settings = api.settings().await.unwrap();
+    assert!(settings.acls_externally_managed_on);
+    assert_eq!(settings.other["devicesApprovalOn"], json!(false));
+
+    let keys = api.keys().await.unwrap();
+    assert!(keys.iter().any(|k| k.key_type == "api"), "{keys:?}");
+    assert!(keys.iter().any(|k| k.key_type == "client"), "{keys:?}");
+
+    let users = api.users().await.unwrap();
+    let carol = users
+        .iter()
+        .find(|u| u.login_name == "carol@example.com")
+        .unwrap();
+    api.suspend_user(&carol.id).await.unwrap();
+    assert_eq!(api.user(&carol.id).await.unwrap().status, "suspended");
+    emu.shutdown().await;
+}
