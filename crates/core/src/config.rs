@@ -41,6 +41,122 @@ struct RawConfig {
     roles: RawRoles,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    inventory: RawInventory,
+    directory: Option<RawDirectory>,
+    #[serde(default)]
+    compliance: RawCompliance,
+    #[serde(default, rename = "critical")]
+    critical: Vec<CriticalSystem>,
+    #[serde(default, rename = "role_rule")]
+    role_rules: Vec<RoleRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    sync_interval: Option<Span>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    file: Option<PathBuf>,
+    #[serde(default)]
+    aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    scim: bool,
+    scim_token: Option<String>,
+    scim_token_env: Option<String>,
+    scim_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompliance {
+    leaver_grace: Option<Span>,
+    stale_device_days: Option<u32>,
+    #[serde(default)]
+    suspend_leavers: bool,
+}
+
+/// Whose directory record makes access valid: any of these departments or titles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidFor {
+    #[serde(default)]
+    pub department: Vec<String>,
+    #[serde(default)]
+    pub title: Vec<String>,
+}
+
+impl ValidFor {
+    pub fn is_empty(&self) -> bool {
+        self.department.is_empty() && self.title.is_empty()
+    }
+
+    /// Whether a person with this department and title is covered.
+    pub fn allows(&self, department: &str, title: &str) -> bool {
+        self.department
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(department))
+            || self.title.iter().any(|t| t.eq_ignore_ascii_case(title))
+    }
+}
+
+/// `[[critical]]`: a system the compliance checks watch, by the tags of its devices.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriticalSystem {
+    pub name: String,
+    pub tags: Vec<String>,
+    /// The only selectors allowed standing access to it (e.g. `group:sre`).
+    #[serde(default)]
+    pub standing: Vec<String>,
+    #[serde(default)]
+    pub valid_for: ValidFor,
+}
+
+/// `[[role_rule]]`: who may hold a tailnet role above member.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRule {
+    pub tailnet_role: String,
+    #[serde(default)]
+    pub valid_for: ValidFor,
+}
+
+/// `[directory]`: where tidegate learns who people are.
+#[derive(Debug, Clone, Default)]
+pub struct DirectorySettings {
+    /// A CSV or JSON file of people (relative paths are relative to the config file).
+    pub file: Option<PathBuf>,
+    /// Directory e-mail → tailnet login.
+    pub aliases: BTreeMap<String, String>,
+    /// Accept SCIM 2.0 pushes at `/scim/v2`.
+    pub scim: bool,
+    pub scim_token: Option<Secret>,
+}
+
+/// `[compliance]`.
+#[derive(Debug, Clone)]
+pub struct ComplianceSettings {
+    /// How long after `terminated_at` a leaver's tailnet user may stay active.
+    pub leaver_grace: Span,
+    /// Devices not seen for this many days are findings.
+    pub stale_device_days: u32,
+    /// Suspend a leaver's tailnet user at once.
+    pub suspend_leavers: bool,
+}
+
+impl Default for ComplianceSettings {
+    fn default() -> Self {
+        ComplianceSettings {
+            leaver_grace: Span::hours(24),
+            stale_device_days: 60,
+            suspend_leavers: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -242,6 +358,12 @@ pub struct Config {
     pub roles: Roles,
     /// How often the audit chain's head (length and last hash) is written to the log.
     pub audit_head_interval: Span,
+    /// How often the leader syncs the tailnet's inventory (`[inventory] sync_interval`).
+    pub inventory_sync_interval: Span,
+    pub directory: Option<DirectorySettings>,
+    pub compliance: ComplianceSettings,
+    pub critical: Vec<CriticalSystem>,
+    pub role_rules: Vec<RoleRule>,
 }
 
 /// Resolves a secret given inline, as an environment variable name, or as a file path.
@@ -282,7 +404,16 @@ impl Config {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        // A directory file named relative to the config file.
+        if let Some(dir) = config.directory.as_mut()
+            && let Some(file) = dir.file.as_mut()
+            && file.is_relative()
+            && let Some(base) = path.parent()
+        {
+            *file = base.join(&*file);
+        }
+        Ok(config)
     }
 
     /// Parses config text; `origin` names it in errors.
@@ -453,7 +584,69 @@ impl Config {
             auditors: selectors("auditors", &raw.roles.auditors)
                 .map_err(|m| invalid(format!("[roles] {m}")))?,
         };
+        let directory = match &raw.directory {
+            None => None,
+            Some(d) => {
+                if d.file.is_none() && !d.scim {
+                    return Err(invalid(
+                        "[directory] needs file = \"people.csv\" (or .json), scim = true, or both"
+                            .into(),
+                    ));
+                }
+                let scim_token = secret(
+                    "directory.scim_token",
+                    d.scim_token.as_ref(),
+                    d.scim_token_env.as_ref(),
+                    d.scim_token_file.as_ref(),
+                )
+                .map_err(invalid)?;
+                if d.scim && scim_token.is_none() {
+                    return Err(invalid(
+                        "[directory] scim = true needs scim_token, scim_token_env or scim_token_file: the identity provider's bearer token".into(),
+                    ));
+                }
+                Some(DirectorySettings {
+                    file: d.file.clone(),
+                    aliases: d
+                        .aliases
+                        .iter()
+                        .map(|(k, v)| (k.to_lowercase(), v.to_lowercase()))
+                        .collect(),
+                    scim: d.scim,
+                    scim_token,
+                })
+            }
+        };
+        let mut names = HashSet::new();
+        for c in &raw.critical {
+            if !names.insert(c.name.clone()) {
+                return Err(invalid(format!("[[critical]] {:?} appears twice", c.name)));
+            }
+            if c.tags.is_empty() || c.tags.iter().any(|t| !t.starts_with("tag:")) {
+                return Err(invalid(format!(
+                    "[[critical]] {:?}: tags must list the system's device tags (tag:NAME)",
+                    c.name
+                )));
+            }
+        }
+        for r in &raw.role_rules {
+            if crate::entitlement::role_rank(&r.tailnet_role).is_none_or(|rank| rank == 0) {
+                return Err(invalid(format!(
+                    "[[role_rule]] tailnet_role {:?}: one of owner, admin, it-admin, network-admin, billing-admin, auditor",
+                    r.tailnet_role
+                )));
+            }
+        }
         Ok(Config {
+            inventory_sync_interval: raw.inventory.sync_interval.unwrap_or(Span::minutes(15)),
+            directory,
+            compliance: ComplianceSettings {
+                leaver_grace: raw.compliance.leaver_grace.unwrap_or(Span::hours(24)),
+                stale_device_days: raw.compliance.stale_device_days.unwrap_or(60),
+                suspend_leavers: raw.compliance.suspend_leavers,
+            },
+            critical: raw.critical.clone(),
+            role_rules: raw.role_rules.clone(),
             audit_head_interval: raw.audit.head_interval.unwrap_or(Span::minutes(5)),
             requests_visible,
             roles,

@@ -1,0 +1,563 @@
+//! The tailnet's inventory: users, pending invites, devices, keys, and the policy's entities
+//! (groups, tagOwners, hosts, postures, and every `acls`, `grants` and `ssh` rule with its
+//! section, index and line). A sync reads it all, compares it with the last snapshot, and
+//! stores the changes; an unchanged re-sync stores only a small record.
+//!
+//! Storage, in the store's named records: `inventory:snapshot` the latest snapshot,
+//! `inventory:changes` the last sync that changed something (its diff), and
+//! `inventory:run:<time>` one small record per sync. `last_seen` times are kept but are not a
+//! change by themselves (they move all day), so they are as fresh as the last real change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::service::{Service, ServiceError};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub taken_at: String,
+    pub users: Vec<InvUser>,
+    pub invites: Vec<InvInvite>,
+    pub devices: Vec<InvDevice>,
+    pub keys: Vec<InvKey>,
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub tag_owners: BTreeMap<String, Vec<String>>,
+    pub hosts: BTreeMap<String, String>,
+    pub postures: BTreeMap<String, Vec<String>>,
+    pub rules: Vec<Rule>,
+    /// The policy is managed by GitOps (`aclsExternallyManagedOn`).
+    #[serde(default)]
+    pub policy_managed_externally: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvUser {
+    pub id: String,
+    pub login: String,
+    pub name: String,
+    pub role: String,
+    pub status: String,
+    /// `member` or `shared`.
+    pub kind: String,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvInvite {
+    pub id: String,
+    pub email: String,
+    pub role: String,
+    pub last_email_sent_at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvDevice {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub owner: String,
+    pub tags: Vec<String>,
+    pub os: String,
+    pub last_seen: String,
+    pub connected: bool,
+    pub expires: String,
+    pub key_expiry_disabled: bool,
+    pub authorized: bool,
+    pub ephemeral: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvKey {
+    pub id: String,
+    /// `auth`, `api`, `client` (OAuth), `federated`.
+    pub kind: String,
+    pub description: String,
+    pub created: String,
+    pub expires: String,
+    pub tags: Vec<String>,
+    pub reusable: bool,
+    pub user_id: String,
+    pub invalid: bool,
+}
+
+/// A rule of the policy, where it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    /// `acls`, `grants` or `ssh`.
+    pub section: String,
+    pub index: usize,
+    pub line: usize,
+    pub src: Vec<String>,
+    pub dst: Vec<String>,
+    /// Ports (acls), `ip` (grants) or local users (ssh).
+    pub what: Vec<String>,
+}
+
+impl Rule {
+    /// `acls[2] (line 31)`.
+    pub fn label(&self) -> String {
+        format!("{}[{}] (line {})", self.section, self.index, self.line)
+    }
+}
+
+/// One difference between two snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// `user`, `invite`, `device`, `key`, `group`, `tag_owner`, `host`, `posture`, `rule`.
+    pub kind: String,
+    /// The login, hostname, key id, group name or rule label.
+    pub subject: String,
+    /// `added`, `removed` or `changed`.
+    pub change: String,
+    /// Changed field → `[old, new]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, (Value, Value)>,
+}
+
+/// What a sync found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncReport {
+    pub at: String,
+    pub users: usize,
+    pub devices: usize,
+    pub invites: usize,
+    pub keys: usize,
+    pub groups: usize,
+    /// acls + grants + ssh.
+    pub rules: usize,
+    pub unchanged: bool,
+    pub changes: usize,
+    /// Parts that could not be read (their previous values are kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+const SNAPSHOT: &str = "inventory:snapshot";
+const CHANGES: &str = "inventory:changes";
+const RUN: &str = "inventory:run:";
+
+/// What a sync stores when something changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    pub at: String,
+    pub previous_at: String,
+    pub changes: Vec<Change>,
+}
+
+impl Snapshot {
+    /// The rules of a parsed policy, with their sections, indexes and lines.
+    pub fn rules_of(policy: &policy::Policy) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        for (i, a) in policy.file.acls.iter().flatten().enumerate() {
+            rules.push(Rule {
+                section: "acls".into(),
+                index: i,
+                line: policy.acl_lines.get(i).copied().unwrap_or(0),
+                src: if a.src.is_empty() {
+                    a.users.clone()
+                } else {
+                    a.src.clone()
+                },
+                dst: if a.dst.is_empty() {
+                    a.ports.clone()
+                } else {
+                    a.dst.clone()
+                },
+                what: a.proto.iter().cloned().collect(),
+            });
+        }
+        for (i, g) in policy.file.grants.iter().flatten().enumerate() {
+            rules.push(Rule {
+                section: "grants".into(),
+                index: i,
+                line: policy.grant_lines.get(i).copied().unwrap_or(0),
+                src: g.src.clone(),
+                dst: g.dst.clone(),
+                what: g.ip.clone(),
+            });
+        }
+        for (i, r) in policy.file.ssh.iter().enumerate() {
+            rules.push(Rule {
+                section: "ssh".into(),
+                index: i,
+                line: policy.ssh_lines.get(i).copied().unwrap_or(0),
+                src: r.src.clone(),
+                dst: r.dst.clone(),
+                what: r.users.clone().unwrap_or_default(),
+            });
+        }
+        rules
+    }
+
+    /// The snapshot's content hash, without times that move on their own.
+    pub fn content_hash(&self) -> String {
+        let mut plain = self.clone();
+        plain.taken_at.clear();
+        for u in &mut plain.users {
+            u.last_seen.clear();
+        }
+        for d in &mut plain.devices {
+            d.last_seen.clear();
+            d.connected = false;
+        }
+        let text = serde_json::to_string(&plain).unwrap_or_default();
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+
+    pub fn report(&self) -> SyncReport {
+        SyncReport {
+            at: self.taken_at.clone(),
+            users: self.users.len(),
+            devices: self.devices.len(),
+            invites: self.invites.len(),
+            keys: self.keys.len(),
+            groups: self.groups.len(),
+            rules: self.rules.len(),
+            ..SyncReport::default()
+        }
+    }
+}
+
+/// Items of one kind keyed by subject, as JSON objects (so fields compare generically).
+fn keyed<T: Serialize>(items: &[T], subject: impl Fn(&T) -> String) -> BTreeMap<String, Value> {
+    items
+        .iter()
+        .map(|i| (subject(i), serde_json::to_value(i).unwrap_or(Value::Null)))
+        .collect()
+}
+
+/// Fields that move on their own and are not a change.
+const VOLATILE: &[&str] = &["last_seen", "connected"];
+
+fn compare(
+    kind: &str,
+    old: &BTreeMap<String, Value>,
+    new: &BTreeMap<String, Value>,
+    out: &mut Vec<Change>,
+) {
+    for (subject, n) in new {
+        match old.get(subject) {
+            None => out.push(Change {
+                kind: kind.into(),
+                subject: subject.clone(),
+                change: "added".into(),
+                fields: BTreeMap::new(),
+            }),
+            Some(o) if o != n => {
+                let mut fields = BTreeMap::new();
+                match (o, n) {
+                    (Value::Object(o), Value::Object(n)) => {
+                        for (k, nv) in n {
+                            let ov = o.get(k).cloned().unwrap_or(Value::Null);
+                            if ov != *nv && !VOLATILE.contains(&k.as_str()) {
+                                fields.insert(k.clone(), (ov, nv.clone()));
+                            }
+                        }
+                    }
+                    _ => {
+                        fields.insert("value".into(), (o.clone(), n.clone()));
+                    }
+                }
+                if !fields.is_empty() {
+                    out.push(Change {
+                        kind: kind.into(),
+                        subject: subject.clone(),
+                        change: "changed".into(),
+                        fields,
+                    });
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for subject in old.keys().filter(|s| !new.contains_key(*s)) {
+        out.push(Change {
+            kind: kind.into(),
+            subject: subject.clone(),
+            change: "removed".into(),
+            fields: BTreeMap::new(),
+        });
+    }
+}
+
+fn map_values<V: Serialize>(map: &BTreeMap<String, V>) -> BTreeMap<String, Value> {
+    map.iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
+        .collect()
+}
+
+/// Every difference from `old` to `new`.
+pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+    let mut out = Vec::new();
+    compare(
+        "user",
+        &keyed(&old.users, |u| u.login.clone()),
+        &keyed(&new.users, |u| u.login.clone()),
+        &mut out,
+    );
+    let invite = |i: &InvInvite| {
+        if i.email.is_empty() {
+            i.id.clone()
+        } else {
+            i.email.clone()
+        }
+    };
+    compare(
+        "invite",
+        &keyed(&old.invites, invite),
+        &keyed(&new.invites, invite),
+        &mut out,
+    );
+    compare(
+        "device",
+        &keyed(&old.devices, |d| d.name.clone()),
+        &keyed(&new.devices, |d| d.name.clone()),
+        &mut out,
+    );
+    compare(
+        "key",
+        &keyed(&old.keys, |k| k.id.clone()),
+        &keyed(&new.keys, |k| k.id.clone()),
+        &mut out,
+    );
+    compare(
+        "group",
+        &map_values(&old.groups),
+        &map_values(&new.groups),
+        &mut out,
+    );
+    compare(
+        "tag_owner",
+        &map_values(&old.tag_owners),
+        &map_values(&new.tag_owners),
+        &mut out,
+    );
+    compare(
+        "host",
+        &map_values(&old.hosts),
+        &map_values(&new.hosts),
+        &mut out,
+    );
+    compare(
+        "posture",
+        &map_values(&old.postures),
+        &map_values(&new.postures),
+        &mut out,
+    );
+    let rule = |r: &Rule| format!("{}[{}]", r.section, r.index);
+    compare(
+        "rule",
+        &keyed(&old.rules, rule),
+        &keyed(&new.rules, rule),
+        &mut out,
+    );
+    out
+}
+
+impl Service {
+    /// Reads the whole inventory from the tailnet (`progress` hears each part as it is read).
+    pub async fn read_inventory(
+        &self,
+        previous: Option<&Snapshot>,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(Snapshot, Vec<String>), ServiceError> {
+        let t = self.tailnet();
+        let (users, devices, policy) = tokio::try_join!(t.users(), t.devices(), t.policy())?;
+        progress("users, devices and policy read");
+        let (keys, invites, settings) = tokio::join!(t.keys(), t.user_invites(), t.settings());
+        progress("keys, invites and settings read");
+        let mut warnings = Vec::new();
+        let parsed = policy::Policy::parse(&policy.text).map_err(|e| {
+            ServiceError::Invalid(format!("the tailnet's policy does not parse: {e}"))
+        })?;
+        let mut snap = Snapshot {
+            taken_at: crate::time_text(self.now()),
+            users: users
+                .iter()
+                .map(|u| InvUser {
+                    id: u.id.clone(),
+                    login: u.login_name.clone(),
+                    name: u.display_name.clone(),
+                    role: u.role.clone(),
+                    status: u.status.clone(),
+                    kind: u.kind.clone(),
+                    last_seen: u.last_seen.clone(),
+                })
+                .collect(),
+            devices: devices
+                .iter()
+                .map(|d| InvDevice {
+                    id: d.node_id.clone(),
+                    name: d.name.clone(),
+                    hostname: d.hostname.clone(),
+                    owner: d.user.clone(),
+                    tags: d.tags.clone(),
+                    os: d.os.clone(),
+                    last_seen: d.last_seen.clone().unwrap_or_default(),
+                    connected: d.connected_to_control,
+                    expires: d.expires.clone(),
+                    key_expiry_disabled: d.key_expiry_disabled,
+                    authorized: d.authorized,
+                    ephemeral: d.is_ephemeral,
+                })
+                .collect(),
+            groups: parsed.file.groups.clone(),
+            tag_owners: parsed.file.tag_owners.clone(),
+            hosts: parsed.file.hosts.clone(),
+            postures: parsed.file.postures.clone(),
+            rules: Snapshot::rules_of(&parsed),
+            ..Snapshot::default()
+        };
+        match keys {
+            Ok(keys) => {
+                snap.keys = keys
+                    .iter()
+                    .map(|k| InvKey {
+                        id: k.id.clone(),
+                        kind: k.key_type.clone(),
+                        description: k.description.clone(),
+                        created: k.created.clone(),
+                        expires: k.expires.clone().unwrap_or_default(),
+                        tags: k
+                            .capabilities
+                            .as_ref()
+                            .map(|c| c.devices.create.tags.clone())
+                            .or_else(|| k.tags.clone())
+                            .unwrap_or_default(),
+                        reusable: k
+                            .capabilities
+                            .as_ref()
+                            .is_some_and(|c| c.devices.create.reusable),
+                        user_id: k.user_id.clone().unwrap_or_default(),
+                        invalid: k.invalid,
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                warnings.push(format!("keys: {e}"));
+                snap.keys = previous.map(|p| p.keys.clone()).unwrap_or_default();
+            }
+        }
+        match invites {
+            Ok(invites) => {
+                snap.invites = invites
+                    .iter()
+                    .map(|i| InvInvite {
+                        id: i.id.clone(),
+                        email: i.email.clone().unwrap_or_default(),
+                        role: i.role.clone(),
+                        last_email_sent_at: i.last_email_sent_at.clone().unwrap_or_default(),
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                warnings.push(format!("invites: {e}"));
+                snap.invites = previous.map(|p| p.invites.clone()).unwrap_or_default();
+            }
+        }
+        match settings {
+            Ok(s) => snap.policy_managed_externally = s.acls_externally_managed_on,
+            Err(e) => {
+                warnings.push(format!("settings: {e}"));
+                snap.policy_managed_externally =
+                    previous.is_some_and(|p| p.policy_managed_externally);
+            }
+        }
+        for w in &warnings {
+            tracing::warn!(warning = %w, "inventory: a part could not be read; its last values are kept");
+        }
+        Ok((snap, warnings))
+    }
+
+    /// The latest stored snapshot, if any sync ran.
+    pub async fn inventory(&self) -> Result<Option<Snapshot>, ServiceError> {
+        match self.store().get_state(SNAPSHOT).await? {
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| ServiceError::Invalid(format!("stored inventory snapshot: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// The changes the last changing sync found.
+    pub async fn inventory_changes(&self) -> Result<ChangeRecord, ServiceError> {
+        match self.store().get_state(CHANGES).await? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| ServiceError::Invalid(format!("stored inventory changes: {e}"))),
+            None => Ok(ChangeRecord::default()),
+        }
+    }
+
+    /// Syncs the inventory: reads it, compares it with the last snapshot, stores the snapshot
+    /// and its changes when something changed, and a small record either way.
+    pub async fn sync_inventory(
+        &self,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<SyncReport, ServiceError> {
+        let previous = self.inventory().await?;
+        let (snap, warnings) = self.read_inventory(previous.as_ref(), progress).await?;
+        let hash = snap.content_hash();
+        let previous_hash = previous.as_ref().map(Snapshot::content_hash);
+        let mut report = snap.report();
+        report.warnings = warnings;
+        let at = snap.taken_at.clone();
+        if previous_hash.as_deref() == Some(hash.as_str()) {
+            report.unchanged = true;
+        } else {
+            let changes = match &previous {
+                Some(p) => diff(p, &snap),
+                // The first sync: everything is new; the diff would only repeat the snapshot.
+                None => Vec::new(),
+            };
+            report.changes = changes.len();
+            let record = ChangeRecord {
+                at: at.clone(),
+                previous_at: previous
+                    .as_ref()
+                    .map(|p| p.taken_at.clone())
+                    .unwrap_or_default(),
+                changes,
+            };
+            self.store()
+                .put_state(SNAPSHOT, &encode(&snap)?, &at)
+                .await?;
+            self.store()
+                .put_state(CHANGES, &encode(&record)?, &at)
+                .await?;
+            for c in record.changes.iter().take(20) {
+                tracing::info!(kind = %c.kind, subject = %c.subject, change = %c.change, "inventory change");
+            }
+        }
+        let run = serde_json::json!({
+            "at": at,
+            "hash": hash,
+            "unchanged": report.unchanged,
+            "changes": report.changes,
+            "users": report.users,
+            "devices": report.devices,
+        });
+        self.store()
+            .put_state(&format!("{RUN}{at}"), &run.to_string(), &at)
+            .await?;
+        tracing::info!(
+            users = report.users,
+            devices = report.devices,
+            keys = report.keys,
+            invites = report.invites,
+            rules = report.rules,
+            changes = report.changes,
+            unchanged = report.unchanged,
+            "inventory synced"
+        );
+        Ok(report)
+    }
+}
+
+/// JSON text of what a sync stores.
+fn encode<T: Serialize>(value: &T) -> Result<String, ServiceError> {
+    serde_json::to_string(value)
+        .map_err(|e| ServiceError::Invalid(format!("cannot encode the inventory: {e}")))
+}

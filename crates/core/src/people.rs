@@ -1,0 +1,239 @@
+//! The directory of people: the source of truth for who someone is (department, title,
+//! manager) and whether they still work here. Read from `[directory] file`, a CSV with the
+//! header `email,name,department,title,manager,status,terminated_at` or a JSON array of objects
+//! with those keys; keyed by tailnet login (a directory e-mail maps to a login through
+//! `[directory] aliases`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// One person as the directory has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// The directory's e-mail.
+    pub email: String,
+    /// The tailnet login it maps to (the e-mail unless an alias says otherwise).
+    pub login: String,
+    pub name: String,
+    pub department: String,
+    pub title: String,
+    /// The manager's e-mail.
+    pub manager: String,
+    pub terminated: bool,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub terminated_at: Option<OffsetDateTime>,
+    /// `file` or `scim`.
+    pub source: String,
+}
+
+/// Everyone, by tailnet login (lower case).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct People {
+    pub by_login: BTreeMap<String, Person>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PeopleError {
+    pub path: String,
+    pub message: String,
+}
+
+/// A row as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Row {
+    email: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    department: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    manager: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    terminated_at: String,
+}
+
+/// `2026-11-02T17:00:00Z` or `2026-11-02` (midnight UTC).
+pub fn parse_date(text: &str) -> Option<OffsetDateTime> {
+    let text = text.trim();
+    tailnet::clock::parse_rfc3339(text)
+        .or_else(|| tailnet::clock::parse_rfc3339(&format!("{text}T00:00:00Z")))
+}
+
+impl People {
+    /// Reads a CSV or JSON file of people (JSON when it starts with `[`).
+    pub fn load(path: &Path, aliases: &BTreeMap<String, String>) -> Result<People, PeopleError> {
+        let error = |message: String| PeopleError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
+        People::parse(&text, aliases).map_err(error)
+    }
+
+    /// Parses the file's text; errors say which row or line and what is wrong.
+    pub fn parse(text: &str, aliases: &BTreeMap<String, String>) -> Result<People, String> {
+        let rows: Vec<(String, Row)> = if text.trim_start().starts_with('[') {
+            let rows: Vec<Row> = serde_json::from_str(text)
+                .map_err(|e| format!("line {}: not a list of people: {e}", e.line()))?;
+            rows.into_iter()
+                .enumerate()
+                .map(|(i, r)| (format!("person {}", i + 1), r))
+                .collect()
+        } else {
+            let mut reader = csv::ReaderBuilder::new()
+                .trim(csv::Trim::All)
+                .from_reader(text.as_bytes());
+            let headers = reader
+                .headers()
+                .map_err(|e| format!("header: {e}"))?
+                .clone();
+            let expected = [
+                "email",
+                "name",
+                "department",
+                "title",
+                "manager",
+                "status",
+                "terminated_at",
+            ];
+            if headers.iter().collect::<Vec<_>>() != expected {
+                return Err(format!("line 1: the header must be {}", expected.join(",")));
+            }
+            let mut rows = Vec::new();
+            for (i, record) in reader.deserialize::<Row>().enumerate() {
+                let row = record.map_err(|e| format!("line {}: {e}", i + 2))?;
+                rows.push((format!("line {}", i + 2), row));
+            }
+            rows
+        };
+        let mut people = People::default();
+        for (at, row) in rows {
+            let email = row.email.trim().to_lowercase();
+            if !email.contains('@') || email.chars().any(char::is_control) {
+                return Err(format!("{at}: {:?} is not an e-mail", row.email));
+            }
+            let terminated = match row.status.trim().to_lowercase().as_str() {
+                "" | "active" => false,
+                "terminated" => true,
+                other => {
+                    return Err(format!(
+                        "{at}: status {other:?}: write active or terminated"
+                    ));
+                }
+            };
+            let terminated_at = match row.terminated_at.trim() {
+                "" => None,
+                t => Some(parse_date(t).ok_or_else(|| {
+                    format!("{at}: terminated_at {t:?}: write an RFC 3339 time or YYYY-MM-DD")
+                })?),
+            };
+            let login = aliases
+                .get(&email)
+                .cloned()
+                .unwrap_or_else(|| email.clone());
+            let person = Person {
+                email,
+                login: login.clone(),
+                name: row.name,
+                department: row.department,
+                title: row.title,
+                manager: row.manager.trim().to_lowercase(),
+                terminated,
+                terminated_at,
+                source: "file".into(),
+            };
+            if people.by_login.insert(login.clone(), person).is_some() {
+                return Err(format!("{at}: {login} appears twice"));
+            }
+        }
+        Ok(people)
+    }
+
+    /// Adds people from another source: someone terminated in either is terminated.
+    pub fn merge(&mut self, other: People) {
+        for (login, p) in other.by_login {
+            match self.by_login.get_mut(&login) {
+                Some(existing) => {
+                    if p.terminated && !existing.terminated {
+                        existing.terminated = true;
+                        existing.terminated_at = p.terminated_at.or(existing.terminated_at);
+                    }
+                }
+                None => {
+                    self.by_login.insert(login, p);
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, login: &str) -> Option<&Person> {
+        self.by_login.get(&login.to_lowercase())
+    }
+
+    /// Logins terminated here and not in `before`.
+    pub fn newly_terminated(&self, before: &People) -> Vec<String> {
+        self.by_login
+            .values()
+            .filter(|p| p.terminated && !before.get(&p.login).is_some_and(|b| b.terminated))
+            .map(|p| p.login.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_and_json_read_alike_with_aliases() {
+        let aliases = BTreeMap::from([(
+            "grace@corp.example".to_owned(),
+            "grace@example.com".to_owned(),
+        )]);
+        let csv = "email,name,department,title,manager,status,terminated_at\n\
+                   alice@example.com,Alice,SRE,Staff SRE,,active,\n\
+                   grace@corp.example,Grace,Sales,AE,alice@example.com,terminated,2026-11-02\n";
+        let people = People::parse(csv, &aliases).unwrap();
+        let grace = people.get("grace@example.com").unwrap();
+        assert!(grace.terminated);
+        assert_eq!(grace.terminated_at, parse_date("2026-11-02T00:00:00Z"));
+        let json = r#"[{"email": "alice@example.com", "name": "Alice", "department": "SRE", "title": "Staff SRE", "manager": "", "status": "active", "terminated_at": ""},
+                      {"email": "grace@corp.example", "name": "Grace", "department": "Sales", "title": "AE", "manager": "alice@example.com", "status": "terminated", "terminated_at": "2026-11-02"}]"#;
+        assert_eq!(People::parse(json, &aliases).unwrap(), people);
+    }
+
+    #[test]
+    fn bad_rows_say_where() {
+        let none = BTreeMap::new();
+        let bad_status =
+            "email,name,department,title,manager,status,terminated_at\nx@example.com,X,,,,gone,\n";
+        assert_eq!(
+            People::parse(bad_status, &none).unwrap_err(),
+            "line 2: status \"gone\": write active or terminated"
+        );
+        assert!(
+            People::parse("mail,name\n", &none)
+                .unwrap_err()
+                .starts_with("line 1: the header")
+        );
+        let bad_date = "email,name,department,title,manager,status,terminated_at\nx@example.com,X,,,,terminated,yesterday\n";
+        assert!(
+            People::parse(bad_date, &none)
+                .unwrap_err()
+                .contains("line 2: terminated_at")
+        );
+    }
+}
