@@ -5,6 +5,7 @@
 
 mod client_cmd;
 mod emulator_cmd;
+mod governance_cmd;
 mod machine_cmd;
 mod policy_cmd;
 mod server_cmd;
@@ -111,6 +112,15 @@ enum Command {
         #[command(subcommand)]
         command: server_cmd::AuditCommand,
     },
+    /// Sync the tailnet's inventory now: users, invites, devices, keys, the policy's rules.
+    Sync(governance_cmd::SyncArgs),
+    /// The inventory from the last sync (and what changed).
+    Inventory {
+        #[command(subcommand)]
+        command: governance_cmd::InventoryCommand,
+    },
+    /// Sync and run the compliance checks: exit 0 when all pass, 1 when any fails.
+    Check(governance_cmd::SyncArgs),
     /// Shell completions: `source <(tidegate completions bash)`.
     Completions {
         /// The shell.
@@ -212,6 +222,9 @@ fn main() -> ExitCode {
         Command::Machine { command } => block_on(machine_cmd::run(command)),
         Command::Adopt { group, config } => block_on(server_cmd::adopt(&config, &group)),
         Command::Client(command) => block_on(client_cmd::run(&connection, command)),
+        Command::Sync(args) => block_on(governance_cmd::sync(args)),
+        Command::Inventory { command } => block_on(governance_cmd::inventory(command)),
+        Command::Check(args) => block_on(governance_cmd::check(args)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

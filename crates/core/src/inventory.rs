@@ -94,6 +94,9 @@ pub struct Rule {
     pub dst: Vec<String>,
     /// Ports (acls), `ip` (grants) or local users (ssh).
     pub what: Vec<String>,
+    /// The postures a source must satisfy (grants and ssh).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub src_posture: Vec<String>,
 }
 
 impl Rule {
@@ -167,6 +170,7 @@ impl Snapshot {
                     a.dst.clone()
                 },
                 what: a.proto.iter().cloned().collect(),
+                src_posture: Vec::new(),
             });
         }
         for (i, g) in policy.file.grants.iter().flatten().enumerate() {
@@ -177,6 +181,7 @@ impl Snapshot {
                 src: g.src.clone(),
                 dst: g.dst.clone(),
                 what: g.ip.clone(),
+                src_posture: g.src_posture.clone(),
             });
         }
         for (i, r) in policy.file.ssh.iter().enumerate() {
@@ -187,6 +192,7 @@ impl Snapshot {
                 src: r.src.clone(),
                 dst: r.dst.clone(),
                 what: r.users.clone().unwrap_or_default(),
+                src_posture: r.src_posture.clone(),
             });
         }
         rules

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod compliance;
 pub mod config;
 pub mod duration;
 pub mod entitlement;

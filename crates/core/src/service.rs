@@ -53,6 +53,8 @@ pub struct Service {
     /// Wakes the reconciler when desired state changes.
     wake: Arc<Notify>,
     live: Mutex<Option<(time::OffsetDateTime, Arc<Live>)>>,
+    /// An inventory sync is wanted before its schedule (a Tailscale webhook arrived).
+    inventory_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// Audit entries for events, stamped with the clock's time.
@@ -155,6 +157,7 @@ impl Service {
             clock,
             wake: Arc::new(Notify::new()),
             live: Mutex::new(None),
+            inventory_wanted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -185,6 +188,19 @@ impl Service {
     }
 
     /// Resolves when [`Service::wake_reconciler`] is called.
+    /// Asks the leader to sync the inventory now (it wakes the reconciler's loop).
+    pub fn want_inventory_sync(&self) {
+        self.inventory_wanted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Whether a sync was asked for since the last call.
+    pub fn take_inventory_sync_wish(&self) -> bool {
+        self.inventory_wanted
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub async fn woken(&self) {
         self.wake.notified().await
     }

@@ -544,6 +544,68 @@ async fn review_break_glass(
     Ok(Json(json_request(&r, app.service.now())))
 }
 
+/// One part of the inventory from the last sync (admins and auditors); `diff` is what the
+/// last changing sync found.
+async fn inventory(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    ApiPath(kind): ApiPath,
+) -> ApiResult<Json<Value>> {
+    auditor(&who)?;
+    if kind == "diff" {
+        return Ok(Json(json!(app.service.inventory_changes().await?)));
+    }
+    const KINDS: [&str; 6] = ["users", "devices", "keys", "invites", "groups", "rules"];
+    if !KINDS.contains(&kind.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no inventory of {kind:?}: one of {}, diff",
+                KINDS.join(", ")
+            ),
+        ));
+    }
+    let snapshot = match app.service.inventory().await? {
+        Some(s) => s,
+        None => {
+            app.service.sync_inventory(&|_| {}).await?;
+            app.service.inventory().await?.unwrap_or_default()
+        }
+    };
+    let value = json!(snapshot);
+    Ok(Json(
+        json!({ "taken_at": snapshot.taken_at, kind.as_str(): value[kind.as_str()] }),
+    ))
+}
+
+/// Syncs the inventory now (admins and auditors).
+async fn sync_inventory(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+) -> ApiResult<Json<Value>> {
+    auditor(&who)?;
+    Ok(Json(json!(app.service.sync_inventory(&|_| {}).await?)))
+}
+
+/// The last compliance check run (admins and auditors).
+async fn checks(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    auditor(&who)?;
+    match app.service.last_checks().await? {
+        Some(run) => Ok(Json(json!(run))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no check has run yet: POST /api/checks runs them now",
+        )),
+    }
+}
+
+/// Runs the compliance checks now (admins and auditors).
+async fn run_checks(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+    auditor(&who)?;
+    let run = app.service.run_checks().await?;
+    Ok(Json(json!(run)))
+}
+
 async fn standing(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
     let auditor = auditor(&who)?;
     let groups = app.service.standing(auditor).await?;
@@ -605,6 +667,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/entitlements", get(entitlements))
         .route("/api/entitlements/{name}/preview", get(preview))
         .route("/api/access", get(access))
+        .route("/api/inventory/sync", post(sync_inventory))
+        .route("/api/inventory/{kind}", get(inventory))
+        .route("/api/checks", get(checks).post(run_checks))
         .route("/api/break-glass", get(break_glass))
         .route(
             "/api/requests/{id}/break-glass-review",

@@ -56,6 +56,23 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "tidegate_leader_terms_total {}",
         app.metrics.terms.load(std::sync::atomic::Ordering::Relaxed)
     );
+    // The last compliance run, whichever process ran it.
+    if let Ok(Some(run)) = service.last_checks().await {
+        family(
+            &mut out,
+            "tidegate_check_findings",
+            "gauge",
+            "Findings of the last compliance check run, by check.",
+        );
+        for c in &run.checks {
+            let _ = writeln!(
+                out,
+                "tidegate_check_findings{{check=\"{}\"}} {}",
+                c.id,
+                c.findings.len()
+            );
+        }
+    }
     let store_up = match service.store().count_open_by_state().await {
         Ok(states) => {
             family(

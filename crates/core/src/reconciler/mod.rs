@@ -688,6 +688,12 @@ impl Reconciler {
         // Machine nodes past their node_ttl are looked for every minute (one device list).
         const CLEAN_EVERY: time::Duration = time::Duration::minutes(1);
         let mut last_clean: Option<OffsetDateTime> = None;
+        // The inventory is synced on its schedule (and when a webhook asks) in a task of its
+        // own: a large tailnet takes seconds to read, and expiries must not wait for it.
+        let sync_every = self.service.config().inventory_sync_interval.to_time();
+        let mut last_sync: Option<OffsetDateTime> = None;
+        let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut sync_wished = false;
         let mut served_request = self.service.full_pass_requested().await;
         loop {
             let now = self.now();
@@ -713,6 +719,23 @@ impl Reconciler {
                 if let Err(e) = self.service.clean_machine_nodes().await {
                     tracing::error!(error = %e, "cannot clean up machine nodes");
                 }
+            }
+            // A wish that comes during a sync is served by the next one.
+            sync_wished |= self.service.take_inventory_sync_wish();
+            if (sync_wished || last_sync.is_none_or(|t| now - t >= sync_every))
+                && !syncing.load(std::sync::atomic::Ordering::SeqCst)
+                && self.still_leading().await
+            {
+                last_sync = Some(now);
+                sync_wished = false;
+                syncing.store(true, std::sync::atomic::Ordering::SeqCst);
+                let (service, flag) = (self.service.clone(), syncing.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = service.sync_inventory(&|_| {}).await {
+                        tracing::error!(error = %e, "cannot sync the inventory");
+                    }
+                    flag.store(false, std::sync::atomic::Ordering::SeqCst);
+                });
             }
             let due = self.next_due(tick_time).await;
             // Expiries are stored to the second: wake just after the due second begins.
