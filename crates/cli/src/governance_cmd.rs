@@ -202,7 +202,7 @@ pub async fn inventory(command: InventoryCommand) -> Result<(), Failure> {
                 _ => &["email", "role", "last_email_sent_at"],
             };
             (
-                columns.iter().map(|c| *c).collect(),
+                columns.to_vec(),
                 value[kind]
                     .as_array()
                     .into_iter()

@@ -319,8 +319,8 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     );
     compare(
         "device",
-        &keyed(&old.devices, |d| d.name.clone()),
-        &keyed(&new.devices, |d| d.name.clone()),
+        &keyed(&old.devices, |d| d.hostname.clone()),
+        &keyed(&new.devices, |d| d.hostname.clone()),
         &mut out,
     );
     compare(

@@ -193,6 +193,38 @@ impl People {
     }
 }
 
+impl crate::service::Service {
+    /// The directory as it stands: the file (read now) and the people provisioned through
+    /// SCIM. Empty without a `[directory]`.
+    pub async fn people(&self) -> Result<People, crate::service::ServiceError> {
+        let Some(dir) = &self.config().directory else {
+            return Ok(People::default());
+        };
+        let mut people = match &dir.file {
+            Some(file) => People::load(file, &dir.aliases)
+                .map_err(|e| crate::service::ServiceError::Invalid(e.to_string()))?,
+            None => People::default(),
+        };
+        people.merge(self.scim_people().await?);
+        Ok(people)
+    }
+
+    /// People provisioned through SCIM (none until the SCIM endpoint has been used).
+    pub async fn scim_people(&self) -> Result<People, crate::service::ServiceError> {
+        let mut people = People::default();
+        for (key, value) in self.store().states(SCIM_PREFIX).await? {
+            let person: Person = serde_json::from_str(&value).map_err(|e| {
+                crate::service::ServiceError::Invalid(format!("stored SCIM person {key}: {e}"))
+            })?;
+            people.by_login.insert(person.login.clone(), person);
+        }
+        Ok(people)
+    }
+}
+
+/// Where SCIM-provisioned people are kept among the store's named records.
+pub const SCIM_PREFIX: &str = "scim:user:";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,35 +269,3 @@ mod tests {
         );
     }
 }
-
-impl crate::service::Service {
-    /// The directory as it stands: the file (read now) and the people provisioned through
-    /// SCIM. Empty without a `[directory]`.
-    pub async fn people(&self) -> Result<People, crate::service::ServiceError> {
-        let Some(dir) = &self.config().directory else {
-            return Ok(People::default());
-        };
-        let mut people = match &dir.file {
-            Some(file) => People::load(file, &dir.aliases)
-                .map_err(|e| crate::service::ServiceError::Invalid(e.to_string()))?,
-            None => People::default(),
-        };
-        people.merge(self.scim_people().await?);
-        Ok(people)
-    }
-
-    /// People provisioned through SCIM (none until the SCIM endpoint has been used).
-    pub async fn scim_people(&self) -> Result<People, crate::service::ServiceError> {
-        let mut people = People::default();
-        for (key, value) in self.store().states(SCIM_PREFIX).await? {
-            let person: Person = serde_json::from_str(&value).map_err(|e| {
-                crate::service::ServiceError::Invalid(format!("stored SCIM person {key}: {e}"))
-            })?;
-            people.by_login.insert(person.login.clone(), person);
-        }
-        Ok(people)
-    }
-}
-
-/// Where SCIM-provisioned people are kept among the store's named records.
-pub const SCIM_PREFIX: &str = "scim:user:";

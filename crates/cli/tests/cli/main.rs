@@ -6,6 +6,7 @@ mod access;
 mod browser;
 mod chaos;
 mod flows;
+mod governance;
 mod logs;
 mod machine;
 mod web;
