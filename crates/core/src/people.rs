@@ -269,3 +269,117 @@ mod tests {
         );
     }
 }
+
+/// What tidegate did about one leaver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LeaverActions {
+    pub login: String,
+    /// Requests cancelled and grants revoked.
+    pub ended: Vec<String>,
+    /// Tokens and web sessions revoked.
+    pub tokens: usize,
+    pub suspended: bool,
+}
+
+/// Marks a leaver as acted on (so every replica, and a restart, acts once).
+const LEAVER_PREFIX: &str = "leaver:";
+
+impl crate::service::Service {
+    /// Acts on everyone the directory says is terminated and who was not acted on yet.
+    pub async fn act_on_leavers(
+        &self,
+        people: &People,
+        source: &str,
+    ) -> Result<Vec<LeaverActions>, crate::service::ServiceError> {
+        let mut done = Vec::new();
+        for p in people.by_login.values().filter(|p| p.terminated) {
+            let key = format!("{LEAVER_PREFIX}{}", p.login);
+            if self.store().get_state(&key).await?.is_some() {
+                continue;
+            }
+            let actions = self.act_on_leaver(&p.login, source).await?;
+            let at = crate::time_text(self.now());
+            self.store()
+                .put_state(
+                    &key,
+                    &serde_json::to_string(&actions).unwrap_or_default(),
+                    &at,
+                )
+                .await?;
+            done.push(actions);
+        }
+        Ok(done)
+    }
+
+    /// Ends a leaver's requests and grants, revokes their tokens and sessions, suspends their
+    /// tailnet user when `[compliance] suspend_leavers`, and records it.
+    pub async fn act_on_leaver(
+        &self,
+        login: &str,
+        source: &str,
+    ) -> Result<LeaverActions, crate::service::ServiceError> {
+        use crate::request::State;
+        let mut actions = LeaverActions {
+            login: login.to_owned(),
+            ..LeaverActions::default()
+        };
+        let open = self
+            .store()
+            .requests(&crate::store::RequestFilter {
+                requester: Some(login.to_owned()),
+                states: vec![State::Pending, State::Approved, State::Active],
+                ..Default::default()
+            })
+            .await?;
+        for r in open {
+            match self.end_request_for_leaver(&r.id).await {
+                Ok(()) => actions.ended.push(r.id),
+                Err(e) => {
+                    tracing::error!(request = %r.id, error = %e, "cannot end a leaver's request")
+                }
+            }
+        }
+        for t in self.store().tokens_of(login).await? {
+            if self.store().delete_token(&t.hash).await? {
+                actions.tokens += 1;
+            }
+        }
+        if self.config().compliance.suspend_leavers {
+            let users = self.tailnet().users().await?;
+            if let Some(u) = users
+                .iter()
+                .find(|u| u.login_name.eq_ignore_ascii_case(login) && u.status != "suspended")
+            {
+                self.tailnet().suspend_user(&u.id).await?;
+                actions.suspended = true;
+            }
+        }
+        let at = crate::time_text(self.now());
+        self.store()
+            .append_audit(&[crate::audit::NewAuditEntry {
+                at,
+                actor: crate::request::SYSTEM.to_owned(),
+                action: "leaver.acted".into(),
+                request: None,
+                detail: serde_json::json!({
+                    "login": login,
+                    "source": source,
+                    "ended": actions.ended,
+                    "tokens_revoked": actions.tokens,
+                    "suspended": actions.suspended,
+                })
+                .to_string(),
+            }])
+            .await?;
+        tracing::warn!(
+            login,
+            source,
+            ended = actions.ended.len(),
+            tokens = actions.tokens,
+            suspended = actions.suspended,
+            "leaver: access ended"
+        );
+        self.wake_reconciler();
+        Ok(actions)
+    }
+}

@@ -615,6 +615,35 @@ impl Request {
         }
     }
 
+    /// The requester left (the directory says terminated): a request not yet holding access is
+    /// cancelled, a grant is revoked, by tidegate. Only the leaver handling calls this.
+    pub(crate) fn end_for_leaver(
+        &mut self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Event>, LifecycleError> {
+        const WHY: &str = "the requester left (terminated in the directory)";
+        match self.state {
+            State::Pending | State::Approved if !self.may_hold_access() => {
+                self.end(State::Cancelled, SYSTEM, WHY, now);
+                Ok(vec![self.event(
+                    SYSTEM,
+                    "request.cancelled",
+                    serde_json::json!({"reason": WHY}),
+                )])
+            }
+            State::Active | State::Approved => {
+                self.end(State::Revoked, SYSTEM, WHY, now);
+                self.extension = None;
+                Ok(vec![self.event(
+                    SYSTEM,
+                    "grant.revoked",
+                    serde_json::json!({"reason": WHY}),
+                )])
+            }
+            _ => Err(self.wrong_state("ended for a leaver")),
+        }
+    }
+
     /// The requester withdraws a request not yet active.
     pub fn cancel(&mut self, by: &str, now: OffsetDateTime) -> Result<Vec<Event>, LifecycleError> {
         if by != self.requester {

@@ -667,6 +667,30 @@ impl Service {
         Err(ServiceError::Store(StoreError::Conflict(id.to_owned())))
     }
 
+    /// Ends one request of a leaver (see `people::act_on_leaver`); retried on a concurrent
+    /// change like every other.
+    pub(crate) async fn end_request_for_leaver(&self, id: &str) -> Result<(), ServiceError> {
+        for _ in 0..5 {
+            let mut request = self.load(id).await?;
+            let now = self.now();
+            let events = request.end_for_leaver(now)?;
+            request.version += 1;
+            match self
+                .store
+                .update_request(&request, &audit_entries(&events, now))
+                .await
+            {
+                Ok(()) => {
+                    log_events(&request, &events);
+                    return Ok(());
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Store(StoreError::Conflict(id.to_owned())))
+    }
+
     pub async fn approve(
         &self,
         actor: &Actor,

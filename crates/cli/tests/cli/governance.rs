@@ -321,3 +321,92 @@ fn a_bad_directory_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A person marked terminated in the directory file loses everything at once: their grant is
+/// revoked and gone from the tailnet, their pending request cancelled, their tokens refused,
+/// their tailnet user suspended; and it is in the audit log.
+#[test]
+fn a_leaver_loses_access_within_seconds() {
+    let d = deployment("leaver");
+    let text = std::fs::read_to_string(&d.config).unwrap().replace(
+        "[compliance]\nleaver_grace = \"24h\"",
+        "[compliance]\nleaver_grace = \"24h\"\nsuspend_leavers = true",
+    );
+    std::fs::write(&d.config, text).unwrap();
+    let mut server = d.serve();
+    let (carol, alice) = (d.token("carol@example.com"), d.token("alice@example.com"));
+    let granted = d.cli(
+        &carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-1"],
+    );
+    let granted = granted["id"].as_str().unwrap().to_owned();
+    d.cli(&alice, &["approve", &granted]);
+    wait_until("the grant to apply", || {
+        d.members() == ["carol@example.com"]
+    });
+    let pending = d.cli(
+        &carol,
+        &[
+            "request",
+            "network-admin",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-2",
+        ],
+    );
+    let pending = pending["id"].as_str().unwrap().to_owned();
+
+    let people = PEOPLE.replace(
+        "carol@example.com,Carol,Engineering,Engineer,alice@example.com,active,",
+        "carol@example.com,Carol,Engineering,Engineer,alice@example.com,terminated,2026-11-30",
+    );
+    let started = std::time::Instant::now();
+    std::fs::write(d.config.parent().unwrap().join("people.csv"), people).unwrap();
+    wait_until("carol's access to go", || d.members().is_empty());
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    let shown = d.cli(&alice, &["show", &granted]);
+    assert_eq!(shown["state"], "revoked");
+    assert!(shown["end_reason"].as_str().unwrap().contains("left"));
+    assert_eq!(d.cli(&alice, &["show", &pending])["state"], "cancelled");
+    let refused = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["list", "--mine"])
+        .env("TIDEGATE_SERVER", d.server_url())
+        .env("TIDEGATE_TOKEN", &carol)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let state = http_get(&format!("{}/emulator/state", d.emulator_url)).unwrap();
+    let user = state["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["loginName"] == "carol@example.com")
+        .unwrap();
+    assert_eq!(user["status"], "suspended");
+    let audit = d.cli(&alice, &["show", &granted]);
+    assert_eq!(audit["ended_by"], "tidegate");
+    let log: Value = reqwest::blocking::Client::new()
+        .get(format!("{}/api/audit", d.server_url()))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let acted = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "leaver.acted" && e["detail"].as_str().unwrap().contains("carol"))
+        .unwrap_or_else(|| panic!("no leaver.acted for carol: {log}"));
+    assert!(
+        acted["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"suspended\":true")
+    );
+    eprintln!("leaver handled in {took:?}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

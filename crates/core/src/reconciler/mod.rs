@@ -679,6 +679,36 @@ impl Reconciler {
         }
     }
 
+    /// Reloads the directory file when it changed and acts on new leavers.
+    async fn watch_directory(&self, seen: &mut Option<(std::time::SystemTime, u64)>) {
+        let Some(file) = self
+            .service
+            .config()
+            .directory
+            .as_ref()
+            .and_then(|d| d.file.as_ref())
+        else {
+            return;
+        };
+        let stamp = std::fs::metadata(file)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        if stamp.is_none() || stamp == *seen || !self.still_leading().await {
+            return;
+        }
+        *seen = stamp;
+        match self.service.people().await {
+            Ok(people) => {
+                if let Err(e) = self.service.act_on_leavers(&people, "directory file").await {
+                    tracing::error!(error = %e, "cannot act on leavers");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the directory; leavers wait until it reads")
+            }
+        }
+    }
+
     /// Runs passes until `stop` is notified: at the next due time, when woken, or every
     /// `tick`; passes over the due requests, and a full pass (drift, the membership index) every 5 minutes.
     pub async fn run(&self, tick: std::time::Duration, stop: Arc<tokio::sync::Notify>) {
@@ -694,6 +724,9 @@ impl Reconciler {
         let mut last_sync: Option<OffsetDateTime> = None;
         let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut sync_wished = false;
+        // The directory file, looked at every turn: a leaver is acted on within a second or so
+        // of the file changing.
+        let mut directory_seen: Option<(std::time::SystemTime, u64)> = None;
         let mut served_request = self.service.full_pass_requested().await;
         loop {
             let now = self.now();
@@ -737,6 +770,7 @@ impl Reconciler {
                     flag.store(false, std::sync::atomic::Ordering::SeqCst);
                 });
             }
+            self.watch_directory(&mut directory_seen).await;
             let due = self.next_due(tick_time).await;
             // Expiries are stored to the second: wake just after the due second begins.
             let wait = (due - self.service.clock().now()).max(time::Duration::milliseconds(20));
