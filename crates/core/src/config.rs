@@ -291,6 +291,10 @@ struct RawTailnet {
     /// platform's OIDC token is read from here and traded for access; no secret is kept.
     id_token_file: Option<PathBuf>,
     id_token_env: Option<String>,
+    /// The secret Tailscale signs webhook deliveries with (`POST /webhooks/tailscale`).
+    webhook_secret: Option<String>,
+    webhook_secret_env: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -360,6 +364,9 @@ pub struct Config {
     pub audit_head_interval: Span,
     /// How often the leader syncs the tailnet's inventory (`[inventory] sync_interval`).
     pub inventory_sync_interval: Span,
+    /// `[tailnet] webhook_secret`: Tailscale's webhook deliveries are verified with it; without
+    /// it `/webhooks/tailscale` refuses every delivery.
+    pub webhook_secret: Option<Secret>,
     pub directory: Option<DirectorySettings>,
     pub compliance: ComplianceSettings,
     pub critical: Vec<CriticalSystem>,
@@ -637,7 +644,15 @@ impl Config {
                 )));
             }
         }
+        let webhook_secret = secret(
+            "webhook_secret",
+            raw.tailnet.webhook_secret.as_ref(),
+            raw.tailnet.webhook_secret_env.as_ref(),
+            raw.tailnet.webhook_secret_file.as_ref(),
+        )
+        .map_err(invalid)?;
         Ok(Config {
+            webhook_secret,
             inventory_sync_interval: raw.inventory.sync_interval.unwrap_or(Span::minutes(15)),
             directory,
             compliance: ComplianceSettings {

@@ -7,6 +7,7 @@ mod metrics;
 mod openapi;
 pub mod tokens;
 pub mod web;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -670,6 +671,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/inventory/sync", post(sync_inventory))
         .route("/api/inventory/{kind}", get(inventory))
         .route("/api/checks", get(checks).post(run_checks))
+        .route("/webhooks/tailscale", post(webhooks::tailscale))
         .route("/api/break-glass", get(break_glass))
         .route(
             "/api/requests/{id}/break-glass-review",
