@@ -47,6 +47,17 @@ async fn startup_check(config: &Config, tailnet: &dyn Tailnet) -> Result<(), Fai
         .map_err(|e| Failure::Usage(format!("cannot read the tailnet's policy file: {e}")))?;
     let policy = policy::Policy::parse(&policy_text.text)
         .map_err(|e| Failure::Usage(format!("the tailnet's policy file does not parse: {e}")))?;
+    match tailnet.settings().await {
+        Ok(settings) => {
+            if let Some(conflict) = config.policy_edit_conflict(settings.acls_externally_managed_on)
+            {
+                return Err(Failure::Rejected(format!("error: {conflict}")));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the tailnet's settings: whether GitOps manages the policy is not known")
+        }
+    }
     let issues = check_against_policy(&config.entitlements, &policy.file);
     if issues.is_empty() {
         return Ok(());

@@ -291,6 +291,8 @@ struct RawTailnet {
     /// platform's OIDC token is read from here and traded for access; no secret is kept.
     id_token_file: Option<PathBuf>,
     id_token_env: Option<String>,
+    /// `allow` lets group entitlements edit a policy file that GitOps manages.
+    policy_edits: Option<String>,
     /// The secret Tailscale signs webhook deliveries with (`POST /webhooks/tailscale`).
     webhook_secret: Option<String>,
     webhook_secret_env: Option<String>,
@@ -367,6 +369,8 @@ pub struct Config {
     /// `[tailnet] webhook_secret`: Tailscale's webhook deliveries are verified with it; without
     /// it `/webhooks/tailscale` refuses every delivery.
     pub webhook_secret: Option<Secret>,
+    /// `[tailnet] policy_edits = "allow"`: edit the policy file even when GitOps manages it.
+    pub allow_policy_edits: bool,
     pub directory: Option<DirectorySettings>,
     pub compliance: ComplianceSettings,
     pub critical: Vec<CriticalSystem>,
@@ -406,6 +410,28 @@ fn secret(
 }
 
 impl Config {
+    /// When the tailnet's policy is managed by GitOps (`aclsExternallyManagedOn`), the next
+    /// apply undoes tidegate's policy edits: the entitlements that edit the policy are refused,
+    /// unless `[tailnet] policy_edits = "allow"`. The message says which and what to do.
+    pub fn policy_edit_conflict(&self, managed_externally: bool) -> Option<String> {
+        if !managed_externally || self.allow_policy_edits {
+            return None;
+        }
+        let editing: Vec<&str> = self
+            .entitlements
+            .iter()
+            .filter(|e| matches!(e.strategy, Strategy::Group { .. }))
+            .map(|e| e.name.as_str())
+            .collect();
+        if editing.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "the tailnet's policy file is managed externally (GitOps: aclsExternallyManagedOn), so its next apply would undo what {} change in it; use the posture strategy (a device attribute GitOps does not touch), or set [tailnet] policy_edits = \"allow\" if your GitOps leaves these groups alone",
+            editing.join(", ")
+        ))
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
@@ -651,7 +677,17 @@ impl Config {
             raw.tailnet.webhook_secret_file.as_ref(),
         )
         .map_err(invalid)?;
+        let allow_policy_edits = match raw.tailnet.policy_edits.as_deref() {
+            None | Some("refuse") => false,
+            Some("allow") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "[tailnet] policy_edits = {other:?}: write \"allow\" or \"refuse\""
+                )));
+            }
+        };
         Ok(Config {
+            allow_policy_edits,
             webhook_secret,
             inventory_sync_interval: raw.inventory.sync_interval.unwrap_or(Span::minutes(15)),
             directory,

@@ -499,3 +499,35 @@ fn a_webhook_delivery_syncs_the_inventory() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// A tailnet whose policy GitOps manages: start-up refuses group entitlements (their edits
+/// would be undone), saying why and what to do, unless policy edits are allowed.
+#[test]
+fn gitops_managed_policy_refuses_policy_edits() {
+    let gitops = |state: Value| {
+        let mut state = state;
+        state["settings"] = json!({"aclsExternallyManagedOn": true,
+            "aclsExternalLink": "https://github.com/acme/tailnet"});
+        state
+    };
+    let d = Deployment::with_state("gitops", gitops, |t| t);
+    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["serve", "--config", d.config()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("managed externally") && err.contains("prod-ssh") && err.contains("posture"),
+        "{err}"
+    );
+    let allowed = Deployment::with_state("gitops-allowed", gitops, |t| {
+        t.replace(
+            "tailnet = \"-\"",
+            "tailnet = \"-\"\npolicy_edits = \"allow\"",
+        )
+    });
+    let mut server = allowed.serve();
+    let _ = server.kill();
+    let _ = server.wait();
+}
