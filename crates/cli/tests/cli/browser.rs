@@ -648,8 +648,22 @@ fn every_flow_in_chromium_on_a_laptop_and_a_phone() {
     );
     alice.open("/admin/audit");
     alice.check("admin-audit");
-    alice.open("/admin/inventory");
+    alice.open("/admin/inventory?kind=devices");
+    alice.type_into(&alice.field("Search"), "db-");
+    alice.click(&alice.button("Search"));
+    alice.wait_for_url(|u| u.contains("q=db-"));
+    let rows = alice.find_all("//tbody/tr");
+    assert_eq!(rows.len(), 2, "db-1 and db-2: {}", alice.source());
     alice.check("admin-inventory");
+    alice.open("/admin/compliance");
+    alice.click(&alice.button("Run the checks now"));
+    alice.wait_for_url(|u| u.contains("done=checked"));
+    assert!(
+        alice.source().contains("user-identified"),
+        "{}",
+        alice.source()
+    );
+    alice.check("admin-compliance");
 
     // Bob takes a CI auth key: approves it himself (allowed for it), claims it in the page,
     // once.
@@ -701,6 +715,7 @@ fn every_flow_in_chromium_on_a_laptop_and_a_phone() {
         ("/admin/break-glass".to_owned(), "admin-break-glass"),
         ("/admin/audit".to_owned(), "admin-audit"),
         ("/admin/inventory".to_owned(), "admin-inventory"),
+        ("/admin/compliance".to_owned(), "admin-compliance"),
     ] {
         phone.open(&path);
         phone.check(name);

@@ -2,7 +2,7 @@
 //! with filters, each managed group's members and why, overdue removals, drift, the
 //! entitlements against the live policy, machine nodes), `/admin/break-glass` the review queue,
 //! `/admin/audit` the audit log with filters and paging, `/admin/audit.jsonl` its export,
-//! `/admin/inventory` the tailnet's users, devices and groups.
+//! and (in `governance`) the inventory and the compliance checks.
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -18,7 +18,7 @@ use super::session::Viewer;
 use crate::AppState;
 
 /// Admins and auditors only; others get a page that says who may.
-async fn require_auditor<'v>(
+pub(super) async fn require_auditor<'v>(
     app: &AppState,
     viewer: &'v Viewer,
 ) -> Result<tidegate_core::access::Auditor<'v>, Page> {
@@ -36,10 +36,10 @@ async fn require_auditor<'v>(
 }
 
 /// The admin pages' own links.
-fn tabs(current: &str) -> Markup {
+pub(super) fn tabs(current: &str) -> Markup {
     html! {
         nav.tabs aria-label="Admin" {
-            @for (href, label) in [("/admin", "Who has access"), ("/admin/break-glass", "Break-glass"), ("/admin/audit", "Audit log"), ("/admin/inventory", "Inventory")] {
+            @for (href, label) in [("/admin", "Who has access"), ("/admin/break-glass", "Break-glass"), ("/admin/audit", "Audit log"), ("/admin/inventory", "Inventory"), ("/admin/compliance", "Compliance")] {
                 a href=(href) aria-current=[(href == current).then_some("page")] { (label) }
             }
         }
@@ -483,49 +483,4 @@ pub async fn audit_export(State(app): State<AppState>, viewer: Viewer) -> Respon
         out,
     )
         .into_response()
-}
-
-/// The tailnet's users, devices and policy groups as tidegate reads them.
-pub async fn inventory(State(app): State<AppState>, viewer: Viewer) -> Page {
-    if let Err(page) = require_auditor(&app, &viewer).await {
-        return page;
-    }
-    let tailnet = app.service.tailnet();
-    let (users, devices, policy) = (
-        tailnet.users().await.unwrap_or_default(),
-        tailnet.devices().await.unwrap_or_default(),
-        tailnet
-            .policy()
-            .await
-            .ok()
-            .and_then(|p| policy::Policy::parse(&p.text).ok()),
-    );
-    let chrome = Chrome::of(&app, &viewer).await;
-    let body = html! {
-        (tabs("/admin/inventory"))
-        h2 { "Users (" (users.len()) ")" }
-        table {
-            thead { tr { th scope="col" { "Login" } th scope="col" { "Role" } } }
-            tbody { @for u in &users { tr { td data-label="Login" { (u.login_name) } td data-label="Role" { (u.role) } } } }
-        }
-        h2 { "Devices (" (devices.len()) ")" }
-        table {
-            thead { tr { th scope="col" { "Name" } th scope="col" { "Owner" } th scope="col" { "Tags" } } }
-            tbody {
-                @for d in &devices {
-                    tr { td data-label="Name" { (layout::device(&d.name)) } td data-label="Owner" { (d.user) } td data-label="Tags" { (d.tags.join(" ")) } }
-                }
-            }
-        }
-        h2 { "Groups" }
-        ul.items {
-            @if let Some(p) = &policy {
-                @for (group, members) in &p.file.groups { li { strong { (group) } ": " (members.join(", ")) } }
-            }
-        }
-    };
-    Page(
-        StatusCode::OK,
-        layout::page("Inventory", Some(&chrome), Section::Admin, None, body),
-    )
 }

@@ -266,6 +266,7 @@ pub fn flash(code: Option<&str>) -> Option<&'static str> {
         "revoked" => "Revoked. tidegate is removing it from the tailnet.",
         "extension" => "More time asked for. Approvers have been asked.",
         "reviewed" => "Marked reviewed.",
+        "checked" => "Checks run: the results below are new.",
         "token-revoked" => "Token revoked.",
         "signed-in" => "Signed in.",
         _ => return None,

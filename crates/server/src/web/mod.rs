@@ -8,6 +8,7 @@
 mod account;
 mod admin;
 mod approvals;
+mod governance;
 pub mod layout;
 mod login;
 mod my_access;
@@ -46,7 +47,11 @@ pub fn router() -> Router<AppState> {
         .route("/admin/break-glass", get(admin::break_glass))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/audit.jsonl", get(admin::audit_export))
-        .route("/admin/inventory", get(admin::inventory))
+        .route("/admin/inventory", get(governance::inventory))
+        .route(
+            "/admin/compliance",
+            get(governance::compliance).post(governance::run_now),
+        )
         .route("/login", get(login::page).post(login::submit))
         .route("/login/oidc", get(oidc::start))
         .route("/login/oidc/callback", get(oidc::callback))
