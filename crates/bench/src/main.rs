@@ -11,6 +11,7 @@ mod machine;
 mod pages;
 mod posture;
 mod replicas;
+mod sync;
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -191,6 +192,33 @@ fn main() -> Result<()> {
                 .unwrap_or(200);
             tokio::runtime::Runtime::new()?.block_on(posture::run(count))?
         }
+        "sync" => {
+            let arg = |n: usize, default: usize| -> Result<usize> {
+                Ok(std::env::args()
+                    .nth(n)
+                    .map(|v| v.parse())
+                    .transpose()?
+                    .unwrap_or(default))
+            };
+            tokio::runtime::Runtime::new()?.block_on(sync::run(
+                arg(2, 10_000)?,
+                arg(3, 50_000)?,
+                arg(4, 2_000)?,
+            ))?
+        }
+        "sync-emulator" => {
+            let arg = |n: usize| -> Result<usize> {
+                Ok(std::env::args()
+                    .nth(n)
+                    .context("sync-emulator USERS DEVICES RULES")?
+                    .parse()?)
+            };
+            tokio::runtime::Runtime::new()?.block_on(sync::serve_emulator(
+                arg(2)?,
+                arg(3)?,
+                arg(4)?,
+            ))?
+        }
         "pages" => {
             let runs = std::env::args()
                 .nth(2)
@@ -225,7 +253,7 @@ fn main() -> Result<()> {
         }
         _ => {
             bail!(
-                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] \
+                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] | sync [USERS DEVICES RULES] \
                  | expiry [COUNT] [SPREAD_SECONDS] \
                  | failover [KILLS] | throughput [SECONDS]"
             )

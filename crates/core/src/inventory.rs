@@ -140,6 +140,7 @@ pub struct SyncReport {
 
 const SNAPSHOT: &str = "inventory:snapshot";
 const CHANGES: &str = "inventory:changes";
+const HASH: &str = "inventory:hash";
 const RUN: &str = "inventory:run:";
 
 /// What a sync stores when something changed.
@@ -198,19 +199,37 @@ impl Snapshot {
         rules
     }
 
-    /// The snapshot's content hash, without times that move on their own.
-    pub fn content_hash(&self) -> String {
-        let mut plain = self.clone();
-        plain.taken_at.clear();
-        for u in &mut plain.users {
-            u.last_seen.clear();
+    /// The snapshot's content hash, without times that move on their own. They are taken out
+    /// for the hashing and put back, rather than hashing a copy: a large tailnet's snapshot is
+    /// tens of megabytes.
+    pub fn content_hash(&mut self) -> String {
+        let taken_at = std::mem::take(&mut self.taken_at);
+        let users: Vec<String> = self
+            .users
+            .iter_mut()
+            .map(|u| std::mem::take(&mut u.last_seen))
+            .collect();
+        let devices: Vec<(String, bool)> = self
+            .devices
+            .iter_mut()
+            .map(|d| {
+                (
+                    std::mem::take(&mut d.last_seen),
+                    std::mem::take(&mut d.connected),
+                )
+            })
+            .collect();
+        let mut hasher = Sha256::new();
+        let _ = serde_json::to_writer(&mut hasher, &*self);
+        self.taken_at = taken_at;
+        for (u, seen) in self.users.iter_mut().zip(users) {
+            u.last_seen = seen;
         }
-        for d in &mut plain.devices {
-            d.last_seen.clear();
-            d.connected = false;
+        for (d, (seen, connected)) in self.devices.iter_mut().zip(devices) {
+            d.last_seen = seen;
+            d.connected = connected;
         }
-        let text = serde_json::to_string(&plain).unwrap_or_default();
-        hex::encode(Sha256::digest(text.as_bytes()))
+        hex::encode(hasher.finalize())
     }
 
     pub fn report(&self) -> SyncReport {
@@ -227,34 +246,35 @@ impl Snapshot {
     }
 }
 
-/// Items of one kind keyed by subject, as JSON objects (so fields compare generically).
-fn keyed<T: Serialize>(items: &[T], subject: impl Fn(&T) -> String) -> BTreeMap<String, Value> {
-    items
-        .iter()
-        .map(|i| (subject(i), serde_json::to_value(i).unwrap_or(Value::Null)))
-        .collect()
-}
-
 /// Fields that move on their own and are not a change.
 const VOLATILE: &[&str] = &["last_seen", "connected"];
 
-fn compare(
+/// The differences between two lists of one kind, keyed by subject. Items are compared as
+/// they are; only a changed item is turned into JSON to name its fields.
+fn compare<T: Serialize + PartialEq>(
     kind: &str,
-    old: &BTreeMap<String, Value>,
-    new: &BTreeMap<String, Value>,
+    old: &[T],
+    new: &[T],
+    subject: impl Fn(&T) -> String,
     out: &mut Vec<Change>,
 ) {
-    for (subject, n) in new {
-        match old.get(subject) {
+    let old: BTreeMap<String, &T> = old.iter().map(|i| (subject(i), i)).collect();
+    let new: BTreeMap<String, &T> = new.iter().map(|i| (subject(i), i)).collect();
+    for (name, n) in &new {
+        match old.get(name) {
             None => out.push(Change {
                 kind: kind.into(),
-                subject: subject.clone(),
+                subject: name.clone(),
                 change: "added".into(),
                 fields: BTreeMap::new(),
             }),
-            Some(o) if o != n => {
+            Some(o) if *o != *n => {
+                let (o, n) = (
+                    serde_json::to_value(o).unwrap_or(Value::Null),
+                    serde_json::to_value(n).unwrap_or(Value::Null),
+                );
                 let mut fields = BTreeMap::new();
-                match (o, n) {
+                match (&o, &n) {
                     (Value::Object(o), Value::Object(n)) => {
                         for (k, nv) in n {
                             let ov = o.get(k).cloned().unwrap_or(Value::Null);
@@ -270,7 +290,7 @@ fn compare(
                 if !fields.is_empty() {
                     out.push(Change {
                         kind: kind.into(),
-                        subject: subject.clone(),
+                        subject: name.clone(),
                         change: "changed".into(),
                         fields,
                     });
@@ -279,20 +299,19 @@ fn compare(
             Some(_) => {}
         }
     }
-    for subject in old.keys().filter(|s| !new.contains_key(*s)) {
+    for name in old.keys().filter(|s| !new.contains_key(*s)) {
         out.push(Change {
             kind: kind.into(),
-            subject: subject.clone(),
+            subject: name.clone(),
             change: "removed".into(),
             fields: BTreeMap::new(),
         });
     }
 }
 
-fn map_values<V: Serialize>(map: &BTreeMap<String, V>) -> BTreeMap<String, Value> {
-    map.iter()
-        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
-        .collect()
+/// A map's entries as a list, for [`compare`].
+fn entries<V: Clone>(map: &BTreeMap<String, V>) -> Vec<(String, V)> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// Every difference from `old` to `new`.
@@ -300,8 +319,9 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     let mut out = Vec::new();
     compare(
         "user",
-        &keyed(&old.users, |u| u.login.clone()),
-        &keyed(&new.users, |u| u.login.clone()),
+        &old.users,
+        &new.users,
+        |u| u.login.clone(),
         &mut out,
     );
     let invite = |i: &InvInvite| {
@@ -311,63 +331,55 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             i.email.clone()
         }
     };
-    compare(
-        "invite",
-        &keyed(&old.invites, invite),
-        &keyed(&new.invites, invite),
-        &mut out,
-    );
+    compare("invite", &old.invites, &new.invites, invite, &mut out);
     compare(
         "device",
-        &keyed(&old.devices, |d| d.hostname.clone()),
-        &keyed(&new.devices, |d| d.hostname.clone()),
+        &old.devices,
+        &new.devices,
+        |d| d.hostname.clone(),
         &mut out,
     );
-    compare(
-        "key",
-        &keyed(&old.keys, |k| k.id.clone()),
-        &keyed(&new.keys, |k| k.id.clone()),
-        &mut out,
-    );
+    compare("key", &old.keys, &new.keys, |k| k.id.clone(), &mut out);
+    let key = |e: &(String, _)| e.0.clone();
     compare(
         "group",
-        &map_values(&old.groups),
-        &map_values(&new.groups),
+        &entries(&old.groups),
+        &entries(&new.groups),
+        key,
         &mut out,
     );
     compare(
         "tag_owner",
-        &map_values(&old.tag_owners),
-        &map_values(&new.tag_owners),
+        &entries(&old.tag_owners),
+        &entries(&new.tag_owners),
+        key,
         &mut out,
     );
     compare(
         "host",
-        &map_values(&old.hosts),
-        &map_values(&new.hosts),
+        &entries(&old.hosts),
+        &entries(&new.hosts),
+        |e: &(String, String)| e.0.clone(),
         &mut out,
     );
     compare(
         "posture",
-        &map_values(&old.postures),
-        &map_values(&new.postures),
+        &entries(&old.postures),
+        &entries(&new.postures),
+        key,
         &mut out,
     );
     let rule = |r: &Rule| format!("{}[{}]", r.section, r.index);
-    compare(
-        "rule",
-        &keyed(&old.rules, rule),
-        &keyed(&new.rules, rule),
-        &mut out,
-    );
+    compare("rule", &old.rules, &new.rules, rule, &mut out);
     out
 }
 
 impl Service {
     /// Reads the whole inventory from the tailnet (`progress` hears each part as it is read).
+    /// A part that cannot be read (keys, invites, settings: scopes a credential may lack) is
+    /// left empty and said in the warnings.
     pub async fn read_inventory(
         &self,
-        previous: Option<&Snapshot>,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(Snapshot, Vec<String>), ServiceError> {
         let t = self.tailnet();
@@ -381,40 +393,41 @@ impl Service {
         })?;
         let mut snap = Snapshot {
             taken_at: crate::time_text(self.now()),
+            // Moved, not copied: a large tailnet's lists are big.
             users: users
-                .iter()
+                .into_iter()
                 .map(|u| InvUser {
-                    id: u.id.clone(),
-                    login: u.login_name.clone(),
-                    name: u.display_name.clone(),
-                    role: u.role.clone(),
-                    status: u.status.clone(),
-                    kind: u.kind.clone(),
-                    last_seen: u.last_seen.clone(),
+                    id: u.id,
+                    login: u.login_name,
+                    name: u.display_name,
+                    role: u.role,
+                    status: u.status,
+                    kind: u.kind,
+                    last_seen: u.last_seen,
                 })
                 .collect(),
             devices: devices
-                .iter()
+                .into_iter()
                 .map(|d| InvDevice {
-                    id: d.node_id.clone(),
-                    name: d.name.clone(),
-                    hostname: d.hostname.clone(),
-                    owner: d.user.clone(),
-                    tags: d.tags.clone(),
-                    os: d.os.clone(),
-                    last_seen: d.last_seen.clone().unwrap_or_default(),
+                    id: d.node_id,
+                    name: d.name,
+                    hostname: d.hostname,
+                    owner: d.user,
+                    tags: d.tags,
+                    os: d.os,
+                    last_seen: d.last_seen.unwrap_or_default(),
                     connected: d.connected_to_control,
-                    expires: d.expires.clone(),
+                    expires: d.expires,
                     key_expiry_disabled: d.key_expiry_disabled,
                     authorized: d.authorized,
                     ephemeral: d.is_ephemeral,
                 })
                 .collect(),
-            groups: parsed.file.groups.clone(),
-            tag_owners: parsed.file.tag_owners.clone(),
-            hosts: parsed.file.hosts.clone(),
-            postures: parsed.file.postures.clone(),
             rules: Snapshot::rules_of(&parsed),
+            groups: parsed.file.groups,
+            tag_owners: parsed.file.tag_owners,
+            hosts: parsed.file.hosts,
+            postures: parsed.file.postures,
             ..Snapshot::default()
         };
         match keys {
@@ -444,7 +457,6 @@ impl Service {
             }
             Err(e) => {
                 warnings.push(format!("keys: {e}"));
-                snap.keys = previous.map(|p| p.keys.clone()).unwrap_or_default();
             }
         }
         match invites {
@@ -461,15 +473,12 @@ impl Service {
             }
             Err(e) => {
                 warnings.push(format!("invites: {e}"));
-                snap.invites = previous.map(|p| p.invites.clone()).unwrap_or_default();
             }
         }
         match settings {
             Ok(s) => snap.policy_managed_externally = s.acls_externally_managed_on,
             Err(e) => {
                 warnings.push(format!("settings: {e}"));
-                snap.policy_managed_externally =
-                    previous.is_some_and(|p| p.policy_managed_externally);
             }
         }
         for w in &warnings {
@@ -503,16 +512,38 @@ impl Service {
         &self,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<SyncReport, ServiceError> {
-        let previous = self.inventory().await?;
-        let (snap, warnings) = self.read_inventory(previous.as_ref(), progress).await?;
+        // The last snapshot is read only when needed (a part could not be read now, or
+        // something changed): on a large tailnet it is tens of megabytes.
+        let (mut snap, warnings) = self.read_inventory(progress).await?;
+        let mut previous: Option<Option<Snapshot>> = None;
+        if !warnings.is_empty() {
+            let last = self.inventory().await?;
+            if let Some(last) = &last {
+                for w in &warnings {
+                    match w.split(':').next() {
+                        Some("keys") => snap.keys = last.keys.clone(),
+                        Some("invites") => snap.invites = last.invites.clone(),
+                        Some("settings") => {
+                            snap.policy_managed_externally = last.policy_managed_externally
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            previous = Some(last);
+        }
         let hash = snap.content_hash();
-        let previous_hash = previous.as_ref().map(Snapshot::content_hash);
+        let previous_hash = self.store().get_state(HASH).await?;
         let mut report = snap.report();
         report.warnings = warnings;
         let at = snap.taken_at.clone();
         if previous_hash.as_deref() == Some(hash.as_str()) {
             report.unchanged = true;
         } else {
+            let previous = match previous {
+                Some(p) => p,
+                None => self.inventory().await?,
+            };
             let changes = match &previous {
                 Some(p) => diff(p, &snap),
                 // The first sync: everything is new; the diff would only repeat the snapshot.
@@ -527,12 +558,15 @@ impl Service {
                     .unwrap_or_default(),
                 changes,
             };
+            // The last snapshot goes before the new one is encoded: one fewer copy at the peak.
+            drop(previous);
             self.store()
                 .put_state(SNAPSHOT, &encode(&snap)?, &at)
                 .await?;
             self.store()
                 .put_state(CHANGES, &encode(&record)?, &at)
                 .await?;
+            self.store().put_state(HASH, &hash, &at).await?;
             for c in record.changes.iter().take(20) {
                 tracing::info!(kind = %c.kind, subject = %c.subject, change = %c.change, "inventory change");
             }
@@ -546,7 +580,12 @@ impl Service {
             "devices": report.devices,
         });
         self.store()
-            .put_state(&format!("{RUN}{at}"), &run.to_string(), &at)
+            // Keyed to the clock's full precision: syncs within one second keep a record each.
+            .put_state(
+                &format!("{RUN}{at}.{:09}", self.clock().now().nanosecond()),
+                &run.to_string(),
+                &at,
+            )
             .await?;
         tracing::info!(
             users = report.users,
