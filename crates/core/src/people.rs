@@ -383,3 +383,65 @@ impl crate::service::Service {
         Ok(actions)
     }
 }
+
+/// SCIM resources as the identity provider sent them (with their ids), by kind.
+const SCIM_RESOURCE: &str = "scim:resource:";
+
+impl crate::service::Service {
+    /// Every stored SCIM resource of `kind` (`Users` or `Groups`).
+    pub async fn scim_resources(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<serde_json::Value>, crate::service::ServiceError> {
+        Ok(self
+            .store()
+            .states(&format!("{SCIM_RESOURCE}{kind}:"))
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_str(&v).ok())
+            .collect())
+    }
+
+    pub async fn scim_resource(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<serde_json::Value>, crate::service::ServiceError> {
+        Ok(self
+            .store()
+            .get_state(&format!("{SCIM_RESOURCE}{kind}:{id}"))
+            .await?
+            .and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Stores a SCIM resource and, for a user, the person it describes; a person who is now
+    /// terminated is acted on at once.
+    pub async fn put_scim_resource(
+        &self,
+        kind: &str,
+        id: &str,
+        resource: Option<&serde_json::Value>,
+        person: Option<&Person>,
+    ) -> Result<(), crate::service::ServiceError> {
+        let at = crate::time_text(self.now());
+        let key = format!("{SCIM_RESOURCE}{kind}:{id}");
+        match resource {
+            Some(r) => self.store().put_state(&key, &r.to_string(), &at).await?,
+            None => {
+                self.store().delete_state(&key).await?;
+            }
+        }
+        if let Some(p) = person {
+            let text = serde_json::to_string(p).unwrap_or_default();
+            self.store()
+                .put_state(&format!("{SCIM_PREFIX}{id}"), &text, &at)
+                .await?;
+            tracing::info!(login = %p.login, terminated = p.terminated, "directory: SCIM person stored");
+            if p.terminated {
+                self.act_on_leavers(&self.scim_people().await?, "scim")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

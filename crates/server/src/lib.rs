@@ -5,6 +5,7 @@ mod jwt;
 pub mod machine;
 mod metrics;
 mod openapi;
+mod scim;
 pub mod tokens;
 pub mod web;
 mod webhooks;
@@ -695,6 +696,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/standing", get(standing))
         .route("/api/tokens/{id}", axum::routing::delete(revoke_token))
         .merge(web::router())
+        .merge(scim::router())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

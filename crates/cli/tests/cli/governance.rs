@@ -531,3 +531,132 @@ fn gitops_managed_policy_refuses_policy_edits() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// An identity provider provisions people over SCIM; `active: false` ends their access in the
+/// tailnet within seconds, and a DELETE is a leaver too. Bad tokens and duplicates are refused.
+#[test]
+fn scim_provisioning_and_deprovisioning() {
+    let d = deployment("scim");
+    let text = std::fs::read_to_string(&d.config).unwrap().replace(
+        "aliases = { \"grace@corp.example\" = \"grace@example.com\" }",
+        "aliases = { \"grace@corp.example\" = \"grace@example.com\" }\nscim = true\nscim_token = \"scim-test-token-not-real\"",
+    );
+    std::fs::write(&d.config, text).unwrap();
+    let mut server = d.serve();
+    let client = reqwest::blocking::Client::new();
+    let base = format!("{}/scim/v2", d.server_url());
+    let scim = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth("scim-test-token-not-real");
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/scim+json")
+                .body(b.to_string());
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let user = |login: &str, department: &str| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User",
+                        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+            "userName": login, "active": true, "displayName": login, "title": "Engineer",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": department}
+        })
+    };
+
+    let forged = client
+        .post(format!("{base}/Users"))
+        .bearer_auth("guess")
+        .json(&user("carol@example.com", "Engineering"))
+        .send()
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let (status, carol) = scim(
+        reqwest::Method::POST,
+        "/Users",
+        Some(user("carol@example.com", "Engineering")),
+    );
+    assert_eq!(status, 201, "{carol}");
+    let carol_id = carol["id"].as_str().unwrap().to_owned();
+    let (status, _) = scim(
+        reqwest::Method::POST,
+        "/Users",
+        Some(user("Carol@example.com", "Engineering")),
+    );
+    assert_eq!(status, 409, "a userName that exists");
+    let (status, dave) = scim(
+        reqwest::Method::POST,
+        "/Users",
+        Some(user("dave@example.com", "Sales")),
+    );
+    assert_eq!(status, 201);
+    let dave_id = dave["id"].as_str().unwrap().to_owned();
+    let (_, found) = scim(
+        reqwest::Method::GET,
+        "/Users?filter=userName%20eq%20%22carol@example.com%22",
+        None,
+    );
+    assert_eq!(found["totalResults"], 1, "{found}");
+    assert_eq!(found["Resources"][0]["id"], carol_id.as_str());
+    let (status, _) = scim(
+        reqwest::Method::GET,
+        "/Users?filter=userName%20sw%20%22c%22",
+        None,
+    );
+    assert_eq!(status, 400);
+    let (status, group) = scim(
+        reqwest::Method::POST,
+        "/Groups",
+        Some(
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Engineering",
+                    "members": [{"value": carol_id}]}),
+        ),
+    );
+    assert_eq!(status, 201, "{group}");
+
+    // Carol holds production access; the identity provider deactivates her.
+    let (carol_token, alice) = (d.token("carol@example.com"), d.token("alice@example.com"));
+    let granted = d.cli(
+        &carol_token,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-1"],
+    );
+    let granted = granted["id"].as_str().unwrap().to_owned();
+    d.cli(&alice, &["approve", &granted]);
+    wait_until("the grant to apply", || {
+        d.members() == ["carol@example.com"]
+    });
+    let started = std::time::Instant::now();
+    let (status, patched) = scim(
+        reqwest::Method::PATCH,
+        &format!("/Users/{carol_id}"),
+        Some(
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                    "Operations": [{"op": "replace", "path": "active", "value": false}]}),
+        ),
+    );
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["active"], false);
+    wait_until("carol's access to go", || d.members().is_empty());
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    eprintln!("SCIM active:false to removed: {took:?}");
+    assert_eq!(d.cli(&alice, &["show", &granted])["state"], "revoked");
+
+    // Deleting dave over SCIM: his tidegate token stops working.
+    let dave_token = d.token("dave@example.com");
+    let (status, _) = scim(reqwest::Method::DELETE, &format!("/Users/{dave_id}"), None);
+    assert_eq!(status, 204);
+    let (status, _) = scim(reqwest::Method::GET, &format!("/Users/{dave_id}"), None);
+    assert_eq!(status, 404);
+    let refused = client
+        .get(format!("{}/api/whoami", d.server_url()))
+        .bearer_auth(&dave_token)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let _ = server.kill();
+    let _ = server.wait();
+}
