@@ -537,9 +537,10 @@ fn gitops_managed_policy_refuses_policy_edits() {
 #[test]
 fn scim_provisioning_and_deprovisioning() {
     let d = deployment("scim");
+    // The test's own [directory] line (the example config has a commented one too).
     let text = std::fs::read_to_string(&d.config).unwrap().replace(
-        "aliases = { \"grace@corp.example\" = \"grace@example.com\" }",
-        "aliases = { \"grace@corp.example\" = \"grace@example.com\" }\nscim = true\nscim_token = \"scim-test-token-not-real\"",
+        "\naliases = { \"grace@corp.example\" = \"grace@example.com\" }\n",
+        "\naliases = { \"grace@corp.example\" = \"grace@example.com\" }\nscim = true\nscim_token = \"scim-test-token-not-real\"\n",
     );
     std::fs::write(&d.config, text).unwrap();
     let mut server = d.serve();
