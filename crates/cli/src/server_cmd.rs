@@ -58,7 +58,7 @@ async fn startup_check(config: &Config, tailnet: &dyn Tailnet) -> Result<(), Fai
             tracing::warn!(error = %e, "cannot read the tailnet's settings: whether GitOps manages the policy is not known")
         }
     }
-    let issues = check_against_policy(&config.entitlements, &policy.file);
+    let issues = check_against_policy(&config.entitlements, &policy);
     if issues.is_empty() {
         return Ok(());
     }

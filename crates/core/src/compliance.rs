@@ -273,6 +273,12 @@ fn through_entitlement(
         match &e.strategy {
             Strategy::Group { group, .. } if group == src => return Some(e.name.clone()),
             Strategy::Tag { tag } if tag == src => return Some(e.name.clone()),
+            // Logins in a marked rule's sources are its grants; its other sources are standing.
+            Strategy::Rule { rule: name }
+                if rule.marker.as_deref() == Some(name.as_str()) && src.contains('@') =>
+            {
+                return Some(e.name.clone());
+            }
             Strategy::Posture { attribute, .. } => {
                 let satisfied = rule.src_posture.iter().any(|p| {
                     postures
@@ -327,6 +333,13 @@ fn paths<'r>(config: &Config, inv: &'r Snapshot, system: &CriticalSystem) -> Vec
                     // Tagged sources are machines, not people.
                     None if src.starts_with("tag:") => {}
                     None => standing.push(src.clone()),
+                }
+            }
+            // A marked rule is reached through its `rule` entitlement even while nobody holds it.
+            for e in &config.entitlements {
+                let marked = matches!(&e.strategy, Strategy::Rule { rule: name } if rule.marker.as_deref() == Some(name.as_str()));
+                if marked && !entitlements.contains(&e.name) {
+                    entitlements.push(e.name.clone());
                 }
             }
             Path {

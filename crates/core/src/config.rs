@@ -311,6 +311,7 @@ struct RawEntitlement {
     value: Option<toml::Value>,
     role: Option<String>,
     tag: Option<String>,
+    rule: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
     #[serde(default)]
@@ -863,6 +864,21 @@ fn entitlement(e: &RawEntitlement) -> Result<Entitlement, String> {
                 remove_drift: e.remove_drift,
             }
         }
+        "rule" => {
+            let rule = e.rule.clone().ok_or_else(|| {
+                missing("rule = \"NAME\" (the rule marked // tidegate:rule NAME)")
+            })?;
+            if rule.is_empty()
+                || !rule
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!(
+                    "rule {rule:?}: letters, digits, - and _ only (it names a // tidegate:rule marker)"
+                ));
+            }
+            Strategy::Rule { rule }
+        }
         "posture" => {
             let attribute = e
                 .attribute
@@ -933,7 +949,7 @@ fn entitlement(e: &RawEntitlement) -> Result<Entitlement, String> {
         }
         other => {
             return Err(format!(
-                "unknown strategy {other:?} (use group, posture, role, tag or authkey)"
+                "unknown strategy {other:?} (use group, rule, posture, role, tag or authkey)"
             ));
         }
     };

@@ -24,6 +24,9 @@ pub enum Strategy {
     Role { role: String },
     /// A tag on the requester's own devices for a time; their previous tags come back after.
     Tag { tag: String },
+    /// The requester's login joins the `src` of the policy rule marked
+    /// `// tidegate:rule NAME` (in `acls`, `grants` or `ssh`), like a group's members.
+    Rule { rule: String },
     /// A short-lived tagged auth key, shown once to the requester.
     #[serde(rename = "authkey")]
     AuthKey {
@@ -41,7 +44,129 @@ impl Strategy {
             Strategy::Posture { .. } => "posture",
             Strategy::Role { .. } => "role",
             Strategy::Tag { .. } => "tag",
+            Strategy::Rule { .. } => "rule",
             Strategy::AuthKey { .. } => "authkey",
+        }
+    }
+}
+
+/// A list of logins in the policy file that a strategy edits: a group's members, or the `src`
+/// of a marked rule. Keyed `group:NAME` or `rule:NAME` wherever they are managed together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyList {
+    Group(String),
+    Rule(String),
+}
+
+/// Where a [`PolicyList`] is in one version of the policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    section: &'static str,
+    index: Option<usize>,
+    key: String,
+}
+
+impl Located {
+    /// The HuJSON path of the list.
+    pub fn path(&self) -> Vec<hujson::Seg<'_>> {
+        match self.index {
+            Some(i) => vec![
+                hujson::Seg::Key(self.section),
+                hujson::Seg::Index(i),
+                hujson::Seg::Key(&self.key),
+            ],
+            None => vec![hujson::Seg::Key(self.section), hujson::Seg::Key(&self.key)],
+        }
+    }
+}
+
+/// The rule sections a marker may stand in.
+const RULE_SECTIONS: [&str; 3] = ["acls", "grants", "ssh"];
+
+/// Every `// tidegate:rule NAME` marker directly above a rule: name → `(section, index)`s.
+pub fn rule_markers(doc: &hujson::Document) -> BTreeMap<String, Vec<(&'static str, usize)>> {
+    let text = doc.text();
+    let mut out: BTreeMap<String, Vec<(&'static str, usize)>> = BTreeMap::new();
+    for section in RULE_SECTIONS {
+        let Some(rules) = doc
+            .get(&[hujson::Seg::Key(section)])
+            .and_then(|n| n.as_array())
+        else {
+            continue;
+        };
+        for (i, rule) in rules.iter().enumerate() {
+            // The last comment before the rule, with only white space between them.
+            let above = doc
+                .comments()
+                .iter()
+                .rev()
+                .find(|(_, end)| *end <= rule.start)
+                .filter(|(_, end)| text[*end..rule.start].trim().is_empty());
+            if let Some((start, end)) = above {
+                let comment = text[*start..*end].trim_start_matches("//").trim();
+                if let Some(name) = comment.strip_prefix("tidegate:rule ") {
+                    out.entry(name.trim().to_owned())
+                        .or_default()
+                        .push((section, i));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl PolicyList {
+    pub fn key(&self) -> String {
+        match self {
+            PolicyList::Group(g) => g.clone(),
+            PolicyList::Rule(r) => format!("rule:{r}"),
+        }
+    }
+
+    pub fn from_key(key: &str) -> PolicyList {
+        match key.strip_prefix("rule:") {
+            Some(r) => PolicyList::Rule(r.to_owned()),
+            None => PolicyList::Group(key.to_owned()),
+        }
+    }
+
+    /// Where the list is in `doc`; for a rule, its marker must be there exactly once.
+    pub fn locate(&self, doc: &hujson::Document) -> Result<Located, String> {
+        match self {
+            PolicyList::Group(g) => Ok(Located {
+                section: "groups",
+                index: None,
+                key: g.clone(),
+            }),
+            PolicyList::Rule(name) => match rule_markers(doc).get(name).map(Vec::as_slice) {
+                Some([(section, index)]) => Ok(Located {
+                    section,
+                    index: Some(*index),
+                    key: "src".into(),
+                }),
+                Some(many) if many.len() > 1 => Err(format!(
+                    "the marker // tidegate:rule {name} is used {} times ({}); it must mark one rule",
+                    many.len(),
+                    many.iter()
+                        .map(|(s, i)| format!("{s}[{i}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                _ => Err(format!(
+                    "no rule in acls, grants or ssh is marked // tidegate:rule {name} (the comment goes on the line above the rule)"
+                )),
+            },
+        }
+    }
+}
+
+impl Strategy {
+    /// The list of logins in the policy file this strategy edits, if it edits one.
+    pub fn policy_list(&self) -> Option<PolicyList> {
+        match self {
+            Strategy::Group { group, .. } => Some(PolicyList::Group(group.clone())),
+            Strategy::Rule { rule } => Some(PolicyList::Rule(rule.clone())),
+            _ => None,
         }
     }
 }
@@ -237,8 +362,10 @@ impl fmt::Display for PolicyIssue {
 /// no posture used by a rule reads, selectors naming unknown groups.
 pub fn check_against_policy(
     entitlements: &[Entitlement],
-    policy: &policy::PolicyFile,
+    parsed: &policy::Policy,
 ) -> Vec<PolicyIssue> {
+    let policy = &parsed.file;
+    let doc = hujson::Document::parse(&parsed.text).ok();
     let mut issues = Vec::new();
     let mut issue = |e: &Entitlement, message: String| {
         issues.push(PolicyIssue {
@@ -259,6 +386,14 @@ pub fn check_against_policy(
     }
     for e in entitlements {
         match &e.strategy {
+            Strategy::Rule { rule } => {
+                let located = doc
+                    .as_ref()
+                    .map(|d| PolicyList::Rule(rule.clone()).locate(d));
+                if let Some(Err(why)) = located {
+                    issue(e, why);
+                }
+            }
             Strategy::Group { group, .. } => {
                 if !policy.groups.contains_key(group) {
                     issue(

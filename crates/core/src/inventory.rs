@@ -97,6 +97,9 @@ pub struct Rule {
     /// The postures a source must satisfy (grants and ssh).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub src_posture: Vec<String>,
+    /// Its `// tidegate:rule NAME` marker: a `rule` entitlement adds logins to its `src`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
 }
 
 impl Rule {
@@ -154,6 +157,14 @@ pub struct ChangeRecord {
 impl Snapshot {
     /// The rules of a parsed policy, with their sections, indexes and lines.
     pub fn rules_of(policy: &policy::Policy) -> Vec<Rule> {
+        let markers: BTreeMap<(&str, usize), String> = hujson::Document::parse(&policy.text)
+            .map(|doc| {
+                crate::entitlement::rule_markers(&doc)
+                    .into_iter()
+                    .flat_map(|(name, at)| at.into_iter().map(move |a| (a, name.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut rules = Vec::new();
         for (i, a) in policy.file.acls.iter().flatten().enumerate() {
             rules.push(Rule {
@@ -172,6 +183,7 @@ impl Snapshot {
                 },
                 what: a.proto.iter().cloned().collect(),
                 src_posture: Vec::new(),
+                marker: markers.get(&("acls", i)).cloned(),
             });
         }
         for (i, g) in policy.file.grants.iter().flatten().enumerate() {
@@ -183,6 +195,7 @@ impl Snapshot {
                 dst: g.dst.clone(),
                 what: g.ip.clone(),
                 src_posture: g.src_posture.clone(),
+                marker: markers.get(&("grants", i)).cloned(),
             });
         }
         for (i, r) in policy.file.ssh.iter().enumerate() {
@@ -194,6 +207,7 @@ impl Snapshot {
                 dst: r.dst.clone(),
                 what: r.users.clone().unwrap_or_default(),
                 src_posture: r.src_posture.clone(),
+                marker: markers.get(&("ssh", i)).cloned(),
             });
         }
         rules

@@ -47,12 +47,14 @@ pub fn check(
     let failures =
         |text: &str, inventory: &policy::Inventory| engine(text, inventory).map(|e| e.run_tests());
     let with = match strategy {
-        Strategy::Group { group, .. } => {
+        Strategy::Group { .. } | Strategy::Rule { .. } => {
             let Ok(mut doc) = hujson::Document::parse(&live.policy_text) else {
                 return Ok(());
             };
-            let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
-            if doc.add_strings(&path, &[login]).is_err() {
+            let Some(Ok(located)) = strategy.policy_list().map(|l| l.locate(&doc)) else {
+                return Ok(());
+            };
+            if doc.add_strings(&located.path(), &[login]).is_err() {
                 return Ok(());
             }
             failures(doc.text(), &live.inventory)

@@ -109,10 +109,14 @@ impl Snapshot {
             Engine::build(policy, inventory).map_err(|e| e.to_string())
         };
         let (before, after, ssh) = match &entitlement.strategy {
-            Strategy::Group { group, .. } => {
+            Strategy::Group { .. } | Strategy::Rule { .. } => {
                 let mut doc = hujson::Document::parse(&live.text).map_err(|e| e.to_string())?;
-                let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
-                doc.add_strings(&path, &[login])
+                let list = entitlement
+                    .strategy
+                    .policy_list()
+                    .ok_or_else(|| "no policy list".to_owned())?;
+                let located = list.locate(&doc)?;
+                doc.add_strings(&located.path(), &[login])
                     .map_err(|e| e.to_string())?;
                 let now = engine(parsed.clone(), inventory)?;
                 let edited = Policy::parse(doc.text()).map_err(|e| e.to_string())?;

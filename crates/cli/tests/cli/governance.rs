@@ -661,3 +661,76 @@ fn scim_provisioning_and_deprovisioning() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// The rule strategy: a grant adds the requester to the `src` of the rule marked
+/// `// tidegate:rule NAME`, comments and formatting kept, and the end removes them; the rule's
+/// own sources stay. A marker missing or used twice stops start-up.
+#[test]
+fn the_rule_strategy_edits_the_marked_rule() {
+    const MARKED: &str = "\t\t// tidegate:rule db-direct\n\t\t{\"src\": [\"group:sre\"], \"dst\": [\"tag:prod\"], \"ip\": [\"tcp:5432\"]}, // DBAs\n";
+    let with_marker = |times: usize| {
+        move |mut state: Value| {
+            let policy = state["policy"].as_str().unwrap().replace(
+                "\t\t// Just-in-time production access through the managed group.",
+                &format!(
+                    "{}\t\t// Just-in-time production access through the managed group.",
+                    MARKED.repeat(times)
+                ),
+            );
+            state["policy"] = json!(policy);
+            state
+        }
+    };
+    let entitlement = "\n[[entitlement]]\nname = \"db-direct\"\ndescription = \"PostgreSQL on production\"\nstrategy = \"rule\"\nrule = \"db-direct\"\nrequesters = [\"group:engineers\"]\napprovers = [\"group:sre\"]\n";
+    let d = Deployment::with_state("rule", with_marker(1), |t| format!("{t}{entitlement}"));
+    let mut server = d.serve();
+    let (dave, alice) = (d.token("dave@example.com"), d.token("alice@example.com"));
+    let policy = || {
+        http_get(&format!("{}/emulator/state", d.emulator_url)).unwrap()["policy"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let r = d.cli(
+        &dave,
+        &["request", "db-direct", "--for", "1h", "--reason", "INC-5"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    d.cli(&alice, &["approve", &id]);
+    wait_until("dave in the marked rule", || {
+        policy().contains("\"group:sre\", \"dave@example.com\"]")
+    });
+    let text = policy();
+    assert!(
+        text.contains("\t\t// tidegate:rule db-direct\n\t\t{\"src\": [\"group:sre\", \"dave@example.com\"], \"dst\": [\"tag:prod\"], \"ip\": [\"tcp:5432\"]}, // DBAs\n"),
+        "comments and layout kept: {text}"
+    );
+    wait_until("the grant to be active", || {
+        d.cli(&dave, &["show", &id])["state"] == "active"
+    });
+    d.cli(&dave, &["drop", &id]);
+    wait_until("dave out of it again", || {
+        policy().contains(
+            "{\"src\": [\"group:sre\"], \"dst\": [\"tag:prod\"], \"ip\": [\"tcp:5432\"]}, // DBAs",
+        )
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+
+    for (name, times, says) in [
+        (
+            "rule-missing",
+            0,
+            "no rule in acls, grants or ssh is marked // tidegate:rule db-direct",
+        ),
+        ("rule-twice", 2, "is used 2 times"),
+    ] {
+        let d = Deployment::with_state(name, with_marker(times), |t| format!("{t}{entitlement}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["serve", "--config", d.config()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(stderr(&out).contains(says), "{name}: {}", stderr(&out));
+    }
+}

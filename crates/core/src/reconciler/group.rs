@@ -1,13 +1,15 @@
-//! `group`: a login is wanted in a managed policy group while any active grant puts it there.
-//! Every change to the policy goes out in one HuJSON edit and one write with `If-Match`,
-//! re-read and re-applied on 412. Members that no grant explains are drift.
+//! `group` and `rule`: a login is wanted in a managed policy group (or in the `src` of a rule
+//! marked `// tidegate:rule NAME`) while any active grant puts it there. Every change to the
+//! policy goes out in one HuJSON edit and one write with `If-Match`, re-read and re-applied on
+//! 412. Members that no grant explains are drift. A list is keyed by its group's name, or by
+//! `rule:NAME` (see `entitlement::PolicyList`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
 use super::{ChangeError, PassReport, Reconciler, event, needs_change};
-use crate::entitlement::Strategy;
+use crate::entitlement::{PolicyList, Strategy};
 use crate::request::{Request, State};
 use crate::service::ManagedGroup;
 use crate::time_text;
@@ -41,10 +43,10 @@ struct Edited {
 
 impl Reconciler {
     fn group_of(&self, r: &Request) -> Option<String> {
-        match &self.entitlement(&r.entitlement)?.strategy {
-            Strategy::Group { group, .. } => Some(group.clone()),
-            _ => None,
-        }
+        self.entitlement(&r.entitlement)?
+            .strategy
+            .policy_list()
+            .map(|l| l.key())
     }
 
     /// One read-edit-write of the policy, written with `If-Match` and re-applied on 412.
@@ -69,7 +71,11 @@ impl Reconciler {
             let mut missing = BTreeSet::new();
             let mut baselines = BTreeMap::new();
             for (group, remove_drift) in edit.managed {
-                let path = [hujson::Seg::Key("groups"), hujson::Seg::Key(group)];
+                let Ok(located) = PolicyList::from_key(group).locate(&doc) else {
+                    missing.insert(group.clone());
+                    continue;
+                };
+                let path = located.path();
                 let Some(members) = doc.strings(&path) else {
                     missing.insert(group.clone());
                     continue;
@@ -214,6 +220,8 @@ impl Reconciler {
                     group,
                     remove_drift,
                 } => Some((group.clone(), *remove_drift)),
+                // A rule's other sources are its own: never removed as drift.
+                Strategy::Rule { rule } => Some((PolicyList::Rule(rule.clone()).key(), false)),
                 _ => None,
             })
             .collect();
@@ -361,8 +369,10 @@ impl Reconciler {
             .keys()
             .filter(|g| !written.missing.contains(*g))
             .map(|group| {
-                let set = doc
-                    .strings(&[hujson::Seg::Key("groups"), hujson::Seg::Key(group)])
+                let set = PolicyList::from_key(group)
+                    .locate(&doc)
+                    .ok()
+                    .and_then(|l| doc.strings(&l.path()))
                     .unwrap_or_default()
                     .into_iter()
                     .collect();

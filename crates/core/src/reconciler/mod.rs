@@ -481,7 +481,7 @@ impl Reconciler {
                 continue;
             };
             match &entitlement.strategy {
-                Strategy::Group { .. } => groups.push(r),
+                Strategy::Group { .. } | Strategy::Rule { .. } => groups.push(r),
                 Strategy::Posture { .. } => posture.push(r),
                 Strategy::Role { .. } => roles.push(r),
                 Strategy::Tag { .. } => tags.push(r),

@@ -200,6 +200,7 @@ fn strategy(s: &Strategy) -> String {
         Strategy::Posture { attribute, .. } => format!("posture {attribute}"),
         Strategy::Role { role } => format!("role {role}"),
         Strategy::Tag { tag } => format!("tag {tag}"),
+        Strategy::Rule { rule } => format!("rule {rule}"),
         Strategy::AuthKey { tags, .. } => format!("authkey {}", tags.join(" ")),
     }
 }
@@ -216,7 +217,7 @@ async fn entitlement_checks(app: &AppState) -> Vec<Result<(), String>> {
         .and_then(|p| policy::Policy::parse(&p.text).map_err(|e| e.to_string()));
     match parsed {
         Ok(p) => {
-            let issues = tidegate_core::entitlement::check_against_policy(entitlements, &p.file);
+            let issues = tidegate_core::entitlement::check_against_policy(entitlements, &p);
             entitlements
                 .iter()
                 .map(|e| {
