@@ -158,18 +158,7 @@ pub async fn inventory(command: InventoryCommand) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let cell = |v: &Value| -> String {
-        printable(&match v {
-            Value::String(s) => s.clone(),
-            Value::Array(a) => a
-                .iter()
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
-                .collect::<Vec<_>>()
-                .join(" "),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        })
-    };
+    let cell = |v: &Value| printable(&tidegate_core::inventory::field_text(v));
     let (header, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
         "groups" => (
             vec!["GROUP", "MEMBERS"],

@@ -477,22 +477,39 @@ fn apply_patch(resource: &mut Value, body: &[u8]) -> Result<(), ScimError> {
     Ok(())
 }
 
+/// A stored resource with a PatchOp applied (not yet saved).
+async fn patched(
+    app: &AppState,
+    headers: &HeaderMap,
+    kind: &str,
+    id: &str,
+    body: &[u8],
+) -> Result<Value, ScimError> {
+    authorize(app, headers)?;
+    let mut resource = match app.service.scim_resource(kind, id).await {
+        Ok(Some(r)) => r,
+        _ => {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                None,
+                format!("no {kind} {id}"),
+            ));
+        }
+    };
+    apply_patch(&mut resource, body)?;
+    Ok(resource)
+}
+
 async fn patch_user(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&app, &headers) {
-        return r.into_response();
-    }
-    let mut resource = match app.service.scim_resource("Users", &id).await {
-        Ok(Some(r)) => r,
-        _ => return error(StatusCode::NOT_FOUND, None, format!("no user {id}")).into_response(),
+    let resource = match patched(&app, &headers, "Users", &id, &body).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
     };
-    if let Err(r) = apply_patch(&mut resource, &body) {
-        return r.into_response();
-    }
     // `active` may come as "False" from some providers; the crate's lenient reading decides.
     save_user(&app, &id, resource, StatusCode::OK).await
 }
@@ -577,16 +594,10 @@ async fn patch_group(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&app, &headers) {
-        return r.into_response();
-    }
-    let mut resource = match app.service.scim_resource("Groups", &id).await {
-        Ok(Some(r)) => r,
-        _ => return error(StatusCode::NOT_FOUND, None, format!("no group {id}")).into_response(),
+    let resource = match patched(&app, &headers, "Groups", &id, &body).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
     };
-    if let Err(r) = apply_patch(&mut resource, &body) {
-        return r.into_response();
-    }
     save_group(&app, &id, resource.to_string().as_bytes(), StatusCode::OK).await
 }
 

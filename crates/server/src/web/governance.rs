@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
+use tidegate_core::inventory::field_text as text;
 
 use super::admin::{require_auditor, tabs};
 use super::layout::{self, Chrome, Page, Section, csrf};
@@ -35,19 +36,6 @@ const KINDS: [(&str, &str); 7] = [
     ("rules", "Rules"),
     ("changes", "Changes"),
 ];
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
-            .collect::<Vec<_>>()
-            .join(" "),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
 
 pub async fn inventory(
     State(app): State<AppState>,
