@@ -296,7 +296,12 @@ async fn get_one(app: &AppState, headers: &HeaderMap, kind: &str, id: &str) -> R
     }
     match app.service.scim_resource(kind, id).await {
         Ok(Some(r)) => scim(StatusCode::OK, r),
-        Ok(None) => error(StatusCode::NOT_FOUND, None, format!("no {kind} {id}")).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            None,
+            format!("no {} {id}", kind.trim_end_matches('s').to_lowercase()),
+        )
+        .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string()).into_response(),
     }
 }
@@ -492,7 +497,7 @@ async fn patched(
             return Err(error(
                 StatusCode::NOT_FOUND,
                 None,
-                format!("no {kind} {id}"),
+                format!("no {} {id}", kind.trim_end_matches('s').to_lowercase()),
             ));
         }
     };
