@@ -607,14 +607,17 @@ impl Service {
             "users": report.users,
             "devices": report.devices,
         });
-        self.store()
-            // Keyed to the clock's full precision: syncs within one second keep a record each.
-            .put_state(
-                &format!("{RUN}{at}.{:09}", self.clock().now().nanosecond()),
-                &run.to_string(),
-                &at,
-            )
-            .await?;
+        // Keyed by time and a number claimed in the store: syncs within one second (from any
+        // replica) keep a record each, in order.
+        let text = run.to_string();
+        let mut n = 0u32;
+        while !self
+            .store()
+            .claim_state(&format!("{RUN}{at}.{n:04}"), &text, &at)
+            .await?
+        {
+            n += 1;
+        }
         tracing::info!(
             users = report.users,
             devices = report.devices,

@@ -981,3 +981,15 @@ async fn a_scheduled_grant_counts_from_its_start_even_beside_another_on_the_same
     assert_eq!(started.state, State::Active);
     assert_eq!(started.expires_at, Some(start + time::Duration::hours(1)));
 }
+
+/// Every sync keeps its own run record, even two within one tick of the clock (seen losing
+/// records when they were keyed by the time alone).
+#[tokio::test]
+async fn every_inventory_sync_keeps_a_run_record() {
+    let w = World::new().await;
+    for _ in 0..3 {
+        w.service.sync_inventory(&|_| {}).await.unwrap();
+    }
+    let runs = w.store.states("inventory:run:").await.unwrap();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+}
