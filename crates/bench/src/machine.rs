@@ -134,19 +134,7 @@ rate = "100000/m"
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let router = tidegate_server::router(tidegate_server::AppState {
-        service,
-        metrics: Arc::new(tidegate_core::metrics::Metrics::default()),
-        demo_logins: Vec::new(),
-        machine: tidegate_server::machine::state(),
-    });
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
+    crate::serve(service, listener, Vec::new());
     let http = reqwest::Client::new();
     let ask = move |token: String| {
         let (http, url) = (http.clone(), url.clone());

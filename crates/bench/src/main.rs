@@ -56,6 +56,28 @@ fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
         .unwrap_or_default()
 }
 
+/// Serves tidegate's API and web UI for `service` on `listener` (a task that runs until the
+/// bench ends).
+fn serve(
+    service: std::sync::Arc<tidegate_core::service::Service>,
+    listener: tokio::net::TcpListener,
+    demo_logins: Vec<String>,
+) -> tokio::task::JoinHandle<()> {
+    let router = tidegate_server::router(tidegate_server::AppState {
+        service,
+        metrics: std::sync::Arc::new(tidegate_core::metrics::Metrics::default()),
+        demo_logins,
+        machine: tidegate_server::machine::state(),
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    })
+}
+
 /// Milliseconds to a tenth.
 fn ms(d: std::time::Duration) -> f64 {
     round(d.as_secs_f64() * 1e3, 1)

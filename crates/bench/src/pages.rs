@@ -56,19 +56,7 @@ pub async fn run(runs: usize) -> Result<Value> {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let router = tidegate_server::router(tidegate_server::AppState {
-        service: service.clone(),
-        metrics: Arc::new(tidegate_core::metrics::Metrics::default()),
-        demo_logins: logins,
-        machine: tidegate_server::machine::state(),
-    });
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
+    crate::serve(service.clone(), listener, logins);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;

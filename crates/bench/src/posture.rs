@@ -226,19 +226,7 @@ pub async fn run(count: usize) -> Result<Value> {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = tidegate_server::router(tidegate_server::AppState {
-        service: service.clone(),
-        metrics: Arc::new(tidegate_core::metrics::Metrics::default()),
-        demo_logins: Vec::new(),
-        machine: tidegate_server::machine::state(),
-    });
-    let http_server = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
+    let http_server = crate::serve(service.clone(), listener, Vec::new());
     let api = Arc::new(Api {
         http: reqwest::Client::new(),
         url,

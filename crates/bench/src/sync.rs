@@ -202,19 +202,7 @@ valid_for = {{ department = ["SRE"] }}
         let (r, s) = (reconciler.clone(), stop.clone());
         tokio::spawn(async move { r.run(Duration::from_secs(1), s).await })
     };
-    let router = tidegate_server::router(tidegate_server::AppState {
-        service: service.clone(),
-        metrics: Arc::new(tidegate_core::metrics::Metrics::default()),
-        demo_logins: Vec::new(),
-        machine: tidegate_server::machine::state(),
-    });
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
+    crate::serve(service.clone(), listener, Vec::new());
     // Let the leader's own first sync finish before the device joins
     // (two syncs so far; the leader's makes a third run record).
     while service.store().states("inventory:run:").await?.len() < 3 {

@@ -139,17 +139,7 @@ pub async fn inventory(command: InventoryCommand) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let snapshot = match service.inventory().await.map_err(usage)? {
-        Some(s) => s,
-        None => {
-            service.sync_inventory(&|_| {}).await.map_err(usage)?;
-            service
-                .inventory()
-                .await
-                .map_err(usage)?
-                .unwrap_or_default()
-        }
-    };
+    let snapshot = service.inventory_or_sync().await.map_err(usage)?;
     let value = serde_json::to_value(&snapshot).map_err(usage)?;
     if args.json {
         println!(

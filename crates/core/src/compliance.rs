@@ -84,54 +84,47 @@ fn raw(subject: impl Into<String>, detail: impl Into<String>) -> Raw {
 /// findings are added to it with `now`, resolved ones dropped.
 pub fn run(inputs: &Inputs<'_>, first_seen: &mut BTreeMap<String, String>) -> CheckRun {
     let now_text = crate::time_text(inputs.now);
-    let checks: Vec<(&str, &str, Vec<Raw>, bool)> = vec![
+    let checks: Vec<(&str, &str, Vec<Raw>)> = vec![
         (
             "user-identified",
             "Every tailnet user is a person in the directory, still active",
             user_identified(inputs),
-            true,
         ),
         (
             "leaver-removed",
             "Leavers lost their tailnet access within the grace period",
             leaver_removed(inputs),
-            true,
         ),
         (
             "critical-access-configured",
             "Critical systems: tags in use, standing access only as declared, an entitlement reaches them",
             critical_configured(inputs),
-            true,
         ),
         (
             "access-valid-for-role",
             "Who reaches a critical system, or holds a role above member, is valid for it",
             valid_for_role(inputs),
-            true,
         ),
         (
             "stale-devices",
             "Devices seen recently",
             stale_devices(inputs),
-            true,
         ),
         (
             "key-expiry-disabled",
             "User devices keep key expiry",
             key_expiry_disabled(inputs),
-            true,
         ),
         (
             "keys-expiring",
             "Keys and OAuth clients not about to expire",
             keys_expiring(inputs),
-            true,
         ),
     ];
     let mut seen_now = BTreeMap::new();
     let checks = checks
         .into_iter()
-        .map(|(id, title, raws, _)| {
+        .map(|(id, title, raws)| {
             let findings: Vec<Finding> = raws
                 .into_iter()
                 .map(|r| {
@@ -536,8 +529,7 @@ impl crate::service::Service {
     /// seen), and writes it to the audit log as a check run.
     pub async fn run_checks(&self) -> Result<CheckRun, crate::service::ServiceError> {
         use crate::service::ServiceError;
-        self.sync_inventory(&|_| {}).await?;
-        let inventory = self.inventory().await?.unwrap_or_default();
+        let (_, inventory) = self.sync_and_keep(&|_| {}).await?;
         let people = self.people().await?;
         let active = self
             .store()

@@ -540,6 +540,23 @@ impl Service {
         &self,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<SyncReport, ServiceError> {
+        Ok(self.sync_and_keep(progress).await?.0)
+    }
+
+    /// The last stored snapshot, or a sync's when none is stored yet.
+    pub async fn inventory_or_sync(&self) -> Result<Snapshot, ServiceError> {
+        match self.inventory().await? {
+            Some(s) => Ok(s),
+            None => Ok(self.sync_and_keep(&|_| {}).await?.1),
+        }
+    }
+
+    /// A sync that also hands back the snapshot it read (the checks use it without reading
+    /// it back from the store).
+    pub async fn sync_and_keep(
+        &self,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(SyncReport, Snapshot), ServiceError> {
         // The last snapshot is read only when needed (a part could not be read now, or
         // something changed): on a large tailnet it is tens of megabytes.
         let (mut snap, warnings) = self.read_inventory(progress).await?;
@@ -628,7 +645,7 @@ impl Service {
             unchanged = report.unchanged,
             "inventory synced"
         );
-        Ok(report)
+        Ok((report, snap))
     }
 }
 

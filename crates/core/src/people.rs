@@ -182,15 +182,6 @@ impl People {
     pub fn get(&self, login: &str) -> Option<&Person> {
         self.by_login.get(&login.to_lowercase())
     }
-
-    /// Logins terminated here and not in `before`.
-    pub fn newly_terminated(&self, before: &People) -> Vec<String> {
-        self.by_login
-            .values()
-            .filter(|p| p.terminated && !before.get(&p.login).is_some_and(|b| b.terminated))
-            .map(|p| p.login.clone())
-            .collect()
-    }
 }
 
 impl crate::service::Service {

@@ -567,13 +567,7 @@ async fn inventory(
             ),
         ));
     }
-    let snapshot = match app.service.inventory().await? {
-        Some(s) => s,
-        None => {
-            app.service.sync_inventory(&|_| {}).await?;
-            app.service.inventory().await?.unwrap_or_default()
-        }
-    };
+    let snapshot = app.service.inventory_or_sync().await?;
     let value = json!(snapshot);
     Ok(Json(
         json!({ "taken_at": snapshot.taken_at, kind.as_str(): value[kind.as_str()] }),

@@ -340,7 +340,7 @@ fn list_filters_and_reads_times_relatively() {
     assert!(utc.contains("Z") && !utc.contains(" in "), "UTC: {utc}");
     let shown = stdout(&demo.as_user(dave, &["show", &first]));
     assert!(
-        shown.contains("expires") && shown.contains("in 1 h 59 min") || shown.contains("in 2 h"),
+        shown.contains("expires") && (shown.contains("in 1 h 59 min") || shown.contains("in 2 h")),
         "{shown}"
     );
 }

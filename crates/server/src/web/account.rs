@@ -5,11 +5,10 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
-use serde::Deserialize;
 
 use super::layout::{self, Chrome, Page, Section, csrf};
 use super::session::{self, Viewer};
-use super::{Done, check_csrf};
+use super::{CsrfForm, Done, check_csrf};
 use crate::AppState;
 
 pub async fn page(
@@ -72,11 +71,6 @@ pub async fn page(
             body,
         ),
     )
-}
-
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    csrf: String,
 }
 
 pub async fn revoke_token(

@@ -13,7 +13,7 @@ use tidegate_core::inventory::field_text as text;
 use super::admin::{require_auditor, tabs};
 use super::layout::{self, Chrome, Page, Section, csrf};
 use super::session::Viewer;
-use super::{Done, check_csrf};
+use super::{CsrfForm, Done, check_csrf};
 use crate::AppState;
 
 #[derive(Deserialize, Default)]
@@ -50,15 +50,7 @@ pub async fn inventory(
         .map(|(k, _)| *k)
         .find(|k| *k == q.kind)
         .unwrap_or("users");
-    let snapshot = match app.service.inventory().await {
-        Ok(Some(s)) => Ok(s),
-        Ok(None) => match app.service.sync_inventory(&|_| {}).await {
-            Ok(_) => app.service.inventory().await.map(Option::unwrap_or_default),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    let snapshot = match snapshot {
+    let snapshot = match app.service.inventory_or_sync().await {
         Ok(s) => s,
         Err(e) => {
             return layout::message(
@@ -275,15 +267,10 @@ pub async fn compliance(
     )
 }
 
-#[derive(Deserialize)]
-pub struct RunForm {
-    csrf: String,
-}
-
 pub async fn run_now(
     State(app): State<AppState>,
     viewer: Viewer,
-    Form(f): Form<RunForm>,
+    Form(f): Form<CsrfForm>,
 ) -> Response {
     if let Err(page) = check_csrf(&app, &viewer, &f.csrf).await {
         return page.into_response();

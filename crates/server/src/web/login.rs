@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::layout::{self, Page, Section};
 use super::session::{self, Viewer};
-use super::{check_csrf, local_path};
+use super::{CsrfForm, check_csrf, local_path};
 use crate::AppState;
 
 #[derive(Deserialize, Default)]
@@ -81,16 +81,11 @@ pub async fn submit(State(app): State<AppState>, Form(f): Form<LoginForm>) -> Re
     }
 }
 
-#[derive(Deserialize)]
-pub struct LogoutForm {
-    csrf: String,
-}
-
 pub async fn logout(
     State(app): State<AppState>,
     viewer: Viewer,
     headers: HeaderMap,
-    Form(f): Form<LogoutForm>,
+    Form(f): Form<CsrfForm>,
 ) -> Response {
     if let Err(page) = check_csrf(&app, &viewer, &f.csrf).await {
         return page.into_response();

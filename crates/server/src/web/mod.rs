@@ -68,6 +68,12 @@ pub struct Done {
     done: Option<String>,
 }
 
+/// A form that carries nothing but the session's CSRF token (sign out, revoke, run now).
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
 /// Refuses a form whose CSRF token is not this session's.
 async fn check_csrf(app: &AppState, viewer: &Viewer, given: &str) -> Result<(), Page> {
     let same = given.len() == viewer.csrf.len()
