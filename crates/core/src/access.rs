@@ -213,6 +213,41 @@ impl Actor {
             || entitlement.is_some_and(|e| self.reviewer(e, dir).is_some())
     }
 
+    /// May decide an access review item about `subject`'s access, assigned to `reviewer` (a
+    /// login or a selector): never one's own access; admins any other item; otherwise the
+    /// item's reviewer, or a member of the selector it names.
+    pub fn may_decide_review_item(
+        &self,
+        subject: &str,
+        reviewer: &str,
+        dir: &Directory,
+    ) -> Result<(), String> {
+        if subject.eq_ignore_ascii_case(&self.login) {
+            return Err(format!(
+                "{} may not review their own access; it is reviewed by {reviewer}",
+                self.login
+            ));
+        }
+        let assigned = reviewer == self.login
+            || reviewer.parse::<Selector>().is_ok_and(|s| {
+                !matches!(s, Selector::Login(_)) && dir.matches(&s, &self.login)
+            });
+        if self.admin || assigned {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} may not decide it: it is reviewed by {reviewer} (or an admin)",
+                self.login
+            ))
+        }
+    }
+
+    /// May see an access review item: auditors and admins every item; others the items they
+    /// may decide.
+    pub fn may_see_review_item(&self, subject: &str, reviewer: &str, dir: &Directory) -> bool {
+        self.auditor || self.may_decide_review_item(subject, reviewer, dir).is_ok()
+    }
+
     /// May drop `request`: one's own grant only.
     pub fn may_drop(&self, request: &Request) -> bool {
         request.requester == self.login

@@ -244,7 +244,7 @@ fn leaver_removed(i: &Inputs<'_>) -> Vec<Raw> {
 }
 
 /// Whether a rule's destination names one of `tags` (or everything).
-fn reaches(rule: &Rule, tags: &[String]) -> bool {
+pub(crate) fn reaches(rule: &Rule, tags: &[String]) -> bool {
     rule.dst.iter().any(|d| {
         let target = if rule.section == "acls" {
             d.rsplit_once(':').map_or(d.as_str(), |(host, _)| host)
@@ -256,7 +256,7 @@ fn reaches(rule: &Rule, tags: &[String]) -> bool {
 }
 
 /// How a source selector reaches people: through an entitlement (its name), or standing.
-fn through_entitlement(
+pub(crate) fn through_entitlement(
     config: &Config,
     rule: &Rule,
     src: &str,
@@ -289,7 +289,7 @@ fn through_entitlement(
 }
 
 /// The people a source selector lets in, as the inventory has them.
-fn people_of(src: &str, inv: &Snapshot) -> Vec<String> {
+pub(crate) fn people_of(src: &str, inv: &Snapshot) -> Vec<String> {
     if let Some(members) = inv.groups.get(src) {
         return members.clone();
     }
@@ -307,13 +307,13 @@ fn people_of(src: &str, inv: &Snapshot) -> Vec<String> {
 
 /// The critical system's reaching rules, each with its standing sources and the entitlements
 /// that reach through it.
-struct Path<'r> {
-    rule: &'r Rule,
-    standing: Vec<String>,
-    entitlements: Vec<String>,
+pub(crate) struct Path<'r> {
+    pub(crate) rule: &'r Rule,
+    pub(crate) standing: Vec<String>,
+    pub(crate) entitlements: Vec<String>,
 }
 
-fn paths<'r>(config: &Config, inv: &'r Snapshot, system: &CriticalSystem) -> Vec<Path<'r>> {
+pub(crate) fn paths<'r>(config: &Config, inv: &'r Snapshot, system: &CriticalSystem) -> Vec<Path<'r>> {
     inv.rules
         .iter()
         .filter(|r| reaches(r, &system.tags))

@@ -50,6 +50,41 @@ struct RawConfig {
     critical: Vec<CriticalSystem>,
     #[serde(default, rename = "role_rule")]
     role_rules: Vec<RoleRule>,
+    #[serde(default, rename = "review_schedule")]
+    review_schedules: Vec<RawReviewSchedule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReviewSchedule {
+    name: String,
+    scope: ScopeList,
+    every: Span,
+    due_in: Option<Span>,
+    reviewer: Option<String>,
+    on_due: Option<String>,
+    #[serde(default)]
+    keep_reason_required: bool,
+}
+
+/// One scope or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ScopeList {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[[review_schedule]]`: an access review started by itself every `every`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewSchedule {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub every: Span,
+    pub due_in: Span,
+    pub reviewer: Option<String>,
+    pub on_due: crate::review::OnDue,
+    pub keep_reason_required: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -376,6 +411,7 @@ pub struct Config {
     pub compliance: ComplianceSettings,
     pub critical: Vec<CriticalSystem>,
     pub role_rules: Vec<RoleRule>,
+    pub review_schedules: Vec<ReviewSchedule>,
 }
 
 /// Resolves a secret given inline, as an environment variable name, or as a file path.
@@ -671,6 +707,50 @@ impl Config {
                 )));
             }
         }
+        let mut review_schedules = Vec::new();
+        for r in &raw.review_schedules {
+            let at = format!("[[review_schedule]] {:?}", r.name);
+            if r.name.trim().is_empty() || r.name.chars().any(char::is_control) {
+                return Err(invalid("[[review_schedule]]: name it (name = \"quarterly-prod\")".to_owned()));
+            }
+            if review_schedules.iter().any(|s: &ReviewSchedule| s.name == r.name) {
+                return Err(invalid(format!("{at} appears twice")));
+            }
+            let scopes = match &r.scope {
+                ScopeList::One(s) => vec![s.clone()],
+                ScopeList::Many(v) => v.clone(),
+            };
+            if scopes.is_empty() {
+                return Err(invalid(format!("{at}: scope is empty")));
+            }
+            for s in &scopes {
+                s.parse::<crate::review::Scope>()
+                    .map_err(|e| invalid(format!("{at}: {e}")))?;
+            }
+            if let Some(sel) = &r.reviewer {
+                sel.parse::<crate::entitlement::Selector>()
+                    .map_err(|e| invalid(format!("{at}: reviewer {e}")))?;
+            }
+            if r.every.as_secs() < 3600 {
+                return Err(invalid(format!(
+                    "{at}: every = \"{}\" is too often; at least 1h",
+                    r.every
+                )));
+            }
+            let on_due = match &r.on_due {
+                None => crate::review::OnDue::Keep,
+                Some(t) => t.parse().map_err(|e| invalid(format!("{at}: {e}")))?,
+            };
+            review_schedules.push(ReviewSchedule {
+                name: r.name.clone(),
+                scopes,
+                every: r.every,
+                due_in: r.due_in.unwrap_or(Span::seconds(14 * 86_400)),
+                reviewer: r.reviewer.clone(),
+                on_due,
+                keep_reason_required: r.keep_reason_required,
+            });
+        }
         let webhook_secret = secret(
             "webhook_secret",
             raw.tailnet.webhook_secret.as_ref(),
@@ -699,6 +779,7 @@ impl Config {
             },
             critical: raw.critical.clone(),
             role_rules: raw.role_rules.clone(),
+            review_schedules,
             audit_head_interval: raw.audit.head_interval.unwrap_or(Span::minutes(5)),
             requests_visible,
             roles,

@@ -20,6 +20,7 @@ pub mod preflight;
 pub mod preview;
 pub mod reconciler;
 pub mod request;
+pub mod review;
 pub mod service;
 pub mod store;
 

@@ -39,6 +39,11 @@ pub enum ServiceError {
     Tailnet(#[from] tailnet::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error("no access review {0}")]
+    UnknownReview(String),
+    /// Not possible yet (a campaign with undecided items or unverified revocations).
+    #[error("{0}")]
+    NotYet(String),
 }
 
 /// How long the directory (users and groups) is reused before it is read again.

@@ -72,6 +72,7 @@ impl From<ServiceError> for ApiError {
         let status = match &e {
             ServiceError::UnknownEntitlement { .. }
             | ServiceError::UnknownRequest(_)
+            | ServiceError::UnknownReview(_)
             | ServiceError::UnknownToken { .. } => StatusCode::NOT_FOUND,
             ServiceError::UnknownUser(_) => StatusCode::FORBIDDEN,
             ServiceError::Lifecycle(LifecycleError::NotAllowed(_)) => StatusCode::FORBIDDEN,
@@ -79,7 +80,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Lifecycle(LifecycleError::Invalid(_)) | ServiceError::Invalid(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ServiceError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            ServiceError::Store(StoreError::Conflict(_)) | ServiceError::NotYet(_) => {
+                StatusCode::CONFLICT
+            }
             ServiceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServiceError::Tailnet(_) => StatusCode::BAD_GATEWAY,
         };

@@ -11,6 +11,7 @@
 mod authkey;
 mod group;
 mod posture;
+mod review;
 mod role;
 mod tag;
 
@@ -126,6 +127,10 @@ pub struct Reconciler {
     /// The tailnet is changed first and the bookkeeping after, so a pass with thousands of
     /// expiries (after a restart, say) removes access before it writes them down.
     transitions: std::sync::Mutex<BTreeMap<String, (Request, Vec<Event>)>>,
+    /// Access review revocations: the last wish seen (see `review::REVOCATIONS_WANTED`) and
+    /// whether the last look found any left; they are looked for only when either says so
+    /// (and on full passes).
+    review_scan: std::sync::Mutex<(Option<String>, bool)>,
 }
 
 fn event(request: &Request, action: &str, detail: serde_json::Value) -> Event {
@@ -177,6 +182,7 @@ impl Reconciler {
             fence: None,
             metrics: None,
             transitions: std::sync::Mutex::new(BTreeMap::new()),
+            review_scan: std::sync::Mutex::new((None, true)),
         }
     }
 
@@ -504,6 +510,12 @@ impl Reconciler {
         let tags = self.with_related(tags, full, "tag", &mut report).await;
         self.tags(tags, &mut report).await;
         self.flush_transitions(&mut report).await;
+        if self.review_revocations_wanted(full).await {
+            let left = self.review_revocations(&mut report).await;
+            if let Ok(mut scan) = self.review_scan.lock() {
+                scan.1 = left;
+            }
+        }
         match self.service.store().count_overdue(self.now()).await {
             Ok(n) => report.overdue = n as usize,
             Err(e) => report
@@ -600,6 +612,24 @@ impl Reconciler {
             }
         }
         by_id.into_values().collect()
+    }
+
+    /// Whether to look for access review revocations in this pass: a full pass, a new wish
+    /// (a revoke decision, from any replica), or some left over from the last look.
+    async fn review_revocations_wanted(&self, full: bool) -> bool {
+        let wish = self
+            .service
+            .store()
+            .get_state(crate::review::REVOCATIONS_WANTED)
+            .await
+            .ok()
+            .flatten();
+        let Ok(mut scan) = self.review_scan.lock() else {
+            return true;
+        };
+        let new_wish = wish.is_some() && scan.0 != wish;
+        scan.0 = wish;
+        full || new_wish || scan.1
     }
 
     /// Whether this replica may still change the tailnet (always, without a fence).
@@ -718,6 +748,8 @@ impl Reconciler {
         // Machine nodes past their node_ttl are looked for every minute (one device list).
         const CLEAN_EVERY: time::Duration = time::Duration::minutes(1);
         let mut last_clean: Option<OffsetDateTime> = None;
+        // Access reviews' due dates and schedules, looked at every minute too.
+        let mut last_reviews: Option<OffsetDateTime> = None;
         // The inventory is synced on its schedule (and when a webhook asks) in a task of its
         // own: a large tailnet takes seconds to read, and expiries must not wait for it.
         let sync_every = self.service.config().inventory_sync_interval.to_time();
@@ -751,6 +783,12 @@ impl Reconciler {
                 last_clean = Some(now);
                 if let Err(e) = self.service.clean_machine_nodes().await {
                     tracing::error!(error = %e, "cannot clean up machine nodes");
+                }
+            }
+            if last_reviews.is_none_or(|t| now - t >= CLEAN_EVERY) && self.still_leading().await {
+                last_reviews = Some(now);
+                if let Err(e) = self.service.review_housekeeping().await {
+                    tracing::error!(error = %e, "access reviews: cannot apply due dates and schedules");
                 }
             }
             // A wish that comes during a sync is served by the next one.
