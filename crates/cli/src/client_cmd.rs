@@ -168,6 +168,9 @@ pub enum ClientCommand {
     /// Break-glass grants, to be reviewed after the fact (admins and auditors).
     #[command(subcommand)]
     BreakGlass(BreakGlassCommand),
+    /// Access reviews: campaigns over standing access, decided keep or revoke, with evidence.
+    #[command(subcommand)]
+    Review(crate::review_cmd::ReviewCommand),
 }
 
 #[derive(Subcommand)]
@@ -382,6 +385,7 @@ pub async fn run(connection: &Connection, command: ClientCommand) -> Result<(), 
         async move { client.call(Method::POST, &path, Some(body)).await }
     };
     let result = match command {
+        ClientCommand::Review(review) => return crate::review_cmd::run(connection, review).await,
         ClientCommand::Request {
             entitlement,
             duration,

@@ -8,6 +8,7 @@ mod emulator_cmd;
 mod governance_cmd;
 mod machine_cmd;
 mod policy_cmd;
+mod review_cmd;
 mod server_cmd;
 mod table;
 
@@ -121,6 +122,9 @@ enum Command {
     },
     /// Sync and run the compliance checks: exit 0 when all pass, 1 when any fails.
     Check(governance_cmd::SyncArgs),
+    /// Evidence for auditors: every grant, check run and access review of a period, as
+    /// report.html, CSV and JSON files with a manifest.json of their SHA-256.
+    Evidence(review_cmd::EvidenceArgs),
     /// Shell completions: `source <(tidegate completions bash)`.
     Completions {
         /// The shell.
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
         Command::Sync(args) => block_on(governance_cmd::sync(args)),
         Command::Inventory { command } => block_on(governance_cmd::inventory(command)),
         Command::Check(args) => block_on(governance_cmd::check(args)),
+        Command::Evidence(args) => block_on(review_cmd::evidence(args)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

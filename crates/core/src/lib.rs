@@ -8,6 +8,7 @@ pub mod audit;
 pub mod compliance;
 pub mod config;
 pub mod duration;
+pub mod evidence;
 pub mod entitlement;
 pub mod inventory;
 pub mod leader;

@@ -1410,6 +1410,25 @@ impl Service {
         self.full_review(id).await
     }
 
+    /// Records that a campaign's evidence was exported; the audit chain's head right after.
+    pub async fn record_review_export(
+        &self,
+        auditor: Auditor<'_>,
+        id: &str,
+    ) -> Result<crate::service::AuditHead, ServiceError> {
+        let now = crate::now(self.clock().as_ref());
+        self.store()
+            .append_audit(&[audit(
+                now,
+                auditor.login(),
+                "review.exported",
+                serde_json::json!({ "campaign": id }),
+            )])
+            .await?;
+        tracing::info!(campaign = %id, by = auditor.login(), "access review exported");
+        self.audit_head().await
+    }
+
     async fn full_review(&self, id: &str) -> Result<CampaignView, ServiceError> {
         let campaign = self.campaign(id).await?;
         let items = self.items_of(id).await?;

@@ -1,10 +1,12 @@
 //! tidegate's HTTP API: JSON endpoints for requests, reviews, grants and the audit log,
 //! authenticated with API tokens (stored hashed), and its OpenAPI document.
 
+pub mod evidence;
 mod jwt;
 pub mod machine;
 mod metrics;
 mod openapi;
+mod reviews;
 mod scim;
 pub mod tokens;
 pub mod web;
@@ -671,6 +673,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/checks", get(checks).post(run_checks))
         .route("/webhooks/tailscale", post(webhooks::tailscale))
         .route("/api/break-glass", get(break_glass))
+        .route("/api/reviews", get(reviews::list).post(reviews::create))
+        .route("/api/reviews/mine", get(reviews::mine))
+        .route("/api/reviews/{id}", get(reviews::show))
+        .route("/api/reviews/{id}/decisions", post(reviews::decide))
+        .route("/api/reviews/{id}/close", post(reviews::close))
+        .route("/api/reviews/{id}/export", get(reviews::export))
         .route(
             "/api/requests/{id}/break-glass-review",
             post(review_break_glass),
