@@ -300,7 +300,12 @@ fn print_rows(headers: &[&str], rows: &[Vec<String>], empty: &str) {
 }
 
 fn print_campaign(v: &Value, times: Times) {
-    println!("{}  {}  {}", text(v, "id"), text(v, "state"), text(v, "name"));
+    println!(
+        "{}  {}  {}",
+        text(v, "id"),
+        text(v, "state"),
+        text(v, "name")
+    );
     let scopes: Vec<String> = v["scopes"]
         .as_array()
         .into_iter()
@@ -324,7 +329,11 @@ fn print_campaign(v: &Value, times: Times) {
     );
     println!("  decided:   {}", progress(v));
     if !text(v, "close_note").is_empty() {
-        println!("  closed:    {} ({})", times.of(v, "closed_at"), text(v, "close_note"));
+        println!(
+            "  closed:    {} ({})",
+            times.of(v, "closed_at"),
+            text(v, "close_note")
+        );
     }
     let rows: Vec<Vec<String>> = v["items"]
         .as_array()
@@ -350,7 +359,14 @@ fn print_campaign(v: &Value, times: Times) {
         })
         .collect();
     print_rows(
-        &["ITEM", "PERSON", "ACCESS", "REVIEWER", "DECISION", "REVOCATION"],
+        &[
+            "ITEM",
+            "PERSON",
+            "ACCESS",
+            "REVIEWER",
+            "DECISION",
+            "REVOCATION",
+        ],
         &rows,
         "  no items",
     );
@@ -385,8 +401,7 @@ pub async fn evidence(args: EvidenceArgs) -> Result<(), Failure> {
         })
     };
     let (from, to) = (date("from", &args.from)?, date("to", &args.to)?);
-    let format: tidegate_server::evidence::Format =
-        args.format.parse().map_err(Failure::Usage)?;
+    let format: tidegate_server::evidence::Format = args.format.parse().map_err(Failure::Usage)?;
     let service = operator_service(&args.config).await?;
     let actor = service
         .actor("operator", tidegate_core::access::Via::Local)

@@ -229,9 +229,9 @@ impl Actor {
             ));
         }
         let assigned = reviewer == self.login
-            || reviewer.parse::<Selector>().is_ok_and(|s| {
-                !matches!(s, Selector::Login(_)) && dir.matches(&s, &self.login)
-            });
+            || reviewer
+                .parse::<Selector>()
+                .is_ok_and(|s| !matches!(s, Selector::Login(_)) && dir.matches(&s, &self.login));
         if self.admin || assigned {
             Ok(())
         } else {

@@ -313,7 +313,11 @@ pub(crate) struct Path<'r> {
     pub(crate) entitlements: Vec<String>,
 }
 
-pub(crate) fn paths<'r>(config: &Config, inv: &'r Snapshot, system: &CriticalSystem) -> Vec<Path<'r>> {
+pub(crate) fn paths<'r>(
+    config: &Config,
+    inv: &'r Snapshot,
+    system: &CriticalSystem,
+) -> Vec<Path<'r>> {
     inv.rules
         .iter()
         .filter(|r| reaches(r, &system.tags))

@@ -711,9 +711,14 @@ impl Config {
         for r in &raw.review_schedules {
             let at = format!("[[review_schedule]] {:?}", r.name);
             if r.name.trim().is_empty() || r.name.chars().any(char::is_control) {
-                return Err(invalid("[[review_schedule]]: name it (name = \"quarterly-prod\")".to_owned()));
+                return Err(invalid(
+                    "[[review_schedule]]: name it (name = \"quarterly-prod\")".to_owned(),
+                ));
             }
-            if review_schedules.iter().any(|s: &ReviewSchedule| s.name == r.name) {
+            if review_schedules
+                .iter()
+                .any(|s: &ReviewSchedule| s.name == r.name)
+            {
                 return Err(invalid(format!("{at} appears twice")));
             }
             let scopes = match &r.scope {

@@ -175,6 +175,10 @@ pub struct Item {
     /// A login, or a selector (`group:security`) whose members may decide it.
     pub reviewer: String,
     pub revocation: Revocation,
+    /// Why this access cannot be revoked by tidegate (its own credential, the tailnet's
+    /// owner): a revoke is refused, and the due date's revoke rule keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<String>,
 }
 
 /// A decision on one item, and what became of a revocation.
@@ -257,6 +261,9 @@ pub struct ItemView {
     pub reviewer: String,
     /// What a revoke does.
     pub revocation: String,
+    /// Why a revoke is refused, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protected: Option<String>,
     pub decision: Option<Verdict>,
     pub reason: Option<String>,
     pub decided_by: Option<String>,
@@ -277,6 +284,7 @@ impl ItemView {
             access: item.access.clone(),
             reviewer: item.reviewer.clone(),
             revocation: item.revocation.describe(),
+            protected: item.protected.clone(),
             decision: decision.map(|d| d.decision),
             reason: decision.map(|d| d.reason.clone()),
             decided_by: decision.map(|d| d.decided_by.clone()),
@@ -617,6 +625,7 @@ pub fn population(scopes: &[Scope], i: &PopulationInputs<'_>) -> Result<Vec<Item
             } else {
                 format!("{}, which {}", f.sentence, f.via.join(" and "))
             };
+            let protected = protection(i.config, f.kind, &f.target);
             Item {
                 id: format!("i{}", n + 1),
                 subject: f.subject,
@@ -624,10 +633,39 @@ pub fn population(scopes: &[Scope], i: &PopulationInputs<'_>) -> Result<Vec<Item
                 target: f.target,
                 access,
                 reviewer: String::new(),
+                protected,
                 revocation: f.revocation,
             }
         })
         .collect())
+}
+
+/// Why tidegate must not revoke an access: its own credential (it would lock itself out), or
+/// the owner's role (Tailscale changes it only by a transfer of ownership).
+fn protection(config: &Config, kind: &str, target: &str) -> Option<String> {
+    match kind {
+        "key" if own_credential(config).is_some_and(|id| id == target) => Some(
+            "tidegate's own credential: rotate it in the config, then delete the old one".into(),
+        ),
+        "role" if target == "owner" => Some(
+            "the tailnet owner's role changes only by transferring ownership in the admin console"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// The key id of tidegate's own API token or OAuth client.
+fn own_credential(config: &Config) -> Option<String> {
+    match &config.tailnet.credentials {
+        tailnet::Credentials::ApiToken(secret) => secret
+            .expose()
+            .strip_prefix("tskey-api-")
+            .and_then(|rest| rest.split('-').next())
+            .map(str::to_owned),
+        tailnet::Credentials::OAuth { client_id, .. }
+        | tailnet::Credentials::Federated { client_id, .. } => Some(client_id.clone()),
+    }
 }
 
 fn role_access(login: &str, role: &str, via: Option<String>) -> Found {
@@ -656,11 +694,15 @@ pub fn assign_reviewer(
         .map(|p| p.manager.clone())
         .filter(|m| !m.is_empty())
         .map(|m| aliases.get(&m).cloned().unwrap_or(m));
-    [manager, selector.map(str::to_owned), Some(creator.to_owned())]
-        .into_iter()
-        .flatten()
-        .find(|r| !r.eq_ignore_ascii_case(subject) && r != SYSTEM)
-        .unwrap_or_else(|| "role:admin".to_owned())
+    [
+        manager,
+        selector.map(str::to_owned),
+        Some(creator.to_owned()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|r| !r.eq_ignore_ascii_case(subject) && r != SYSTEM)
+    .unwrap_or_else(|| "role:admin".to_owned())
 }
 
 /// A new campaign id: `rv-` and 10 random base-32 characters.
@@ -699,7 +741,12 @@ fn encode<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-fn audit(at: OffsetDateTime, actor: &str, action: &str, detail: serde_json::Value) -> NewAuditEntry {
+fn audit(
+    at: OffsetDateTime,
+    actor: &str,
+    action: &str,
+    detail: serde_json::Value,
+) -> NewAuditEntry {
     NewAuditEntry {
         at: time_text(at),
         actor: actor.to_owned(),
@@ -895,7 +942,8 @@ impl Service {
                 .collect();
             let mut v = view(campaign, all, now);
             if !actor.is_auditor() {
-                v.items.retain(|i| actor.may_see_review_item(&i.subject, &i.reviewer, &dir));
+                v.items
+                    .retain(|i| actor.may_see_review_item(&i.subject, &i.reviewer, &dir));
                 if v.items.is_empty() {
                     continue;
                 }
@@ -1004,6 +1052,12 @@ impl Service {
             actor
                 .may_decide_review_item(&item.subject, &item.reviewer, &dir)
                 .map_err(|why| not_allowed(format!("item {}: {why}", item.id)))?;
+            if let (Verdict::Revoke, Some(why)) = (ask.verdict, &item.protected) {
+                return Err(not_allowed(format!(
+                    "item {} cannot be revoked: {why}",
+                    item.id
+                )));
+            }
             let reason = ask.reason.trim().to_owned();
             check_text("reason", &reason)?;
             let needs_reason = ask.verdict == Verdict::Revoke || campaign.keep_reason_required;
@@ -1027,7 +1081,8 @@ impl Service {
                 },
             ));
         }
-        self.record_decisions(&campaign, checked, actor.login()).await
+        self.record_decisions(&campaign, checked, actor.login())
+            .await
     }
 
     /// Stores decisions (each claimed: an item is decided once), their audit entries, and the
@@ -1064,11 +1119,7 @@ impl Service {
                     attempts: 0,
                 };
                 self.store()
-                    .put_state(
-                        &format!("{REVOKE}{id}:{}", item.id),
-                        &encode(&pending),
-                        &at,
-                    )
+                    .put_state(&format!("{REVOKE}{id}:{}", item.id), &encode(&pending), &at)
                     .await?;
             }
             entries.push(audit(
@@ -1089,18 +1140,20 @@ impl Service {
         if !entries.is_empty() {
             self.store().append_audit(&entries).await?;
         }
-        tracing::info!(campaign = %id, decided = views.len(), revocations, by = actor, "access review decisions recorded");
-        if revocations > 0 {
-            self.store()
-                .put_state(REVOCATIONS_WANTED, &at, &at)
-                .await?;
-            self.wake_reconciler();
-        }
         if !refused.is_empty() && views.is_empty() {
             return Err(not_allowed(format!(
                 "already decided: {}",
                 refused.join(", ")
             )));
+        }
+        tracing::info!(campaign = %id, decided = views.len(), revocations, by = actor, "access review decisions recorded");
+        if revocations > 0 {
+            // A value of its own each time (not the time: two in one second must differ).
+            let wish = format!("{at} {:016x}", rand::random::<u64>());
+            self.store()
+                .put_state(REVOCATIONS_WANTED, &wish, &at)
+                .await?;
+            self.wake_reconciler();
         }
         self.close_if_complete(id).await?;
         Ok(views)
@@ -1151,10 +1204,12 @@ impl Service {
                                 d.decision == Verdict::Revoke && d.revocation_verified_at.is_none()
                             })
                         })
-                        .map(|(i, d)| match d.as_ref().and_then(|d| d.revocation_error.clone()) {
-                            Some(e) => format!("{} ({e})", i.id),
-                            None => i.id.clone(),
-                        })
+                        .map(
+                            |(i, d)| match d.as_ref().and_then(|d| d.revocation_error.clone()) {
+                                Some(e) => format!("{} ({e})", i.id),
+                                None => i.id.clone(),
+                            },
+                        )
                         .collect();
                     return Err(ServiceError::NotYet(format!(
                         "campaign {id}: revocations not yet verified: {}",
@@ -1182,15 +1237,25 @@ impl Service {
             .into_iter()
             .filter(|(_, d)| d.is_none())
             .map(|(i, _)| {
-                (
-                    i,
-                    Decision {
-                        decision: verdict,
-                        reason: format!(
+                let (decision, reason) = match (&i.protected, verdict) {
+                    (Some(why), Verdict::Revoke) => (
+                        Verdict::Keep,
+                        format!("undecided at the due date; kept, as it cannot be revoked: {why}"),
+                    ),
+                    _ => (
+                        verdict,
+                        format!(
                             "undecided at the due date {}: the campaign's rule is {}",
                             time_text(campaign.due_at),
                             verdict.as_str()
                         ),
+                    ),
+                };
+                (
+                    i,
+                    Decision {
+                        decision,
+                        reason,
                         decided_by: SYSTEM.to_owned(),
                         decided_at: now,
                         revocation_verified_at: None,
@@ -1217,9 +1282,8 @@ impl Service {
         }
         let items = self.items_of(id).await?;
         let complete = items.iter().all(|(_, d)| {
-            d.as_ref().is_some_and(|d| {
-                d.decision == Verdict::Keep || d.revocation_verified_at.is_some()
-            })
+            d.as_ref()
+                .is_some_and(|d| d.decision == Verdict::Keep || d.revocation_verified_at.is_some())
         });
         if !complete {
             return Ok(false);
@@ -1304,7 +1368,9 @@ impl Service {
                 decision.revocation_verified_at = Some(now);
                 decision.revocation_error = None;
                 decision.revocation_attempts += 1;
-                self.store().put_state(&key, &encode(&decision), &at).await?;
+                self.store()
+                    .put_state(&key, &encode(&decision), &at)
+                    .await?;
                 self.store()
                     .append_audit(&[audit(
                         now,
@@ -1323,7 +1389,9 @@ impl Service {
             Err(error) => {
                 decision.revocation_error = Some(error.clone());
                 decision.revocation_attempts += 1;
-                self.store().put_state(&key, &encode(&decision), &at).await?;
+                self.store()
+                    .put_state(&key, &encode(&decision), &at)
+                    .await?;
                 let mut next = pending.clone();
                 next.attempts += 1;
                 let backoff = 2i64.saturating_pow(next.attempts.min(6)).min(60);
@@ -1394,8 +1462,12 @@ impl Service {
                 )
                 .await;
             match started {
-                Ok(c) => tracing::info!(schedule = %schedule.name, campaign = %c.campaign.id, items = c.items.len(), "scheduled access review started"),
-                Err(e) => tracing::error!(schedule = %schedule.name, error = %e, "cannot start a scheduled access review"),
+                Ok(c) => {
+                    tracing::info!(schedule = %schedule.name, campaign = %c.campaign.id, items = c.items.len(), "scheduled access review started")
+                }
+                Err(e) => {
+                    tracing::error!(schedule = %schedule.name, error = %e, "cannot start a scheduled access review")
+                }
             }
         }
         Ok(())
@@ -1597,7 +1669,10 @@ tags = ["tag:prod-db"]
                 ("group:eng".to_owned(), vec!["carol@example.com".to_owned()]),
                 (
                     "group:prod-access".to_owned(),
-                    vec!["carol@example.com".to_owned(), "dave@example.com".to_owned()],
+                    vec![
+                        "carol@example.com".to_owned(),
+                        "dave@example.com".to_owned(),
+                    ],
                 ),
             ]),
             rules: vec![
@@ -1713,13 +1788,23 @@ tags = ["tag:prod-db"]
                 "may request prod-ssh (through group:eng)",
             ]
         );
-        assert_eq!(ent[0].revocation, Revocation::RemoveFromGroup { group: "group:sre".into() });
+        assert_eq!(
+            ent[0].revocation,
+            Revocation::RemoveFromGroup {
+                group: "group:sre".into()
+            }
+        );
         assert!(
             population(&[Scope::Group("group:nope".into())], &inputs)
                 .unwrap_err()
                 .contains("no group group:nope")
         );
-        assert!("nonsense".parse::<Scope>().unwrap_err().contains("write group:NAME"));
+        assert!(
+            "nonsense"
+                .parse::<Scope>()
+                .unwrap_err()
+                .contains("write group:NAME")
+        );
     }
 
     #[test]
@@ -1737,15 +1822,33 @@ tags = ["tag:prod-db"]
             "alice@example.com"
         );
         assert_eq!(
-            assign_reviewer("alice@example.com", &people, &none, Some("group:sec"), "carol@example.com"),
+            assign_reviewer(
+                "alice@example.com",
+                &people,
+                &none,
+                Some("group:sec"),
+                "carol@example.com"
+            ),
             "group:sec"
         );
         assert_eq!(
-            assign_reviewer("alice@example.com", &people, &none, None, "carol@example.com"),
+            assign_reviewer(
+                "alice@example.com",
+                &people,
+                &none,
+                None,
+                "carol@example.com"
+            ),
             "carol@example.com"
         );
         assert_eq!(
-            assign_reviewer("carol@example.com", &people, &none, Some("carol@example.com"), "carol@example.com"),
+            assign_reviewer(
+                "carol@example.com",
+                &people,
+                &none,
+                Some("carol@example.com"),
+                "carol@example.com"
+            ),
             "role:admin"
         );
     }

@@ -72,16 +72,10 @@ impl Bundle {
 pub fn review_bundle(v: &CampaignView, head: &AuditHead, format: Format) -> Bundle {
     let mut files = BTreeMap::new();
     if format.wants(Format::Html) {
-        files.insert(
-            "report.html".into(),
-            review_report(v, head).into_string(),
-        );
+        files.insert("report.html".into(), review_report(v, head).into_string());
     }
     if format.wants(Format::Csv) {
-        files.insert(
-            "items.csv".into(),
-            tidegate_core::review::items_csv(v),
-        );
+        files.insert("items.csv".into(), tidegate_core::review::items_csv(v));
     }
     if format.wants(Format::Json) {
         files.insert(

@@ -1,8 +1,8 @@
 //! `/api/reviews`: access review campaigns, decisions, closing, and the evidence export.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tidegate_core::review::{Ask, NewCampaign, OnDue, Verdict};
@@ -62,13 +62,19 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(json!(v))))
 }
 
-pub(crate) async fn list(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+pub(crate) async fn list(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+) -> ApiResult<Json<Value>> {
     let campaigns = app.service.reviews(&who).await?;
     Ok(Json(json!({ "campaigns": campaigns })))
 }
 
 /// The caller's undecided items, by campaign.
-pub(crate) async fn mine(State(app): State<AppState>, Caller(who): Caller) -> ApiResult<Json<Value>> {
+pub(crate) async fn mine(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+) -> ApiResult<Json<Value>> {
     let mine = app.service.my_reviews(&who).await?;
     let campaigns: Vec<Value> = mine
         .into_iter()

@@ -9,6 +9,7 @@ mod flows;
 mod governance;
 mod logs;
 mod machine;
+mod reviews;
 mod web;
 
 use std::path::{Path, PathBuf};

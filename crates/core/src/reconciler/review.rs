@@ -49,8 +49,11 @@ fn gone_from_policy(doc: &hujson::Document, p: &PendingRevocation) -> bool {
         return true;
     };
     let path = sources_path(doc, path);
-    !doc.strings(&path)
-        .is_some_and(|members| members.iter().any(|m| m.eq_ignore_ascii_case(&p.item.subject)))
+    !doc.strings(&path).is_some_and(|members| {
+        members
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(&p.item.subject))
+    })
 }
 
 impl Reconciler {
@@ -200,11 +203,16 @@ impl Reconciler {
                         .await
                         .map_err(|e| ChangeError::tailnet("reading the policy back", e))?;
                     return hujson::Document::parse(&back.text).map_err(|e| {
-                        ChangeError::NotVerified(format!("the policy read back does not parse: {e}"))
+                        ChangeError::NotVerified(format!(
+                            "the policy read back does not parse: {e}"
+                        ))
                     });
                 }
                 Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
-                    tracing::info!(attempt = attempts, "policy changed meanwhile (412): re-reading");
+                    tracing::info!(
+                        attempt = attempts,
+                        "policy changed meanwhile (412): re-reading"
+                    );
                 }
                 Err(e) => {
                     self.record(

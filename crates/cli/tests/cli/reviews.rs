@@ -1,0 +1,476 @@
+//! Access reviews (issue 13) end to end: campaigns started with the CLI against a server on
+//! the emulator over a socket, decided by the people the directory names, revocations removed
+//! from the tailnet and verified, and the evidence written out.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::{Deployment, http_get, stderr, stdout, wait_until};
+
+const PEOPLE: &str = "email,name,department,title,manager,status,terminated_at\n\
+alice@example.com,Alice,SRE,Head of SRE,,active,\n\
+bob@example.com,Bob,SRE,SRE,alice@example.com,active,\n\
+carol@example.com,Carol,Engineering,Engineer,bob@example.com,active,\n\
+dave@example.com,Dave,Sales,Account executive,carol@example.com,active,\n";
+
+/// Standing paths to production: group:sre by a rule, carol and dave named in another.
+fn deployment(name: &str) -> Deployment {
+    let d = Deployment::with_state(
+        name,
+        |mut state| {
+            let policy = state["policy"].as_str().unwrap().replace(
+                "\t\t// Monitoring scrapes everything it watches.",
+                "\t\t{\"action\": \"accept\", \"src\": [\"group:sre\"], \"dst\": [\"tag:prod:443\"]},\n\
+                 \t\t{\"action\": \"accept\", \"src\": [\"carol@example.com\", \"dave@example.com\"], \"dst\": [\"tag:prod:22\"]},\n\
+                 \t\t// Monitoring scrapes everything it watches.",
+            );
+            state["policy"] = json!(policy);
+            state
+        },
+        |t| {
+            format!(
+                "{t}\n[directory]\nfile = \"people.csv\"\n\n\
+                 [[critical]]\nname = \"production\"\ntags = [\"tag:prod\"]\n"
+            )
+        },
+    );
+    std::fs::write(d.config.parent().unwrap().join("people.csv"), PEOPLE).unwrap();
+    d
+}
+
+/// Runs a client command; its exit code, JSON output and standard error.
+fn cli(d: &Deployment, token: &str, args: &[&str]) -> (Option<i32>, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(args)
+        .arg("--json")
+        .env("TIDEGATE_SERVER", d.server_url())
+        .env("TIDEGATE_TOKEN", token)
+        .output()
+        .unwrap();
+    let value = serde_json::from_str(&stdout(&out)).unwrap_or(Value::Null);
+    (out.status.code(), value, stderr(&out))
+}
+
+fn item<'a>(campaign: &'a Value, subject: &str, kind: &str) -> &'a Value {
+    campaign["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["subject"] == subject && i["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} item for {subject} in {campaign:#}"))
+}
+
+fn line_of(policy: &str, needle: &str) -> usize {
+    policy.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+fn policy(d: &Deployment) -> String {
+    http_get(&format!("{}/emulator/state", d.emulator_url)).unwrap()["policy"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_campaign_is_decided_revoked_verified_and_exported() {
+    let d = deployment("review");
+    let before = policy(&d);
+    let mut server = d.serve();
+    let (alice, bob, carol) = (
+        d.token("alice@example.com"),
+        d.token("bob@example.com"),
+        d.token("carol@example.com"),
+    );
+
+    // Only admins start campaigns; a bad scope says what to write.
+    let (code, _, err) = cli(&d, &carol, &["review", "create", "Q4", "--scope", "roles"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not an admin"), "{err}");
+    let (code, _, err) = cli(&d, &alice, &["review", "create", "Q4", "--scope", "prod"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("write group:NAME, roles, critical:NAME"),
+        "{err}"
+    );
+
+    // The population: every standing path to production, one item per person per rule, the
+    // group once; reviewers are managers, else the --reviewer.
+    let (code, campaign, err) = cli(
+        &d,
+        &alice,
+        &[
+            "review",
+            "create",
+            "Q4 production",
+            "--scope",
+            "critical:production",
+            "--due",
+            "14d",
+            "--reviewer",
+            "bob@example.com",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let id = campaign["id"].as_str().unwrap().to_owned();
+    assert_eq!(campaign["state"], "open");
+    assert_eq!(campaign["created_by"], "alice@example.com");
+    assert_eq!(
+        campaign["items"].as_array().unwrap().len(),
+        4,
+        "{campaign:#}"
+    );
+    let sre_line = line_of(
+        &before,
+        "\"src\": [\"group:sre\"], \"dst\": [\"tag:prod:443\"]",
+    );
+    let named_line = line_of(
+        &before,
+        "\"src\": [\"carol@example.com\", \"dave@example.com\"]",
+    );
+    let alice_item = item(&campaign, "alice@example.com", "group");
+    assert_eq!(
+        alice_item["reviewer"], "bob@example.com",
+        "no manager: the --reviewer"
+    );
+    assert!(
+        alice_item["access"].as_str().unwrap().contains(&format!(
+            "group:sre, which reaches production through acls[0] (line {sre_line})"
+        )),
+        "{alice_item}"
+    );
+    let bob_item = item(&campaign, "bob@example.com", "group");
+    assert_eq!(bob_item["reviewer"], "alice@example.com", "bob's manager");
+    let dave_item = item(&campaign, "dave@example.com", "rule");
+    assert_eq!(dave_item["reviewer"], "carol@example.com");
+    assert!(
+        dave_item["access"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("acls[1] (line {named_line})")),
+        "{dave_item}"
+    );
+    for key in [
+        "decision",
+        "reason",
+        "decided_by",
+        "decided_at",
+        "revocation_verified_at",
+    ] {
+        assert_eq!(dave_item[key], Value::Null, "{key}");
+    }
+    let carol_item = item(&campaign, "carol@example.com", "rule");
+    let item_id = |i: &Value| i["id"].as_str().unwrap().to_owned();
+    let (alice_i, bob_i, carol_i, dave_i) = (
+        item_id(alice_item),
+        item_id(bob_item),
+        item_id(carol_item),
+        item_id(dave_item),
+    );
+
+    // Refused: an item that is not yours, your own access (even as an admin), a revoke with
+    // no reason. Nothing is recorded.
+    let (code, _, err) = cli(&d, &carol, &["review", "decide", &id, &alice_i, "--keep"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("reviewed by bob@example.com"), "{err}");
+    let (code, _, err) = cli(&d, &bob, &["review", "decide", &id, &bob_i, "--keep"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("own access"), "{err}");
+    let (code, _, err) = cli(&d, &alice, &["review", "decide", &id, &alice_i, "--keep"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("own access"), "{err}");
+    let (code, _, err) = cli(&d, &carol, &["review", "decide", &id, &dave_i, "--revoke"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("needs a reason"), "{err}");
+    // A reviewer (not an admin) sees only their items.
+    let (_, carol_view, _) = cli(&d, &carol, &["review", "show", &id]);
+    let visible: Vec<&Value> = carol_view["items"].as_array().unwrap().iter().collect();
+    assert_eq!(visible.len(), 1, "{carol_view:#}");
+    assert_eq!(visible[0]["subject"], "dave@example.com");
+    let (_, mine, _) = cli(&d, &carol, &["review", "mine"]);
+    assert_eq!(mine["campaigns"][0]["items"][0]["id"], dave_i.as_str());
+
+    // Carol revokes dave, bob revokes carol and keeps alice; alice keeps bob.
+    let (code, decided, err) = cli(
+        &d,
+        &carol,
+        &[
+            "review",
+            "decide",
+            &id,
+            &dave_i,
+            "--revoke",
+            "--reason",
+            "no longer on call",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(decided["items"][0]["decision"], "revoke");
+    assert_eq!(decided["items"][0]["decided_by"], "carol@example.com");
+    let (code, _, err) = cli(
+        &d,
+        &bob,
+        &[
+            "review",
+            "decide",
+            &id,
+            &carol_i,
+            "--revoke",
+            "--reason",
+            "no longer on call",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(
+        &d,
+        &bob,
+        &[
+            "review",
+            "decide",
+            &id,
+            &alice_i,
+            "--keep",
+            "--reason",
+            "runs the on-call rota",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(
+        &d,
+        &carol,
+        &["review", "decide", &id, &dave_i, "--keep", "--reason", "x"],
+    );
+    assert_eq!(code, Some(1), "decided once: {err}");
+    let (code, _, err) = cli(&d, &alice, &["review", "decide", &id, &bob_i, "--keep"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    // The revocations are made and verified; the rule stays with "src": []; the campaign
+    // closes by itself once all is verified.
+    let mut shown = Value::Null;
+    wait_until("the revocations verified", || {
+        shown = cli(&d, &alice, &["review", "show", &id]).1;
+        shown["state"] == "closed"
+    });
+    for i in [&dave_i, &carol_i] {
+        let it = shown["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| &x["id"] == i)
+            .unwrap();
+        assert!(it["revocation_verified_at"].is_string(), "{it}");
+        assert_eq!(it["reason"], "no longer on call");
+    }
+    let after = policy(&d);
+    assert!(
+        after.contains("{\"action\": \"accept\", \"src\": [], \"dst\": [\"tag:prod:22\"]}"),
+        "{after}"
+    );
+    assert!(after.contains("\"group:sre\": [\"alice@example.com\", \"bob@example.com\"]"));
+    let (code, closed, err) = cli(&d, &alice, &["review", "close", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(closed["state"], "closed");
+    assert_eq!(closed["progress"]["revocations_verified"], 2);
+
+    // The evidence: four files, each hashed in the manifest, with the chain head.
+    let out_dir = d.dir.join("evidence");
+    let (code, _, err) = cli(
+        &d,
+        &alice,
+        &[
+            "review",
+            "export",
+            &id,
+            "--output",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    let files = manifest["files"].as_object().unwrap();
+    assert_eq!(files.len(), 3);
+    for name in ["report.html", "items.csv", "items.json"] {
+        let bytes = std::fs::read(out_dir.join(name)).unwrap();
+        assert_eq!(files[name], hex(&Sha256::digest(&bytes)), "{name}");
+    }
+    assert!(manifest["generated_at"].is_string() && manifest["tool_version"].is_string());
+    let head = manifest["audit_chain_head"].as_str().unwrap();
+    let audit: Value = reqwest::blocking::Client::new()
+        .get(format!("{}/api/audit?limit=1000", d.server_url()))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    let exported = entries
+        .iter()
+        .find(|e| e["action"] == "review.exported")
+        .unwrap();
+    assert_eq!(exported["hash"], head, "the head is the export's own entry");
+    for action in [
+        "review.created",
+        "review.decided",
+        "review.revoking",
+        "review.revocation_verified",
+        "review.closed",
+    ] {
+        assert!(entries.iter().any(|e| e["action"] == action), "{action}");
+    }
+    let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
+    assert!(html.contains("Access review: Q4 production") && html.contains("dave@example.com"));
+    assert!(html.contains("undecided items are kept") && html.contains("@media print"));
+    assert!(
+        !html.contains("src=\"http") && !html.contains("<link"),
+        "self-contained"
+    );
+    let csv = std::fs::read_to_string(out_dir.join("items.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.contains("no longer on call"));
+    // One format: that file and the manifest.
+    let only_csv = d.dir.join("csv-only");
+    let (code, _, _) = cli(
+        &d,
+        &alice,
+        &[
+            "review",
+            "export",
+            &id,
+            "--format",
+            "csv",
+            "--output",
+            only_csv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0));
+    let mut names: Vec<String> = std::fs::read_dir(&only_csv)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["items.csv", "manifest.json"]);
+
+    // The period's evidence, from the operator's command line.
+    let period = d.dir.join("period");
+    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args([
+            "evidence",
+            "--config",
+            d.config(),
+            "--from",
+            "2020-01-01",
+            "--to",
+            "2100-01-01",
+            "--output",
+            period.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let campaigns: Value =
+        serde_json::from_str(&std::fs::read_to_string(period.join("campaigns.json")).unwrap())
+            .unwrap();
+    assert_eq!(campaigns[0]["id"], id.as_str());
+    for name in [
+        "report.html",
+        "grants.csv",
+        "grants.json",
+        "checks.json",
+        "manifest.json",
+    ] {
+        assert!(period.join(name).exists(), "{name}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Roles and keys: past the due date, `review close` applies the campaign's revoke rule; the
+/// owner's role and tidegate's own credential are kept (revoking them is refused), bob's admin
+/// role goes to member, verified.
+#[test]
+fn past_due_the_rule_decides_and_protected_access_stays() {
+    let d = deployment("review-due");
+    let mut server = d.serve();
+    let alice = d.token("alice@example.com");
+    let (code, campaign, err) = cli(
+        &d,
+        &alice,
+        &[
+            "review", "create", "Admins", "--scope", "roles", "keys", "--due", "1s", "--on-due",
+            "revoke",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let id = campaign["id"].as_str().unwrap().to_owned();
+    let owner = item(&campaign, "alice@example.com", "role");
+    assert!(
+        owner["protected"]
+            .as_str()
+            .unwrap()
+            .contains("transferring ownership")
+    );
+    let own_key = campaign["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "key" && i["protected"].is_string())
+        .unwrap_or_else(|| panic!("tidegate's own token is listed: {campaign:#}"));
+    let bob_token = d.token("bob@example.com");
+    let (code, _, err) = cli(
+        &d,
+        &bob_token,
+        &[
+            "review",
+            "decide",
+            &id,
+            own_key["id"].as_str().unwrap(),
+            "--revoke",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot be revoked"), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, closed, err) = cli(&d, &alice, &["review", "close", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(closed["state"], "closed");
+    assert!(
+        closed["close_note"]
+            .as_str()
+            .unwrap()
+            .contains("by the campaign's rule")
+    );
+    let bob = item(&closed, "bob@example.com", "role");
+    assert_eq!(bob["decision"], "revoke");
+    assert_eq!(bob["decided_by"], "tidegate");
+    assert!(bob["revocation_verified_at"].is_string());
+    assert_eq!(
+        item(&closed, "alice@example.com", "role")["decision"],
+        "keep"
+    );
+    let state = http_get(&format!("{}/emulator/state", d.emulator_url)).unwrap();
+    let role = |login: &str| {
+        state["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["loginName"] == login)
+            .unwrap()["role"]
+            .clone()
+    };
+    assert_eq!(role("bob@example.com"), "member");
+    assert_eq!(role("alice@example.com"), "owner");
+    // tidegate still works: its own token was kept.
+    let (code, _, err) = cli(&d, &alice, &["review", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
