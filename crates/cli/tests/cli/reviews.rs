@@ -474,3 +474,121 @@ fn past_due_the_rule_decides_and_protected_access_stays() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// The web pages: an admin starts a campaign from a form, the reviewer keeps both items with
+/// one reason (checkboxes), the campaign closes, and the evidence downloads match their
+/// manifest.
+#[test]
+fn a_campaign_through_the_web_pages() {
+    use crate::web::{Browser, csrf};
+    let demo = crate::Demo::start();
+    let mut alice = Browser::new(&demo.server);
+    alice.sign_in_demo("alice@example.com");
+    let (status, page) = alice.get("/reviews");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Start a campaign") && page.contains("No access review has been started.")
+    );
+    let token = csrf(&page);
+    // A bad scope shows the form again with the error and what was typed.
+    let r = alice.post(
+        "/reviews",
+        &[
+            ("csrf", &token),
+            ("name", "Web"),
+            ("scope", "nonsense"),
+            ("due", "14d"),
+            ("on_due", "keep"),
+        ],
+    );
+    assert_eq!(r.status(), 400);
+    let page = r.text().unwrap();
+    assert!(
+        page.contains("write group:NAME") && page.contains("value=\"nonsense\""),
+        "{page}"
+    );
+    let r = alice.post(
+        "/reviews",
+        &[
+            ("csrf", &token),
+            ("name", "SRE membership"),
+            ("scope", "group:sre"),
+            ("due", "14d"),
+            ("reviewer", "carol@example.com"),
+            ("on_due", "keep"),
+        ],
+    );
+    assert_eq!(r.status(), 303, "{}", r.text().unwrap());
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    let id = to
+        .trim_start_matches("/reviews/")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // Carol, a member, sees her two items and keeps both at once.
+    let mut carol = Browser::new(&demo.server);
+    carol.sign_in_demo("carol@example.com");
+    let (_, page) = carol.get("/reviews");
+    assert!(page.contains("2</strong> items to decide"), "{page}");
+    let (status, page) = carol.get(&format!("/reviews/{id}?show=mine"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        page.matches("type=\"checkbox\" name=\"item\"").count(),
+        2,
+        "{page}"
+    );
+    assert!(!page.contains("Close the campaign"), "members do not close");
+    let token = csrf(&page);
+    let r = carol.post(
+        &format!("/reviews/{id}/decide"),
+        &[
+            ("csrf", &token),
+            ("item", "i1"),
+            ("item", "i2"),
+            ("action", "revoke"),
+            ("reason", ""),
+        ],
+    );
+    assert_eq!(r.status(), 400, "a revoke needs a reason");
+    assert!(r.text().unwrap().contains("needs a reason"));
+    let r = carol.post(
+        &format!("/reviews/{id}/decide"),
+        &[
+            ("csrf", &token),
+            ("item", "i1"),
+            ("item", "i2"),
+            ("action", "keep"),
+            ("reason", "both on call"),
+        ],
+    );
+    assert_eq!(r.status(), 303);
+    let (_, page) = carol.get(&format!("/reviews/{id}"));
+    assert!(
+        page.contains("state-ended") && page.contains("both on call"),
+        "{page}"
+    );
+
+    // The evidence downloads: the manifest's hashes match the files of the same export.
+    let (_, page) = alice.get(&format!("/reviews/{id}"));
+    let link = |file: &str| {
+        let at = page.find(&format!("/export/{file}?")).unwrap();
+        let start = page[..at].rfind('"').unwrap() + 1;
+        let end = at + page[at..].find('"').unwrap();
+        page[start..end].replace("&amp;", "&")
+    };
+    let (report_link, manifest_link) = (link("report.html"), link("manifest.json"));
+    let (status, report) = alice.get(&report_link);
+    assert_eq!(status, 200);
+    assert!(report.contains("both on call"));
+    let (_, manifest) = alice.get(&manifest_link);
+    let manifest: Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(
+        manifest["files"]["report.html"],
+        hex(&Sha256::digest(report.as_bytes()))
+    );
+    assert_eq!(manifest["campaign"], id.as_str());
+    let (status, _) = carol.get(&report_link);
+    assert_eq!(status, 403, "members do not export");
+}

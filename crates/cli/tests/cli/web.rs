@@ -2,8 +2,6 @@
 //! the request → approve → active → drop round trip through forms, CSRF refusals, security
 //! headers.
 
-use std::collections::HashMap;
-
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
 
@@ -75,10 +73,7 @@ impl Browser {
         path: &str,
         form: &[(&str, &str)],
     ) -> reqwest::blocking::Response {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .form(&form.iter().copied().collect::<HashMap<_, _>>());
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
         if let Some(c) = &self.cookie {
             req = req.header("Cookie", c);
         }

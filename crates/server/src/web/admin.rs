@@ -39,7 +39,7 @@ pub(super) async fn require_auditor<'v>(
 pub(super) fn tabs(current: &str) -> Markup {
     html! {
         nav.tabs aria-label="Admin" {
-            @for (href, label) in [("/admin", "Who has access"), ("/admin/break-glass", "Break-glass"), ("/admin/audit", "Audit log"), ("/admin/inventory", "Inventory"), ("/admin/compliance", "Compliance")] {
+            @for (href, label) in [("/admin", "Who has access"), ("/admin/break-glass", "Break-glass"), ("/admin/audit", "Audit log"), ("/admin/inventory", "Inventory"), ("/admin/compliance", "Compliance"), ("/reviews", "Access reviews")] {
                 a href=(href) aria-current=[(href == current).then_some("page")] { (label) }
             }
         }

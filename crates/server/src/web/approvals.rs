@@ -89,6 +89,7 @@ pub async fn page(State(app): State<AppState>, viewer: Viewer, Query(done): Quer
         @if total > SHOWN {
             p.notice { (total - SHOWN) " more are waiting: decide these first, or " code { "tidegate list --pending" } " lists them all." }
         }
+        p { "Access reviews of standing access: " a href="/reviews" { "your review items and campaigns" } "." }
         section aria-labelledby="recent" {
             h2 #recent { "My recent decisions" }
             @if recent.is_empty() {

@@ -269,6 +269,9 @@ pub fn flash(code: Option<&str>) -> Option<&'static str> {
         "checked" => "Checks run: the results below are new.",
         "token-revoked" => "Token revoked.",
         "signed-in" => "Signed in.",
+        "review-started" => "Campaign started: its reviewers can decide now.",
+        "review-decided" => "Decisions recorded. Revocations are being removed and verified.",
+        "review-closed" => "Campaign closed.",
         _ => return None,
     })
 }

@@ -1,6 +1,6 @@
 //! The web UI: server-rendered pages that work without JavaScript, one module per page on a
 //! shared layout (`layout`). `/` my access, `/request`, `/approvals`, `/requests/{id}`,
-//! `/account`, `/admin` (and its tabs), `/login`. Every form carries the session's CSRF token;
+//! `/account`, `/admin` (and its tabs), `/reviews` (access reviews), `/login`. Every form carries the session's CSRF token;
 //! every page goes out with a strict Content-Security-Policy (scripts and styles from
 //! `/static/` only, nothing inline) and `frame-ancestors 'none'`. The one script only shows
 //! times in the viewer's own zone and copies keys.
@@ -15,6 +15,7 @@ mod my_access;
 mod oidc;
 mod request;
 mod request_page;
+mod reviews;
 pub mod session;
 
 use axum::Router;
@@ -52,6 +53,11 @@ pub fn router() -> Router<AppState> {
             "/admin/compliance",
             get(governance::compliance).post(governance::run_now),
         )
+        .route("/reviews", get(reviews::list).post(reviews::create))
+        .route("/reviews/{id}", get(reviews::campaign))
+        .route("/reviews/{id}/decide", post(reviews::decide))
+        .route("/reviews/{id}/close", post(reviews::close))
+        .route("/reviews/{id}/export/{file}", get(reviews::export))
         .route("/login", get(login::page).post(login::submit))
         .route("/login/oidc", get(oidc::start))
         .route("/login/oidc/callback", get(oidc::callback))
