@@ -142,10 +142,12 @@ impl Service {
             after = last.seq;
             for e in &page {
                 // RFC 3339 UTC text compares in time order.
-                if e.action == "check.run" && e.at >= from_text && e.at < to_text {
-                    if let Ok(run) = serde_json::from_str::<CheckRun>(&e.detail) {
-                        check_runs.push(run);
-                    }
+                if e.action == "check.run"
+                    && e.at >= from_text
+                    && e.at < to_text
+                    && let Ok(run) = serde_json::from_str::<CheckRun>(&e.detail)
+                {
+                    check_runs.push(run);
                 }
             }
         }

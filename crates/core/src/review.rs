@@ -62,8 +62,8 @@ impl std::str::FromStr for Scope {
                 Ok(rest.to_owned())
             }
         };
-        if text.starts_with("group:") {
-            named(&text[6..], "group").map(|_| Scope::Group(text.to_owned()))
+        if let Some(rest) = text.strip_prefix("group:") {
+            named(rest, "group").map(|_| Scope::Group(text.to_owned()))
         } else if let Some(rest) = text.strip_prefix("critical:") {
             named(rest, "[[critical]] system").map(Scope::Critical)
         } else if let Some(rest) = text.strip_prefix("entitlement:") {
@@ -952,7 +952,7 @@ impl Service {
             v.items.clear();
             out.push(v);
         }
-        out.sort_by(|a, b| b.campaign.created_at.cmp(&a.campaign.created_at));
+        out.sort_by_key(|v| std::cmp::Reverse(v.campaign.created_at));
         Ok(out)
     }
 
@@ -1040,10 +1040,10 @@ impl Service {
             let unknown = || invalid(format!("campaign {id} has no item {:?}", ask.item));
             let n = item_number(&ask.item).ok_or_else(unknown)?;
             let chunk = (n - 1) / CHUNK;
-            if !chunks.contains_key(&chunk) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = chunks.entry(chunk) {
                 let key = chunk_key(id, chunk);
                 let text = self.store().get_state(&key).await?.ok_or_else(unknown)?;
-                chunks.insert(chunk, decode(&key, &text)?);
+                slot.insert(decode(&key, &text)?);
             }
             let item = chunks
                 .get(&chunk)
@@ -1528,7 +1528,7 @@ impl Service {
                 out.push(self.review_for_export(auditor, &c.id).await?);
             }
         }
-        out.sort_by(|a, b| a.campaign.created_at.cmp(&b.campaign.created_at));
+        out.sort_by_key(|v| v.campaign.created_at);
         Ok(out)
     }
 }
