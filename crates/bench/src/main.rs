@@ -11,6 +11,7 @@ mod machine;
 mod pages;
 mod posture;
 mod replicas;
+mod review;
 mod sync;
 
 use std::hint::black_box;
@@ -228,6 +229,14 @@ fn main() -> Result<()> {
                 arg(4, 2_000)?,
             ))?
         }
+        "review" => {
+            let users = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(50_000);
+            tokio::runtime::Runtime::new()?.block_on(review::run(users))?
+        }
         "sync-emulator" => {
             let arg = |n: usize| -> Result<usize> {
                 Ok(std::env::args()
@@ -275,7 +284,7 @@ fn main() -> Result<()> {
         }
         _ => {
             bail!(
-                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] | sync [USERS DEVICES RULES] \
+                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] | sync [USERS DEVICES RULES] | review [USERS] \
                  | expiry [COUNT] [SPREAD_SECONDS] \
                  | failover [KILLS] | throughput [SECONDS]"
             )
