@@ -72,7 +72,10 @@ tags = [{}]
             .await
         }
     };
-    let (admin, second) = (token("user0@example.com").await?, token("user1@example.com").await?);
+    let (admin, second) = (
+        token("user0@example.com").await?,
+        token("user1@example.com").await?,
+    );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;
@@ -90,7 +93,10 @@ tags = [{}]
         .await?;
     let create_ms = crate::round(started.elapsed().as_secs_f64() * 1e3, 1);
     let rss_after_create = crate::peak_rss_mb()?;
-    let id = campaign["id"].as_str().context("no campaign id")?.to_owned();
+    let id = campaign["id"]
+        .as_str()
+        .context("no campaign id")?
+        .to_owned();
     let items: Vec<(String, String)> = campaign["items"]
         .as_array()
         .context("no items")?

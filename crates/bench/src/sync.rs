@@ -72,7 +72,11 @@ impl Drop for Child {
 
 /// The generated tailnet's emulator in a child process (see [`serve_emulator`]): the child
 /// and its URL.
-pub(crate) fn spawn_emulator(users: usize, devices: usize, rules: usize) -> Result<(Child, String)> {
+pub(crate) fn spawn_emulator(
+    users: usize,
+    devices: usize,
+    rules: usize,
+) -> Result<(Child, String)> {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args([

@@ -1280,6 +1280,14 @@ impl Service {
         if !campaign.is_open() {
             return Ok(true);
         }
+        // Counted first: a large campaign is read whole only once every item is decided.
+        let decided = self
+            .store()
+            .count_states(&format!("{DECISION}{id}:"))
+            .await?;
+        if decided < campaign.item_count as u64 {
+            return Ok(false);
+        }
         let items = self.items_of(id).await?;
         let complete = items.iter().all(|(_, d)| {
             d.as_ref()

@@ -250,6 +250,11 @@ pub trait Store: Send + Sync {
     async fn delete_state(&self, key: &str) -> Result<bool, StoreError>;
     /// Every named record whose key starts with `prefix`, by key.
     async fn states(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// How many named records' keys start with `prefix` (without reading them). This default
+    /// reads them.
+    async fn count_states(&self, prefix: &str) -> Result<u64, StoreError> {
+        Ok(self.states(prefix).await?.len() as u64)
+    }
     /// A user's tokens and sessions, newest first.
     async fn tokens_of(&self, user: &str) -> Result<Vec<ApiToken>, StoreError>;
     /// Records that a token was used at `at`, unless it was already recorded as used since

@@ -78,9 +78,10 @@ pub fn review_bundle(v: &CampaignView, head: &AuditHead, format: Format) -> Bund
         files.insert("items.csv".into(), tidegate_core::review::items_csv(v));
     }
     if format.wants(Format::Json) {
+        // Compact: a large campaign's items are tens of megabytes pretty-printed.
         files.insert(
             "items.json".into(),
-            serde_json::to_string_pretty(v).unwrap_or_default(),
+            serde_json::to_string(v).unwrap_or_default(),
         );
     }
     Bundle::seal(files, head, json!({"campaign": v.campaign.id}))

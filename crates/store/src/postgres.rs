@@ -517,6 +517,17 @@ impl Store for PostgresStore {
         .map_err(|e| self.db(e, "state record"))
     }
 
+    async fn count_states(&self, prefix: &str) -> Result<u64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM tidegate_state WHERE substr(key, 1, length($1)) = $1",
+        )
+        .bind(prefix)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "state record"))?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn tokens_of(&self, user: &str) -> Result<Vec<ApiToken>, StoreError> {
         let rows: Vec<TokenRow> = sqlx::query_as(&format!(
             "{TOKEN_COLUMNS} WHERE user_name = $1 ORDER BY created_at DESC, hash"

@@ -634,6 +634,9 @@ pub async fn state_records(db: Db) {
     assert_eq!(keys, ["group:a", "group:a_b"]);
     assert_eq!(store.states("group:a_").await.unwrap().len(), 1);
     assert_eq!(store.states("group%").await.unwrap().len(), 0);
+    assert_eq!(store.count_states("group:").await.unwrap(), 2);
+    assert_eq!(store.count_states("group:a_").await.unwrap(), 1);
+    assert_eq!(store.count_states("group%").await.unwrap(), 0);
     assert!(store.claim_state("once:x", "1", "t").await.unwrap());
     assert!(
         !store.claim_state("once:x", "2", "t").await.unwrap(),
