@@ -17,6 +17,10 @@ dave@example.com,Dave,Sales,Account executive,carol@example.com,active,\n";
 
 /// Standing paths to production: group:sre by a rule, carol and dave named in another.
 fn deployment(name: &str) -> Deployment {
+    deployment_with(name, "")
+}
+
+fn deployment_with(name: &str, extra: &str) -> Deployment {
     let d = Deployment::with_state(
         name,
         |mut state| {
@@ -32,7 +36,7 @@ fn deployment(name: &str) -> Deployment {
         |t| {
             format!(
                 "{t}\n[directory]\nfile = \"people.csv\"\n\n\
-                 [[critical]]\nname = \"production\"\ntags = [\"tag:prod\"]\n"
+                 [[critical]]\nname = \"production\"\ntags = [\"tag:prod\"]\n{extra}"
             )
         },
     );
@@ -396,9 +400,23 @@ fn hex(bytes: &[u8]) -> String {
 /// role goes to member, verified.
 #[test]
 fn past_due_the_rule_decides_and_protected_access_stays() {
-    let d = deployment("review-due");
+    let d = deployment_with(
+        "review-due",
+        "\n[[review_schedule]]\nname = \"quarterly-sre\"\nscope = \"group:sre\"\nevery = \"90d\"\n\
+         due_in = \"14d\"\nreviewer = \"group:sre\"\n",
+    );
     let mut server = d.serve();
     let alice = d.token("alice@example.com");
+    // The schedule starts its first campaign by itself.
+    let mut scheduled = Value::Null;
+    wait_until("the scheduled campaign", || {
+        scheduled = cli(&d, &alice, &["review", "list"]).1;
+        scheduled["campaigns"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    let first = &scheduled["campaigns"][0];
+    assert_eq!(first["schedule"], "quarterly-sre");
+    assert_eq!(first["created_by"], "tidegate");
+    assert_eq!(first["progress"]["items"], 2);
     let (code, campaign, err) = cli(
         &d,
         &alice,
@@ -468,6 +486,18 @@ fn past_due_the_rule_decides_and_protected_access_stays() {
     };
     assert_eq!(role("bob@example.com"), "member");
     assert_eq!(role("alice@example.com"), "owner");
+    // The CI OAuth client was revoked by the rule: deleted, and verified gone.
+    let client = campaign["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["target"] == "kCiClient1CNTRL")
+        .unwrap_or_else(|| panic!("the OAuth client is reviewed: {campaign:#}"));
+    let client = item(&closed, client["subject"].as_str().unwrap(), "key");
+    assert!(client["revocation_verified_at"].is_string(), "{client}");
+    let oauth = &state["oauthClients"][0];
+    assert_eq!(oauth["id"], "kCiClient1CNTRL");
+    assert!(oauth["revoked"].is_string(), "{oauth}");
     // tidegate still works: its own token was kept.
     let (code, _, err) = cli(&d, &alice, &["review", "list"]);
     assert_eq!(code, Some(0), "{err}");
