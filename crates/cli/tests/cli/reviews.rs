@@ -411,7 +411,9 @@ fn past_due_the_rule_decides_and_protected_access_stays() {
     let mut scheduled = Value::Null;
     wait_until("the scheduled campaign", || {
         scheduled = cli(&d, &alice, &["review", "list"]).1;
-        scheduled["campaigns"].as_array().is_some_and(|c| !c.is_empty())
+        scheduled["campaigns"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
     });
     let first = &scheduled["campaigns"][0];
     assert_eq!(first["schedule"], "quarterly-sre");
