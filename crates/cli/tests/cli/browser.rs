@@ -665,6 +665,41 @@ fn every_flow_in_chromium_on_a_laptop_and_a_phone() {
     );
     alice.check("admin-compliance");
 
+    // An access review: alice starts one from the form, carol keeps both items at once.
+    alice.open("/reviews");
+    alice.check("reviews");
+    alice.type_into(&alice.field("Name"), "SRE membership");
+    alice.type_into(&alice.field("Scope"), "group:sre");
+    alice.type_into(
+        &alice.field("Reviewer for people without a manager"),
+        "carol@example.com",
+    );
+    alice.click(&alice.button("Start"));
+    let review = alice.wait_for_url(|u| u.contains("done=review-started"));
+    let review = review
+        .split("/reviews/")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .unwrap()
+        .to_owned();
+    alice.check("review-campaign");
+    carol.open(&format!("/reviews/{review}?show=mine"));
+    let boxes = carol.find_all("//input[@type='checkbox']");
+    assert_eq!(boxes.len(), 2, "{}", carol.source());
+    for b in &boxes {
+        carol.click(b);
+    }
+    carol.type_into(&carol.field("Reason (required to revoke)"), "both on call");
+    carol.click(&carol.button("Keep selected"));
+    carol.wait_for_url(|u| u.contains("done=review-decided"));
+    carol.open(&format!("/reviews/{review}"));
+    assert!(
+        carol.source().contains("both on call"),
+        "{}",
+        carol.source()
+    );
+    carol.check("review-decided");
+
     // Bob takes a CI auth key: approves it himself (allowed for it), claims it in the page,
     // once.
     let mut bob = driver.browser(&demo.server, Viewport::Laptop);
@@ -716,6 +751,8 @@ fn every_flow_in_chromium_on_a_laptop_and_a_phone() {
         ("/admin/audit".to_owned(), "admin-audit"),
         ("/admin/inventory".to_owned(), "admin-inventory"),
         ("/admin/compliance".to_owned(), "admin-compliance"),
+        ("/reviews".to_owned(), "reviews"),
+        (format!("/reviews/{review}"), "review-campaign"),
     ] {
         phone.open(&path);
         phone.check(name);

@@ -607,8 +607,14 @@ impl Service {
             .iter()
             .filter(|(_, d)| d.as_ref().is_some_and(|d| d.decided_by == SYSTEM))
             .count();
-        let note = if by_rule == 0 {
-            "every item decided, every revocation verified".to_owned()
+        let revoked = items
+            .iter()
+            .filter(|(_, d)| d.as_ref().is_some_and(|d| d.decision == Verdict::Revoke))
+            .count();
+        let note = if by_rule == 0 && revoked == 0 {
+            "every item decided and kept".to_owned()
+        } else if by_rule == 0 {
+            format!("every item decided; {revoked} revoked, every removal verified")
         } else {
             format!(
                 "closed at the due date: {by_rule} undecided item{} {} by the campaign's rule",
