@@ -25,6 +25,70 @@ fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
 }
 
+/// The access review endpoints (a document of their own: one `json!` for everything is past
+/// the macro's recursion limit).
+fn review_paths(with_id: impl Fn(Value) -> Value) -> Value {
+    json!({
+            "/api/reviews": {
+                "get": op("Access review campaigns the caller may see, with progress (no items)", None, "CampaignList"),
+                "post": op("Start a campaign (admins): its population frozen from a fresh sync", Some("NewCampaign"), "Campaign")
+            },
+            "/api/reviews/mine": {"get": op("The caller's undecided items, by campaign", None, "CampaignList")},
+            "/api/reviews/{id}": {"get": with_id(op("A campaign with its items (the caller's, unless an admin or auditor)", None, "Campaign"))},
+            "/api/reviews/{id}/decisions": {"post": with_id(op("Keep or revoke items, each with a reason (required to revoke)", Some("Decisions"), "ItemList"))},
+            "/api/reviews/{id}/close": {"post": with_id(op("Close (admins): every item decided and every revocation verified, or past due", None, "Campaign"))},
+            "/api/reviews/{id}/export": {"get": {
+                "summary": "The evidence files (admins and auditors): report.html, items.csv, items.json, manifest.json",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["html", "csv", "json", "all"]}}
+                ],
+                "responses": {"200": {"description": "file name → content", "content": {"application/json": {"schema": {"type": "object", "required": ["files"], "properties": {"files": {"type": "object", "additionalProperties": {"type": "string"}}}}}}},
+                              "403": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}
+            }}
+    })
+}
+
+fn review_schemas() -> Value {
+    json!({
+                "NewCampaign": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string"},
+                    "scopes": {"type": "array", "items": {"type": "string"}, "description": "group:NAME, roles, critical:NAME, keys, entitlement:NAME"},
+                    "scope": {"type": "string"},
+                    "due": {"type": "string", "description": "from now, e.g. 14d"},
+                    "reviewer": {"type": "string", "description": "a login or group:NAME, for people without a manager"},
+                    "on_due": {"type": "string", "enum": ["keep", "revoke"]},
+                    "keep_reason_required": {"type": "boolean"}
+                }},
+                "Decisions": {"type": "object", "additionalProperties": false, "properties": {
+                    "decisions": {"type": "array", "items": {"type": "object", "required": ["item", "decision"], "properties": {
+                        "item": {"type": "string"}, "decision": {"type": "string", "enum": ["keep", "revoke"]}, "reason": {"type": "string"}}}},
+                    "items": {"type": "array", "items": {"type": "string"}, "description": "with one decision and reason for all"},
+                    "decision": {"type": "string", "enum": ["keep", "revoke"]},
+                    "reason": {"type": "string"}
+                }},
+                "Item": {"type": "object", "required": ["id", "subject", "access", "reviewer", "decision", "reason", "decided_by", "decided_at", "revocation_verified_at"], "properties": {
+                    "id": {"type": "string"}, "subject": {"type": "string"}, "kind": {"type": "string", "enum": ["group", "role", "rule", "key", "entitlement"]},
+                    "target": {"type": "string"}, "access": {"type": "string"}, "reviewer": {"type": "string"}, "revocation": {"type": "string"},
+                    "protected": {"type": "string"},
+                    "decision": {"type": ["string", "null"], "enum": ["keep", "revoke", null]}, "reason": {"type": ["string", "null"]},
+                    "decided_by": {"type": ["string", "null"]}, "decided_at": {"type": ["string", "null"], "format": "date-time"},
+                    "revocation_verified_at": {"type": ["string", "null"], "format": "date-time"}, "revocation_error": {"type": ["string", "null"]}
+                }},
+                "ItemList": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
+                "Campaign": {"type": "object", "required": ["id", "name", "scopes", "state", "created_by", "created_at", "due_at", "on_due", "items", "progress"], "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string"}},
+                    "state": {"type": "string", "enum": ["open", "closed"]}, "created_by": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"}, "due_at": {"type": "string", "format": "date-time"},
+                    "on_due": {"type": "string", "enum": ["keep", "revoke"]}, "close_note": {"type": ["string", "null"]},
+                    "generated": {"type": "object"}, "progress": {"type": "object"}, "reviewers": {"type": "array", "items": {"type": "object"}},
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}
+                }},
+                "CampaignList": {"type": "object", "required": ["campaigns"], "properties": {"campaigns": {"type": "array", "items": {"type": "object"}}}}
+    })
+}
+
 pub fn document() -> Value {
     let mut create = op("Request an entitlement", Some("NewRequest"), "Request");
     create["responses"]["201"] = create["responses"]["200"].clone();
@@ -66,7 +130,7 @@ pub fn document() -> Value {
         o["parameters"] = id_param();
         o
     };
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "tidegate API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Just-in-time access for Tailscale tailnets. Authenticate with `Authorization: Bearer <token>` (`tidegate token create`)."},
@@ -81,24 +145,6 @@ pub fn document() -> Value {
             "/api/access": {"get": access},
             "/api/break-glass": {"get": op("Break-glass grants, unreviewed first (admins and auditors)", None, "RequestList")},
             "/api/requests/{id}/break-glass-review": {"post": with_id(op("Mark a break-glass grant reviewed, with a note (admins and auditors)", Some("Note"), "Request"))},
-            "/api/reviews": {
-                "get": op("Access review campaigns the caller may see, with progress (no items)", None, "CampaignList"),
-                "post": op("Start a campaign (admins): its population frozen from a fresh sync", Some("NewCampaign"), "Campaign")
-            },
-            "/api/reviews/mine": {"get": op("The caller's undecided items, by campaign", None, "CampaignList")},
-            "/api/reviews/{id}": {"get": with_id(op("A campaign with its items (the caller's, unless an admin or auditor)", None, "Campaign"))},
-            "/api/reviews/{id}/decisions": {"post": with_id(op("Keep or revoke items, each with a reason (required to revoke)", Some("Decisions"), "ItemList"))},
-            "/api/reviews/{id}/close": {"post": with_id(op("Close (admins): every item decided and every revocation verified, or past due", None, "Campaign"))},
-            "/api/reviews/{id}/export": {"get": {
-                "summary": "The evidence files (admins and auditors): report.html, items.csv, items.json, manifest.json",
-                "security": [{"bearer": []}],
-                "parameters": [
-                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
-                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["html", "csv", "json", "all"]}}
-                ],
-                "responses": {"200": {"description": "file name → content", "content": {"application/json": {"schema": {"type": "object", "required": ["files"], "properties": {"files": {"type": "object", "additionalProperties": {"type": "string"}}}}}}},
-                              "403": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}}
-            }},
             "/api/requests": {"get": list, "post": create},
             "/api/requests/{id}": {"get": with_id(op("One request", None, "Request"))},
             "/api/requests/{id}/approve": {"post": with_id(op("Approve (a request or its pending extension)", Some("Comment"), "Request"))},
@@ -165,44 +211,22 @@ pub fn document() -> Value {
                     "reviews": {"type": "array", "items": {"type": "object"}},
                     "overdue": {"type": "boolean"}
                 }},
-                "NewCampaign": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-                    "name": {"type": "string"},
-                    "scopes": {"type": "array", "items": {"type": "string"}, "description": "group:NAME, roles, critical:NAME, keys, entitlement:NAME"},
-                    "scope": {"type": "string"},
-                    "due": {"type": "string", "description": "from now, e.g. 14d"},
-                    "reviewer": {"type": "string", "description": "a login or group:NAME, for people without a manager"},
-                    "on_due": {"type": "string", "enum": ["keep", "revoke"]},
-                    "keep_reason_required": {"type": "boolean"}
-                }},
-                "Decisions": {"type": "object", "additionalProperties": false, "properties": {
-                    "decisions": {"type": "array", "items": {"type": "object", "required": ["item", "decision"], "properties": {
-                        "item": {"type": "string"}, "decision": {"type": "string", "enum": ["keep", "revoke"]}, "reason": {"type": "string"}}}},
-                    "items": {"type": "array", "items": {"type": "string"}, "description": "with one decision and reason for all"},
-                    "decision": {"type": "string", "enum": ["keep", "revoke"]},
-                    "reason": {"type": "string"}
-                }},
-                "Item": {"type": "object", "required": ["id", "subject", "access", "reviewer", "decision", "reason", "decided_by", "decided_at", "revocation_verified_at"], "properties": {
-                    "id": {"type": "string"}, "subject": {"type": "string"}, "kind": {"type": "string", "enum": ["group", "role", "rule", "key", "entitlement"]},
-                    "target": {"type": "string"}, "access": {"type": "string"}, "reviewer": {"type": "string"}, "revocation": {"type": "string"},
-                    "protected": {"type": "string"},
-                    "decision": {"type": ["string", "null"], "enum": ["keep", "revoke", null]}, "reason": {"type": ["string", "null"]},
-                    "decided_by": {"type": ["string", "null"]}, "decided_at": {"type": ["string", "null"], "format": "date-time"},
-                    "revocation_verified_at": {"type": ["string", "null"], "format": "date-time"}, "revocation_error": {"type": ["string", "null"]}
-                }},
-                "ItemList": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}}},
-                "Campaign": {"type": "object", "required": ["id", "name", "scopes", "state", "created_by", "created_at", "due_at", "on_due", "items", "progress"], "properties": {
-                    "id": {"type": "string"}, "name": {"type": "string"}, "scopes": {"type": "array", "items": {"type": "string"}},
-                    "state": {"type": "string", "enum": ["open", "closed"]}, "created_by": {"type": "string"},
-                    "created_at": {"type": "string", "format": "date-time"}, "due_at": {"type": "string", "format": "date-time"},
-                    "on_due": {"type": "string", "enum": ["keep", "revoke"]}, "close_note": {"type": ["string", "null"]},
-                    "generated": {"type": "object"}, "progress": {"type": "object"}, "reviewers": {"type": "array", "items": {"type": "object"}},
-                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}
-                }},
-                "CampaignList": {"type": "object", "required": ["campaigns"], "properties": {"campaigns": {"type": "array", "items": {"type": "object"}}}},
                 "RequestList": {"type": "object", "required": ["requests"], "properties": {"requests": {"type": "array", "items": {"$ref": "#/components/schemas/Request"}}}},
                 "ClaimedKey": {"type": "object", "required": ["request", "key"], "properties": {"request": {"$ref": "#/components/schemas/Request"}, "key": {"type": "string"}}},
                 "AuditList": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": {"type": "object"}}}}
             }
         }
-    })
+    });
+    if let (Some(paths), Value::Object(more)) =
+        (doc["paths"].as_object_mut(), review_paths(with_id))
+    {
+        paths.extend(more);
+    }
+    if let (Some(schemas), Value::Object(more)) = (
+        doc["components"]["schemas"].as_object_mut(),
+        review_schemas(),
+    ) {
+        schemas.extend(more);
+    }
+    doc
 }
