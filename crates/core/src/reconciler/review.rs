@@ -14,46 +14,61 @@ use crate::review::{PendingRevocation, Revocation};
 /// How many times one pass re-reads and re-applies the policy after a 412.
 const MAX_POLICY_ATTEMPTS: usize = 8;
 
-/// Where a revocation's login sits in the policy file.
-fn policy_path(r: &Revocation) -> Option<Vec<hujson::Seg<'_>>> {
-    match r {
+/// Whether the revocation is an edit of the policy file.
+fn in_policy(r: &Revocation) -> bool {
+    matches!(
+        r,
+        Revocation::RemoveFromGroup { .. } | Revocation::RemoveFromRule { .. }
+    )
+}
+
+fn holds(doc: &hujson::Document, path: &[hujson::Seg<'_>], login: &str) -> bool {
+    doc.strings(path)
+        .is_some_and(|members| members.iter().any(|m| m.eq_ignore_ascii_case(login)))
+}
+
+/// Where the revoked login sits in `doc` now: the group's members, or the sources (`src`, or
+/// `users` in an old-style ACL) of the rule meant: the one at its index if it still has the
+/// same destinations, else another in its section that does. `None` when no such list holds
+/// the login (the access is gone).
+fn locate<'a>(doc: &hujson::Document, p: &'a PendingRevocation) -> Option<Vec<hujson::Seg<'a>>> {
+    use hujson::Seg::{Index, Key};
+    let login = &p.item.subject;
+    match &p.item.revocation {
         Revocation::RemoveFromGroup { group } => {
-            Some(vec![hujson::Seg::Key("groups"), hujson::Seg::Key(group)])
+            let path = vec![Key("groups"), Key(group.as_str())];
+            holds(doc, &path, login).then_some(path)
         }
-        Revocation::RemoveFromRule { section, index } => Some(vec![
-            hujson::Seg::Key(section),
-            hujson::Seg::Index(*index),
-            hujson::Seg::Key("src"),
-        ]),
+        Revocation::RemoveFromRule {
+            section,
+            index,
+            dst,
+        } => {
+            let count = doc
+                .get(&[Key(section.as_str())])
+                .and_then(|n| n.as_array())
+                .map_or(0, <[hujson::Node]>::len);
+            for i in std::iter::once(*index)
+                .chain(0..count)
+                .filter(|i| *i < count)
+            {
+                let rule_dst = doc
+                    .strings(&[Key(section.as_str()), Index(i), Key("dst")])
+                    .or_else(|| doc.strings(&[Key(section.as_str()), Index(i), Key("ports")]));
+                if !dst.is_empty() && rule_dst.as_ref() != Some(dst) {
+                    continue;
+                }
+                for key in ["src", "users"] {
+                    let path = vec![Key(section.as_str()), Index(i), Key(key)];
+                    if holds(doc, &path, login) {
+                        return Some(path);
+                    }
+                }
+            }
+            None
+        }
         _ => None,
     }
-}
-
-/// The path of a rule's sources: `src`, or `users` in an old-style ACL.
-fn sources_path<'a>(doc: &hujson::Document, path: Vec<hujson::Seg<'a>>) -> Vec<hujson::Seg<'a>> {
-    if doc.strings(&path).is_some() {
-        return path;
-    }
-    let mut users = path;
-    if let Some(last) = users.last_mut()
-        && matches!(last, hujson::Seg::Key("src"))
-    {
-        *last = hujson::Seg::Key("users");
-    }
-    users
-}
-
-/// Whether the login is gone from where the revocation took it.
-fn gone_from_policy(doc: &hujson::Document, p: &PendingRevocation) -> bool {
-    let Some(path) = policy_path(&p.item.revocation) else {
-        return true;
-    };
-    let path = sources_path(doc, path);
-    !doc.strings(&path).is_some_and(|members| {
-        members
-            .iter()
-            .any(|m| m.eq_ignore_ascii_case(&p.item.subject))
-    })
 }
 
 impl Reconciler {
@@ -79,13 +94,13 @@ impl Reconciler {
         }
         let (policy, others): (Vec<_>, Vec<_>) = pending
             .into_iter()
-            .partition(|p| policy_path(&p.item.revocation).is_some());
+            .partition(|p| in_policy(&p.item.revocation));
         let mut outcomes: Vec<(PendingRevocation, Result<(), String>)> = Vec::new();
         if !policy.is_empty() {
             match self.revoke_in_policy(&policy, report).await {
                 Ok(doc) => {
                     for p in policy {
-                        let outcome = if gone_from_policy(&doc, &p) {
+                        let outcome = if locate(&doc, &p).is_none() {
                             Ok(())
                         } else {
                             Err(format!(
@@ -146,29 +161,16 @@ impl Reconciler {
             let mut changes: Vec<String> = Vec::new();
             let mut intents = Vec::new();
             for p in pending {
-                let Some(path) = policy_path(&p.item.revocation) else {
-                    continue;
+                let Some(path) = locate(&doc, p) else {
+                    continue; // already gone: verified as gone below
                 };
-                let path = sources_path(&doc, path);
-                let Some(members) = doc.strings(&path) else {
-                    continue; // the group or rule is gone: verified as gone below
-                };
-                let present: Vec<&str> = members
-                    .iter()
-                    .filter(|m| m.eq_ignore_ascii_case(&p.item.subject))
-                    .map(String::as_str)
-                    .collect();
-                if present.is_empty() {
-                    continue;
-                }
-                let present: Vec<String> = present.into_iter().map(str::to_owned).collect();
-                let refs: Vec<&str> = present.iter().map(String::as_str).collect();
-                doc.remove_strings(&path, &refs).map_err(|e| {
-                    ChangeError::Refused(format!(
-                        "cannot remove {} from {}: {e}",
-                        p.item.subject, p.item.target
-                    ))
-                })?;
+                doc.remove_strings(&path, &[p.item.subject.as_str()])
+                    .map_err(|e| {
+                        ChangeError::Refused(format!(
+                            "cannot remove {} from {}: {e}",
+                            p.item.subject, p.item.target
+                        ))
+                    })?;
                 changes.push(format!("-{} {}", p.item.subject, p.item.target));
                 intents.push((
                     None,
@@ -312,5 +314,63 @@ impl Reconciler {
             }
             Revocation::RemoveFromGroup { .. } | Revocation::RemoveFromRule { .. } => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::review::Item;
+
+    fn pending(revocation: Revocation) -> PendingRevocation {
+        PendingRevocation {
+            campaign: "rv-1".into(),
+            item: Item {
+                id: "i1".into(),
+                subject: "dave@example.com".into(),
+                kind: "rule".into(),
+                target: "acls[0] (line 3)".into(),
+                access: String::new(),
+                reviewer: "bob@example.com".into(),
+                revocation,
+                protected: None,
+            },
+            retry_at: None,
+            attempts: 0,
+        }
+    }
+
+    /// A rule added above the reviewed one since the campaign started: the revocation finds
+    /// the reviewed rule by its destinations and leaves the new one (which names the same
+    /// person) alone.
+    #[test]
+    fn a_rule_that_moved_is_found_by_its_destinations() {
+        let doc = hujson::Document::parse(
+            r#"{"acls": [
+                {"action": "accept", "src": ["dave@example.com"], "dst": ["tag:staging:22"]},
+                {"action": "accept", "src": ["carol@example.com", "dave@example.com"], "dst": ["tag:prod:22"]},
+            ], "groups": {"group:sre": ["dave@example.com"]}}"#,
+        )
+        .unwrap();
+        let p = pending(Revocation::RemoveFromRule {
+            section: "acls".into(),
+            index: 0,
+            dst: vec!["tag:prod:22".into()],
+        });
+        let path = locate(&doc, &p).unwrap();
+        assert_eq!(path[1], hujson::Seg::Index(1));
+        let gone = pending(Revocation::RemoveFromRule {
+            section: "acls".into(),
+            index: 0,
+            dst: vec!["tag:db:5432".into()],
+        });
+        assert!(
+            locate(&doc, &gone).is_none(),
+            "no rule with those destinations"
+        );
+        let group = pending(Revocation::RemoveFromGroup {
+            group: "group:sre".into(),
+        });
+        assert!(locate(&doc, &group).is_some());
     }
 }

@@ -137,7 +137,14 @@ pub enum Revocation {
     /// Set the user's tailnet role to member.
     SetRoleMember,
     /// Remove the login from a rule's `src` (the rule stays, `"src": []` if it was the last).
-    RemoveFromRule { section: String, index: usize },
+    /// The rule is found again by its section, index and destinations: if rules were added
+    /// above it since, the one with the same destinations is meant, never another.
+    RemoveFromRule {
+        section: String,
+        index: usize,
+        #[serde(default)]
+        dst: Vec<String>,
+    },
     /// Delete the key, token or OAuth client.
     DeleteKey { key: String },
     /// Suspend the tailnet user: nothing narrower takes this access away.
@@ -150,7 +157,7 @@ impl Revocation {
         match self {
             Revocation::RemoveFromGroup { group } => format!("removes them from {group}"),
             Revocation::SetRoleMember => "sets their tailnet role to member".into(),
-            Revocation::RemoveFromRule { section, index } => {
+            Revocation::RemoveFromRule { section, index, .. } => {
                 format!("removes them from {section}[{index}]'s src")
             }
             Revocation::DeleteKey { key } => format!("deletes key {key}"),

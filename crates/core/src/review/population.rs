@@ -186,6 +186,7 @@ pub fn population(scopes: &[Scope], i: &PopulationInputs<'_>) -> Result<Vec<Item
                                 revocation: Revocation::RemoveFromRule {
                                     section: rule.section.clone(),
                                     index: rule.index,
+                                    dst: rule.dst.clone(),
                                 },
                             });
                         }
@@ -491,7 +492,8 @@ tags = ["tag:prod-db"]
             items[4].revocation,
             Revocation::RemoveFromRule {
                 section: "acls".into(),
-                index: 1
+                index: 1,
+                dst: vec!["tag:prod-db:*".into()],
             }
         );
     }
