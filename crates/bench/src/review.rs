@@ -132,6 +132,18 @@ tags = [{}]
     }
     let decide_ms = crate::round(started.elapsed().as_secs_f64() * 1e3, 1);
     batch_times.sort();
+    let started = Instant::now();
+    let listed: Value = http
+        .get(format!("{url}/api/reviews"))
+        .bearer_auth(&admin)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let list_ms = crate::round(started.elapsed().as_secs_f64() * 1e3, 1);
+    anyhow::ensure!(listed["campaigns"].as_array().is_some_and(|c| c.len() == 1));
+    let started = Instant::now();
     let shown: Value = http
         .get(format!("{url}/api/reviews/{id}"))
         .bearer_auth(&admin)
@@ -140,6 +152,7 @@ tags = [{}]
         .error_for_status()?
         .json()
         .await?;
+    let show_ms = crate::round(started.elapsed().as_secs_f64() * 1e3, 1);
 
     let started = Instant::now();
     let export: Value = http
@@ -173,6 +186,8 @@ tags = [{}]
         "batch_p50_ms": crate::ms(crate::percentile(&batch_times, 0.5)),
         "batch_p99_ms": crate::ms(crate::percentile(&batch_times, 0.99)),
         "state_after": shown["state"],
+        "list_ms": list_ms,
+        "show_ms": show_ms,
         "export_ms": export_ms,
         "export_bytes": export_bytes,
         "export_files": sizes,

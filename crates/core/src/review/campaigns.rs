@@ -404,29 +404,59 @@ impl Service {
         let at = time_text(now);
         let mut entries = Vec::with_capacity(decisions.len());
         let mut views = Vec::with_capacity(decisions.len());
-        let mut revocations = 0;
         let mut refused = Vec::new();
-        for (item, decision) in decisions {
-            let key = format!("{DECISION}{id}:{}", item.id);
-            if !self
-                .store()
-                .claim_state(&key, &encode(&decision), &at)
-                .await?
-            {
+        let revoke_key = |item: &Item| format!("{REVOKE}{id}:{}", item.id);
+        // A revocation's record goes first: after a crash before its decision is stored, the
+        // reconciler finds no revoke decision and ignores it; the other way round, a stored
+        // revoke could be left without anyone to carry it out.
+        let revoking: Vec<&(Item, Decision)> = decisions
+            .iter()
+            .filter(|(_, d)| d.decision == Verdict::Revoke)
+            .collect();
+        let markers = revoking.iter().map(|(item, _)| {
+            let pending = PendingRevocation {
+                campaign: id.clone(),
+                item: item.clone(),
+                retry_at: None,
+                attempts: 0,
+            };
+            let (key, text, at) = (revoke_key(item), encode(&pending), at.clone());
+            async move { self.store().put_state(&key, &text, &at).await }
+        });
+        for written in futures_util::future::join_all(markers).await {
+            written?;
+        }
+        // Claimed together: the store commits concurrent writes at once.
+        let claims = decisions.iter().map(|(item, decision)| {
+            let (key, text, at) = (
+                format!("{DECISION}{id}:{}", item.id),
+                encode(decision),
+                at.clone(),
+            );
+            async move { self.store().claim_state(&key, &text, &at).await }
+        });
+        let claimed = futures_util::future::join_all(claims).await;
+        let mut revocations = 0;
+        for ((item, decision), claimed) in decisions.into_iter().zip(claimed) {
+            if !claimed? {
+                if decision.decision == Verdict::Revoke {
+                    // Decided by someone else first: this revoke is not theirs to carry out.
+                    let keep = self
+                        .store()
+                        .get_state(&format!("{DECISION}{id}:{}", item.id))
+                        .await?;
+                    let theirs_revokes = keep
+                        .and_then(|t| serde_json::from_str::<Decision>(&t).ok())
+                        .is_some_and(|d| d.decision == Verdict::Revoke);
+                    if !theirs_revokes {
+                        self.store().delete_state(&revoke_key(&item)).await?;
+                    }
+                }
                 refused.push(item.id.clone());
                 continue;
             }
             if decision.decision == Verdict::Revoke {
                 revocations += 1;
-                let pending = PendingRevocation {
-                    campaign: id.clone(),
-                    item: item.clone(),
-                    retry_at: None,
-                    attempts: 0,
-                };
-                self.store()
-                    .put_state(&format!("{REVOKE}{id}:{}", item.id), &encode(&pending), &at)
-                    .await?;
             }
             entries.push(audit(
                 now,
@@ -658,11 +688,27 @@ impl Service {
         Ok(true)
     }
 
-    /// Revocations still to make or verify (those waiting out a backoff too).
+    /// Revocations still to make or verify (those waiting out a backoff too): each record
+    /// whose item's stored decision is a revoke not yet verified. A record without one (left
+    /// by a crash before its decision was stored) is not acted on.
     pub async fn pending_revocations(&self) -> Result<Vec<PendingRevocation>, ServiceError> {
         let mut out = Vec::new();
         for (key, text) in self.store().states(REVOKE).await? {
-            out.push(decode(&key, &text)?);
+            let p: PendingRevocation = decode(&key, &text)?;
+            let decided = self
+                .store()
+                .get_state(&format!("{DECISION}{}:{}", p.campaign, p.item.id))
+                .await?
+                .and_then(|t| serde_json::from_str::<Decision>(&t).ok());
+            match decided {
+                Some(d) if d.decision == Verdict::Revoke && d.revocation_verified_at.is_none() => {
+                    out.push(p)
+                }
+                Some(_) => {
+                    self.store().delete_state(&key).await?;
+                }
+                None => {}
+            }
         }
         Ok(out)
     }
