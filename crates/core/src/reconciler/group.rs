@@ -8,14 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 
-use super::{ChangeError, PassReport, Reconciler, event, needs_change};
+use super::{ChangeError, PassReport, PolicyEdit, Reconciler, event, needs_change};
 use crate::entitlement::{PolicyList, Strategy};
 use crate::request::{Request, State};
 use crate::service::ManagedGroup;
 use crate::time_text;
-
-/// How many times one pass re-reads and re-applies the policy after a 412.
-const MAX_POLICY_ATTEMPTS: usize = 8;
 
 /// The managed groups and what one edit must make of them.
 struct Edit<'a> {
@@ -49,161 +46,117 @@ impl Reconciler {
             .map(|l| l.key())
     }
 
-    /// One read-edit-write of the policy, written with `If-Match` and re-applied on 412.
+    /// One read-edit-write of the policy (see [`Reconciler::write_policy`]).
     async fn edit_policy(
         &self,
         edit: &Edit<'_>,
         report: &mut PassReport,
     ) -> Result<Edited, ChangeError> {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let current = self
-                .tailnet()
-                .policy()
-                .await
-                .map_err(|e| ChangeError::tailnet("reading the policy", e))?;
-            let mut doc = hujson::Document::parse(&current.text).map_err(|e| {
-                ChangeError::Refused(format!("the tailnet's policy file does not parse: {e}"))
-            })?;
-            let mut drift = Vec::new();
-            let mut changes: Vec<String> = Vec::new();
-            let mut missing = BTreeSet::new();
-            let mut baselines = BTreeMap::new();
-            for (group, remove_drift) in edit.managed {
-                let Ok(located) = PolicyList::from_key(group).locate(&doc) else {
-                    missing.insert(group.clone());
-                    continue;
-                };
-                let path = located.path();
-                let Some(members) = doc.strings(&path) else {
-                    missing.insert(group.clone());
-                    continue;
-                };
-                let present: BTreeSet<String> = members.into_iter().collect();
-                let empty = BTreeSet::new();
-                let kept = edit.keep.get(group).unwrap_or(&empty);
-                // Members already there when tidegate first manages the group are standing:
-                // reported, never removed, until an admin adopts the group.
-                let standing: BTreeSet<String> = match edit.baselines.get(group) {
-                    Some(b) => {
-                        let still: BTreeSet<String> =
-                            b.standing.intersection(&present).cloned().collect();
-                        if still != b.standing {
-                            let mut changed = b.clone();
-                            changed.standing = still.clone();
-                            baselines.insert(group.clone(), changed);
+        // Drift is what the last reading of the policy showed, written or not.
+        let mut last_drift = None;
+        let result = self
+            .write_policy("group memberships", report, |doc| {
+                let mut drift = Vec::new();
+                let mut changes: Vec<String> = Vec::new();
+                let mut missing = BTreeSet::new();
+                let mut baselines = BTreeMap::new();
+                for (group, remove_drift) in edit.managed {
+                    let Ok(located) = PolicyList::from_key(group).locate(doc) else {
+                        missing.insert(group.clone());
+                        continue;
+                    };
+                    let path = located.path();
+                    let Some(members) = doc.strings(&path) else {
+                        missing.insert(group.clone());
+                        continue;
+                    };
+                    let present: BTreeSet<String> = members.into_iter().collect();
+                    let empty = BTreeSet::new();
+                    let kept = edit.keep.get(group).unwrap_or(&empty);
+                    // Members already there when tidegate first manages the group are standing:
+                    // reported, never removed, until an admin adopts the group.
+                    let standing: BTreeSet<String> = match edit.baselines.get(group) {
+                        Some(b) => {
+                            let still: BTreeSet<String> =
+                                b.standing.intersection(&present).cloned().collect();
+                            if still != b.standing {
+                                let mut changed = b.clone();
+                                changed.standing = still.clone();
+                                baselines.insert(group.clone(), changed);
+                            }
+                            still
                         }
-                        still
+                        None if edit.drift_check => {
+                            let ending: BTreeSet<&String> = edit
+                                .remove
+                                .iter()
+                                .filter(|(g, _)| g == group)
+                                .map(|(_, l)| l)
+                                .collect();
+                            let standing: BTreeSet<String> = present
+                                .iter()
+                                .filter(|l| !kept.contains(*l) && !ending.contains(l))
+                                .cloned()
+                                .collect();
+                            baselines.insert(
+                                group.clone(),
+                                ManagedGroup {
+                                    group: group.clone(),
+                                    standing: standing.clone(),
+                                    first_managed_at: time_text(self.now()),
+                                    adopted_at: None,
+                                    adopted_by: None,
+                                },
+                            );
+                            standing
+                        }
+                        None => BTreeSet::new(),
+                    };
+                    let new: Vec<&str> = kept.difference(&present).map(String::as_str).collect();
+                    changes.extend(new.iter().map(|login| format!("+{login} {group}")));
+                    doc.add_strings(&path, &new).map_err(|e| {
+                        ChangeError::Refused(format!("cannot add members to {group}: {e}"))
+                    })?;
+                    let mut leaving: Vec<&str> = Vec::new();
+                    for login in present.difference(kept) {
+                        if standing.contains(login) {
+                            continue;
+                        }
+                        let ending = edit.remove.contains(&(group.clone(), login.clone()));
+                        if !ending && !edit.drift_check {
+                            continue;
+                        }
+                        if !ending {
+                            drift.push((group.clone(), login.clone()));
+                        }
+                        if ending || *remove_drift {
+                            changes.push(format!("-{login} {group}"));
+                            leaving.push(login);
+                        }
                     }
-                    None if edit.drift_check => {
-                        let ending: BTreeSet<&String> = edit
-                            .remove
-                            .iter()
-                            .filter(|(g, _)| g == group)
-                            .map(|(_, l)| l)
-                            .collect();
-                        let standing: BTreeSet<String> = present
-                            .iter()
-                            .filter(|l| !kept.contains(*l) && !ending.contains(l))
-                            .cloned()
-                            .collect();
-                        baselines.insert(
-                            group.clone(),
-                            ManagedGroup {
-                                group: group.clone(),
-                                standing: standing.clone(),
-                                first_managed_at: time_text(self.now()),
-                                adopted_at: None,
-                                adopted_by: None,
-                            },
-                        );
-                        standing
-                    }
-                    None => BTreeSet::new(),
-                };
-                let new: Vec<&str> = kept.difference(&present).map(String::as_str).collect();
-                changes.extend(new.iter().map(|login| format!("+{login} {group}")));
-                doc.add_strings(&path, &new).map_err(|e| {
-                    ChangeError::Refused(format!("cannot add members to {group}: {e}"))
-                })?;
-                let mut leaving: Vec<&str> = Vec::new();
-                for login in present.difference(kept) {
-                    if standing.contains(login) {
-                        continue;
-                    }
-                    let ending = edit.remove.contains(&(group.clone(), login.clone()));
-                    if !ending && !edit.drift_check {
-                        continue;
-                    }
-                    if !ending {
-                        drift.push((group.clone(), login.clone()));
-                    }
-                    if ending || *remove_drift {
-                        changes.push(format!("-{login} {group}"));
-                        leaving.push(login);
-                    }
+                    doc.remove_strings(&path, &leaving).map_err(|e| {
+                        ChangeError::Refused(format!("cannot remove members from {group}: {e}"))
+                    })?;
                 }
-                doc.remove_strings(&path, &leaving).map_err(|e| {
-                    ChangeError::Refused(format!("cannot remove members from {group}: {e}"))
-                })?;
-            }
-            if edit.drift_check {
-                report.drift = drift;
-            }
-            if doc.text() == current.text {
-                return Ok(Edited {
-                    text: current.text,
-                    missing,
-                    baselines,
-                });
-            }
-            let detail = json!({"changes": changes, "if_match": current.etag});
-            self.intend(vec![(None, "tailnet.policy_write", detail)])
-                .await?;
-            match self
-                .tailnet()
-                .set_policy(doc.text(), Some(&current.etag))
-                .await
-            {
-                Ok(new) => {
-                    report.policy_writes += 1;
-                    // The full list is in the audit entry; a log line stays readable.
-                    const SHOWN: usize = 20;
-                    tracing::info!(
-                        changes = changes.len(),
-                        first = ?&changes[..changes.len().min(SHOWN)],
-                        etag = %new.etag,
-                        "policy written"
-                    );
-                    self.record(
-                        "tailnet.policy_written",
-                        json!({"changes": changes, "etag": new.etag}),
-                    )
-                    .await;
-                    return Ok(Edited {
-                        text: new.text,
-                        missing,
-                        baselines,
-                    });
-                }
-                Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
-                    tracing::info!(
-                        attempt = attempts,
-                        "policy changed meanwhile (412): re-reading"
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    self.record(
-                        "tailnet.change_failed",
-                        json!({"operation": "policy write", "changes": changes, "error": e.to_string()}),
-                    )
-                    .await;
-                    return Err(ChangeError::tailnet("writing the policy", e));
-                }
-            }
+                last_drift = Some(drift);
+                Ok(PolicyEdit {
+                    changes,
+                    intents: Vec::new(),
+                    found: (missing, baselines),
+                })
+            })
+            .await;
+        if edit.drift_check
+            && let Some(drift) = last_drift
+        {
+            report.drift = drift;
         }
+        let (text, (missing, baselines)) = result?;
+        Ok(Edited {
+            text,
+            missing,
+            baselines,
+        })
     }
 
     /// All `group` grants and removals in one policy edit and write. If the tailnet refuses

@@ -111,6 +111,98 @@ const MAX_BACKOFF_SECONDS: i64 = 60;
 /// removals are retried for as long as it takes.
 const MAX_APPLY_ATTEMPTS: u32 = 5;
 
+/// What one application of an edit did to the policy document.
+pub(super) struct PolicyEdit<T> {
+    /// `+login group`, `-login acls[1] (line 17)`: for the log and the audit entry.
+    pub changes: Vec<String>,
+    /// Audit entries written (with the write's own) before the write is made.
+    pub intents: Vec<(Option<String>, &'static str, serde_json::Value)>,
+    /// Whatever else the edit found (drift, missing groups).
+    pub found: T,
+}
+
+/// How many times one pass re-reads and re-applies the policy after a 412.
+const MAX_POLICY_ATTEMPTS: usize = 8;
+
+impl Reconciler {
+    /// The one way the reconciler writes the policy file: read it, apply `edit` to the parsed
+    /// document, and write it with `If-Match`, the intents audited first; on a 412 (someone
+    /// else wrote it meanwhile) read again and apply the edit again, so their change is kept.
+    /// An edit that changes nothing writes nothing. The policy's text afterwards, and what
+    /// the last application of the edit found.
+    pub(super) async fn write_policy<T>(
+        &self,
+        what: &str,
+        report: &mut PassReport,
+        mut edit: impl FnMut(&mut hujson::Document) -> Result<PolicyEdit<T>, ChangeError>,
+    ) -> Result<(String, T), ChangeError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let current = self
+                .tailnet()
+                .policy()
+                .await
+                .map_err(|e| ChangeError::tailnet("reading the policy", e))?;
+            let mut doc = hujson::Document::parse(&current.text).map_err(|e| {
+                ChangeError::Refused(format!("the tailnet's policy file does not parse: {e}"))
+            })?;
+            let PolicyEdit {
+                changes,
+                mut intents,
+                found,
+            } = edit(&mut doc)?;
+            if doc.text() == current.text {
+                return Ok((current.text, found));
+            }
+            intents.push((
+                None,
+                "tailnet.policy_write",
+                json!({"changes": changes, "if_match": current.etag}),
+            ));
+            self.intend(intents).await?;
+            match self
+                .tailnet()
+                .set_policy(doc.text(), Some(&current.etag))
+                .await
+            {
+                Ok(new) => {
+                    report.policy_writes += 1;
+                    // The full list is in the audit entry; a log line stays readable.
+                    const SHOWN: usize = 20;
+                    tracing::info!(
+                        what,
+                        changes = changes.len(),
+                        first = ?&changes[..changes.len().min(SHOWN)],
+                        etag = %new.etag,
+                        "policy written"
+                    );
+                    self.record(
+                        "tailnet.policy_written",
+                        json!({"changes": changes, "etag": new.etag}),
+                    )
+                    .await;
+                    return Ok((new.text, found));
+                }
+                Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
+                    tracing::info!(
+                        attempt = attempts,
+                        "policy changed meanwhile (412): re-reading"
+                    );
+                }
+                Err(e) => {
+                    self.record(
+                        "tailnet.change_failed",
+                        json!({"operation": format!("policy write ({what})"), "changes": changes, "error": e.to_string()}),
+                    )
+                    .await;
+                    return Err(ChangeError::tailnet("writing the policy", e));
+                }
+            }
+        }
+    }
+}
+
 pub struct Reconciler {
     service: Arc<Service>,
     /// Drift already written to the audit log, so it is reported once.

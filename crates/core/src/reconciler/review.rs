@@ -8,11 +8,8 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{ChangeError, PassReport, Reconciler};
+use super::{ChangeError, PassReport, PolicyEdit, Reconciler};
 use crate::review::{PendingRevocation, Revocation};
-
-/// How many times one pass re-reads and re-applies the policy after a 412.
-const MAX_POLICY_ATTEMPTS: usize = 8;
 
 /// Whether the revocation is an edit of the policy file.
 fn in_policy(r: &Revocation) -> bool {
@@ -147,21 +144,14 @@ impl Reconciler {
         pending: &[PendingRevocation],
         report: &mut PassReport,
     ) -> Result<hujson::Document, ChangeError> {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let current = self
-                .tailnet()
-                .policy()
-                .await
-                .map_err(|e| ChangeError::tailnet("reading the policy", e))?;
-            let mut doc = hujson::Document::parse(&current.text).map_err(|e| {
-                ChangeError::Refused(format!("the tailnet's policy file does not parse: {e}"))
-            })?;
-            let mut changes: Vec<String> = Vec::new();
-            let mut intents = Vec::new();
+        self.write_policy("access review revocations", report, |doc| {
+            let mut edit = PolicyEdit {
+                changes: Vec::new(),
+                intents: Vec::new(),
+                found: (),
+            };
             for p in pending {
-                let Some(path) = locate(&doc, p) else {
+                let Some(path) = locate(doc, p) else {
                     continue; // already gone: verified as gone below
                 };
                 doc.remove_strings(&path, &[p.item.subject.as_str()])
@@ -171,61 +161,27 @@ impl Reconciler {
                             p.item.subject, p.item.target
                         ))
                     })?;
-                changes.push(format!("-{} {}", p.item.subject, p.item.target));
-                intents.push((
+                edit.changes
+                    .push(format!("-{} {}", p.item.subject, p.item.target));
+                edit.intents.push((
                     None,
                     "review.revoking",
                     json!({"campaign": p.campaign, "item": p.item.id, "subject": p.item.subject,
                            "revocation": p.item.revocation}),
                 ));
             }
-            if changes.is_empty() {
-                return Ok(doc);
-            }
-            intents.push((
-                None,
-                "tailnet.policy_write",
-                json!({"changes": changes, "if_match": current.etag}),
-            ));
-            self.intend(intents).await?;
-            match self
-                .tailnet()
-                .set_policy(doc.text(), Some(&current.etag))
-                .await
-            {
-                Ok(_) => {
-                    report.policy_writes += 1;
-                    tracing::info!(changes = changes.len(), first = ?&changes[..changes.len().min(20)], "policy written: access review revocations");
-                    self.record("tailnet.policy_written", json!({"changes": changes}))
-                        .await;
-                    // Verified against the policy as the tailnet now serves it.
-                    let back = self
-                        .tailnet()
-                        .policy()
-                        .await
-                        .map_err(|e| ChangeError::tailnet("reading the policy back", e))?;
-                    return hujson::Document::parse(&back.text).map_err(|e| {
-                        ChangeError::NotVerified(format!(
-                            "the policy read back does not parse: {e}"
-                        ))
-                    });
-                }
-                Err(tailnet::Error::PreconditionFailed) if attempts < MAX_POLICY_ATTEMPTS => {
-                    tracing::info!(
-                        attempt = attempts,
-                        "policy changed meanwhile (412): re-reading"
-                    );
-                }
-                Err(e) => {
-                    self.record(
-                        "tailnet.change_failed",
-                        json!({"operation": "policy write (access review)", "changes": changes, "error": e.to_string()}),
-                    )
-                    .await;
-                    return Err(ChangeError::tailnet("writing the policy", e));
-                }
-            }
-        }
+            Ok(edit)
+        })
+        .await?;
+        // Verified against the policy as the tailnet serves it now.
+        let back = self
+            .tailnet()
+            .policy()
+            .await
+            .map_err(|e| ChangeError::tailnet("reading the policy back", e))?;
+        hujson::Document::parse(&back.text).map_err(|e| {
+            ChangeError::NotVerified(format!("the policy read back does not parse: {e}"))
+        })
     }
 
     /// A role, key or suspension revocation, made and verified.
