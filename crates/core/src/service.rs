@@ -125,14 +125,19 @@ fn managed_key(group: &str) -> String {
     format!("managed:{group}")
 }
 
-/// A new request id: `r-` and 10 random base-32 characters.
+/// A new request id: `r-` and 10 random characters (see [`random_id`]).
 fn new_id() -> String {
+    random_id("r-")
+}
+
+/// `prefix` and 10 random base-32 characters (no 0, 1, l or o to misread).
+pub(crate) fn random_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let mut rng = rand::thread_rng();
     let tail: String = (0..10)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect();
-    format!("r-{tail}")
+    format!("{prefix}{tail}")
 }
 
 /// What a requester submits.

@@ -11,15 +11,9 @@ use crate::audit::NewAuditEntry;
 use crate::request::{SYSTEM, check_text};
 use crate::service::{Service, ServiceError};
 
-/// A new campaign id: `rv-` and 10 random base-32 characters.
+/// A new campaign id: `rv-` and 10 random characters.
 fn new_id() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let mut rng = rand::thread_rng();
-    let tail: String = (0..10)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("rv-{tail}")
+    crate::service::random_id("rv-")
 }
 
 fn chunk_key(id: &str, n: usize) -> String {
