@@ -126,6 +126,47 @@ impl Request {
     }
 }
 
+/// An event to deliver to one channel (a webhook endpoint, e-mail, Slack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// `webhook:<name>`, `email`, `slack`.
+    pub channel: String,
+    /// The event's id: one delivery per channel and event, the same on every retry.
+    pub event_id: String,
+    pub payload: String,
+    pub created_at: String,
+    /// When to send it (RFC 3339, as stored).
+    pub next_at: String,
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    pub id: i64,
+    pub channel: String,
+    pub event_id: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub created_at: String,
+    pub next_at: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub state: String,
+    pub done_at: Option<String>,
+}
+
+/// What became of one attempt at a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: i64,
+    /// `pending` (to retry at `next_at`), `delivered` or `failed`.
+    pub state: String,
+    pub next_at: String,
+    pub last_error: Option<String>,
+    pub done_at: Option<String>,
+}
+
 /// Leadership, as the store provides it.
 #[async_trait::async_trait]
 pub trait LeaderLock: Send + Sync {
@@ -255,6 +296,19 @@ pub trait Store: Send + Sync {
     async fn count_states(&self, prefix: &str) -> Result<u64, StoreError> {
         Ok(self.states(prefix).await?.len() as u64)
     }
+    /// Queues deliveries; one already queued for its channel and event is left as it is. How
+    /// many were queued.
+    async fn enqueue_deliveries(&self, deliveries: &[NewDelivery]) -> Result<u64, StoreError>;
+    /// Pending deliveries due by `now` (RFC 3339), the earliest first, at most `limit`.
+    async fn due_deliveries(&self, now: &str, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Records an attempt: counts it and sets the delivery's state, next time and error.
+    async fn record_attempt(&self, attempt: &Attempt) -> Result<(), StoreError>;
+    /// A channel's deliveries, newest first, at most `limit` (its delivery log).
+    async fn deliveries(&self, channel: &str, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// How many deliveries are pending, per channel.
+    async fn pending_deliveries(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
     /// A user's tokens and sessions, newest first.
     async fn tokens_of(&self, user: &str) -> Result<Vec<ApiToken>, StoreError>;
     /// Records that a token was used at `at`, unless it was already recorded as used since

@@ -281,6 +281,39 @@ pub(crate) type TokenRow = (
     Option<String>,
 );
 
+/// The columns of a stored delivery, in [`DeliveryRow`] order.
+pub(crate) const DELIVERY_COLUMNS: &str = "SELECT id, channel, event_id, payload, created_at, next_at, attempts, last_error, state, done_at FROM tidegate_outbox";
+
+pub(crate) type DeliveryRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+pub(crate) fn delivery(row: DeliveryRow) -> tidegate_core::store::Delivery {
+    let (id, channel, event_id, payload, created_at, next_at, attempts, last_error, state, done_at) =
+        row;
+    tidegate_core::store::Delivery {
+        id,
+        channel,
+        event_id,
+        payload,
+        created_at,
+        next_at,
+        attempts,
+        last_error,
+        state,
+        done_at,
+    }
+}
+
 /// A token as both backends read it (the SQL differs only in its placeholders).
 pub(crate) fn api_token(row: TokenRow) -> Result<ApiToken, StoreError> {
     let (hash, user, description, created_at, expires_at, kind, last_used_at) = row;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::sql::{self, AuditRow};
-use crate::{TOKEN_COLUMNS, TokenRow};
+use crate::{DELIVERY_COLUMNS, DeliveryRow, TOKEN_COLUMNS, TokenRow};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Transaction};
@@ -515,6 +515,93 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.db(e, "state record"))
+    }
+
+    async fn enqueue_deliveries(
+        &self,
+        deliveries: &[tidegate_core::store::NewDelivery],
+    ) -> Result<u64, StoreError> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+            "INSERT INTO tidegate_outbox (channel, event_id, payload, created_at, next_at) ",
+        );
+        q.push_values(deliveries, |mut row, d| {
+            row.push_bind(&d.channel)
+                .push_bind(&d.event_id)
+                .push_bind(&d.payload)
+                .push_bind(&d.created_at)
+                .push_bind(&d.next_at);
+        });
+        q.push(" ON CONFLICT (channel, event_id) DO NOTHING");
+        let done = q
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db(e, "delivery"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: &str,
+        limit: usize,
+    ) -> Result<Vec<tidegate_core::store::Delivery>, StoreError> {
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "{DELIVERY_COLUMNS} WHERE state = 'pending' AND next_at <= $1 ORDER BY next_at, id LIMIT $2"
+        ))
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "delivery"))?;
+        Ok(rows.into_iter().map(crate::delivery).collect())
+    }
+
+    async fn record_attempt(
+        &self,
+        attempt: &tidegate_core::store::Attempt,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tidegate_outbox SET attempts = attempts + 1, state = $1, next_at = $2, \
+             last_error = $3, done_at = $4 WHERE id = $5",
+        )
+        .bind(&attempt.state)
+        .bind(&attempt.next_at)
+        .bind(&attempt.last_error)
+        .bind(&attempt.done_at)
+        .bind(attempt.id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "delivery"))?;
+        Ok(())
+    }
+
+    async fn deliveries(
+        &self,
+        channel: &str,
+        limit: usize,
+    ) -> Result<Vec<tidegate_core::store::Delivery>, StoreError> {
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "{DELIVERY_COLUMNS} WHERE channel = $1 ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(channel)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "delivery"))?;
+        Ok(rows.into_iter().map(crate::delivery).collect())
+    }
+
+    async fn pending_deliveries(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT channel, COUNT(*) FROM tidegate_outbox WHERE state = 'pending' GROUP BY channel",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db(e, "delivery"))?;
+        Ok(rows.into_iter().map(|(c, n)| (c, n.max(0) as u64)).collect())
     }
 
     async fn count_states(&self, prefix: &str) -> Result<u64, StoreError> {

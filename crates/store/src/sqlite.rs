@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::sql::{self, AuditRow};
-use crate::{TOKEN_COLUMNS, TokenRow};
+use crate::{DELIVERY_COLUMNS, DeliveryRow, TOKEN_COLUMNS, TokenRow};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
@@ -535,6 +535,94 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db(e, "state record"))
+    }
+
+    async fn enqueue_deliveries(
+        &self,
+        deliveries: &[tidegate_core::store::NewDelivery],
+    ) -> Result<u64, StoreError> {
+        // Queued together: the writer commits concurrent statements at once.
+        let writes = deliveries.iter().map(|d| {
+            self.statement(
+                "INSERT INTO tidegate_outbox (channel, event_id, payload, created_at, next_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel, event_id) DO NOTHING",
+                vec![
+                    Some(d.channel.clone()),
+                    Some(d.event_id.clone()),
+                    Some(d.payload.clone()),
+                    Some(d.created_at.clone()),
+                    Some(d.next_at.clone()),
+                ],
+                "delivery",
+            )
+        });
+        let mut queued = 0;
+        for written in futures_util::future::join_all(writes).await {
+            queued += written?;
+        }
+        Ok(queued)
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: &str,
+        limit: usize,
+    ) -> Result<Vec<tidegate_core::store::Delivery>, StoreError> {
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "{DELIVERY_COLUMNS} WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, id LIMIT ?"
+        ))
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db(e, "delivery"))?;
+        Ok(rows.into_iter().map(crate::delivery).collect())
+    }
+
+    async fn record_attempt(
+        &self,
+        attempt: &tidegate_core::store::Attempt,
+    ) -> Result<(), StoreError> {
+        self.statement(
+            "UPDATE tidegate_outbox SET attempts = attempts + 1, state = ?, next_at = ?, \
+             last_error = ?, done_at = ? WHERE id = CAST(? AS INTEGER)",
+            vec![
+                Some(attempt.state.clone()),
+                Some(attempt.next_at.clone()),
+                attempt.last_error.clone(),
+                attempt.done_at.clone(),
+                Some(attempt.id.to_string()),
+            ],
+            "delivery",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn deliveries(
+        &self,
+        channel: &str,
+        limit: usize,
+    ) -> Result<Vec<tidegate_core::store::Delivery>, StoreError> {
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "{DELIVERY_COLUMNS} WHERE channel = ? ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(channel)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db(e, "delivery"))?;
+        Ok(rows.into_iter().map(crate::delivery).collect())
+    }
+
+    async fn pending_deliveries(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT channel, COUNT(*) FROM tidegate_outbox WHERE state = 'pending' GROUP BY channel",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db(e, "delivery"))?;
+        Ok(rows.into_iter().map(|(c, n)| (c, n.max(0) as u64)).collect())
     }
 
     async fn count_states(&self, prefix: &str) -> Result<u64, StoreError> {

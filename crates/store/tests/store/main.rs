@@ -38,6 +38,7 @@ conformance!(
     audit_detail_is_kept_byte_for_byte,
     tokens,
     state_records,
+    outbox,
     migrations_are_idempotent,
     migrations_run_concurrently,
     reopened_store_keeps_its_data,

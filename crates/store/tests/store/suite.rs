@@ -1647,3 +1647,85 @@ pub async fn abandoned_writes_leave_no_lock(db: Db) {
         .unwrap();
     audit::verify(&all_audit(&*other).await).unwrap();
 }
+
+/// The outbox: one delivery per channel and event (queuing again changes nothing), due ones
+/// earliest first, attempts counted, a channel's log newest first, pending counts.
+pub async fn outbox(db: Db) {
+    use tidegate_core::store::{Attempt, NewDelivery};
+    let store = db.open().await;
+    let new = |channel: &str, event: &str, next_at: &str| NewDelivery {
+        channel: channel.into(),
+        event_id: event.into(),
+        payload: format!("{{\"id\": \"{event}\"}}"),
+        created_at: "2026-11-30T10:00:00Z".into(),
+        next_at: next_at.into(),
+    };
+    let queued = store
+        .enqueue_deliveries(&[
+            new("webhook:a", "evt_1", "2026-11-30T10:00:05Z"),
+            new("webhook:a", "evt_2", "2026-11-30T10:00:01Z"),
+            new("webhook:b", "evt_1", "2026-11-30T10:00:02Z"),
+            new("email", "evt_3", "2026-11-30T11:00:00Z"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(queued, 4);
+    assert_eq!(
+        store
+            .enqueue_deliveries(&[new("webhook:a", "evt_1", "2026-11-30T10:00:00Z")])
+            .await
+            .unwrap(),
+        0,
+        "queued once per channel and event"
+    );
+    let due = store
+        .due_deliveries("2026-11-30T10:00:10Z", 10)
+        .await
+        .unwrap();
+    let order: Vec<(&str, &str)> = due
+        .iter()
+        .map(|d| (d.channel.as_str(), d.event_id.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [("webhook:a", "evt_2"), ("webhook:b", "evt_1"), ("webhook:a", "evt_1")]
+    );
+    assert_eq!(due[0].payload, "{\"id\": \"evt_2\"}");
+    assert_eq!(store.due_deliveries("2026-11-30T10:00:10Z", 1).await.unwrap().len(), 1);
+    // A failure to retry later, a success, a give-up.
+    store
+        .record_attempt(&Attempt {
+            id: due[0].id,
+            state: "pending".into(),
+            next_at: "2026-11-30T10:01:00Z".into(),
+            last_error: Some("HTTP 503".into()),
+            done_at: None,
+        })
+        .await
+        .unwrap();
+    store
+        .record_attempt(&Attempt {
+            id: due[1].id,
+            state: "delivered".into(),
+            next_at: due[1].next_at.clone(),
+            last_error: None,
+            done_at: Some("2026-11-30T10:00:10Z".into()),
+        })
+        .await
+        .unwrap();
+    let due = store
+        .due_deliveries("2026-11-30T10:00:30Z", 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "the retry waits, the delivered one is done");
+    let log = store.deliveries("webhook:a", 10).await.unwrap();
+    assert_eq!(log.len(), 2);
+    let retried = log.iter().find(|d| d.event_id == "evt_2").unwrap();
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.last_error.as_deref(), Some("HTTP 503"));
+    assert_eq!(retried.state, "pending");
+    let pending = store.pending_deliveries().await.unwrap();
+    assert_eq!(pending.get("webhook:a"), Some(&2));
+    assert_eq!(pending.get("webhook:b"), None);
+    assert_eq!(pending.get("email"), Some(&1));
+}
