@@ -110,12 +110,17 @@ pub async fn start(
         .leader_lock()
         .await
         .map_err(|e| Failure::Usage(format!("leader lock: {e}")))?;
+    let sender = Arc::new(tidegate_server::outbound::WebhookSender::new(
+        &config,
+        clock.clone(),
+    ));
     let service = Arc::new(Service::new(Arc::new(config), store, tailnet, clock));
     let metrics = Arc::new(Metrics::default());
     let reconciler = Arc::new(
         Reconciler::new(service.clone())
             .fenced(lock.clone())
-            .observed(metrics.clone()),
+            .observed(metrics.clone())
+            .notifying(sender),
     );
     let stop = Arc::new(tokio::sync::Notify::new());
     let reconcile = tokio::spawn(leader::run(

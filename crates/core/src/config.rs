@@ -52,6 +52,60 @@ struct RawConfig {
     role_rules: Vec<RoleRule>,
     #[serde(default, rename = "review_schedule")]
     review_schedules: Vec<RawReviewSchedule>,
+    #[serde(default, rename = "webhook")]
+    webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: Option<String>,
+    url: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+/// `[[webhook]]`: every event whose type matches one of `events` is POSTed to `url`, signed
+/// with `secret`, retried until delivered (for a day).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Its delivery channel is `webhook:<name>` (default: its place, `webhook1`, ...).
+    pub name: String,
+    pub url: String,
+    pub secret: Secret,
+    /// Globs over event types: `request.*`, `grant.applied`, `*`.
+    pub events: Vec<String>,
+}
+
+impl WebhookSettings {
+    /// Whether an event of this type goes to this endpoint.
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.iter().any(|glob| glob_matches(glob, event))
+    }
+}
+
+/// `*` matches any run of characters; everything else itself.
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    let parts: Vec<&str> = glob.split('*').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return glob == text;
+    };
+    if parts.len() == 1 {
+        return glob == text;
+    }
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -412,10 +466,23 @@ pub struct Config {
     pub critical: Vec<CriticalSystem>,
     pub role_rules: Vec<RoleRule>,
     pub review_schedules: Vec<ReviewSchedule>,
+    pub webhooks: Vec<WebhookSettings>,
 }
 
-/// Resolves a secret given inline, as an environment variable name, or as a file path.
+/// Resolves a `[tailnet]` secret (see [`secret_in`]).
 fn secret(
+    what: &str,
+    inline: Option<&String>,
+    env: Option<&String>,
+    file: Option<&PathBuf>,
+) -> Result<Option<Secret>, String> {
+    secret_in("[tailnet]", what, inline, env, file)
+}
+
+/// Resolves a secret given inline, as an environment variable name, or as a file path; errors
+/// name the `section` it is in.
+fn secret_in(
+    section: &str,
     what: &str,
     inline: Option<&String>,
     env: Option<&String>,
@@ -427,7 +494,7 @@ fn secret(
         .count();
     if given > 1 {
         return Err(format!(
-            "[tailnet] give only one of {what}, {what}_env and {what}_file"
+            "{section} give only one of {what}, {what}_env and {what}_file"
         ));
     }
     if let Some(value) = inline {
@@ -436,12 +503,12 @@ fn secret(
     if let Some(var) = env {
         return std::env::var(var)
             .map(|v| Some(Secret::new(v.trim().to_owned())))
-            .map_err(|_| format!("[tailnet] {what}_env: environment variable {var} is not set"));
+            .map_err(|_| format!("{section} {what}_env: environment variable {var} is not set"));
     }
     if let Some(path) = file {
         return std::fs::read_to_string(path)
             .map(|v| Some(Secret::new(v.trim().to_owned())))
-            .map_err(|e| format!("[tailnet] {what}_file: cannot read {}: {e}", path.display()));
+            .map_err(|e| format!("{section} {what}_file: cannot read {}: {e}", path.display()));
     }
     Ok(None)
 }
@@ -756,6 +823,64 @@ impl Config {
                 keep_reason_required: r.keep_reason_required,
             });
         }
+        let mut webhooks: Vec<WebhookSettings> = Vec::new();
+        for (n, w) in raw.webhooks.iter().enumerate() {
+            let name = w
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("webhook{}", n + 1));
+            let at = format!("[[webhook]] {name:?}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(format!(
+                    "{at}: name it with letters, digits, - and _"
+                )));
+            }
+            if webhooks.iter().any(|x| x.name == name) {
+                return Err(invalid(format!("{at} appears twice")));
+            }
+            let url = w.url.trim();
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid(format!("{at}: url {url:?} is not an http(s) URL")));
+            }
+            let secret = secret_in(
+                &at,
+                "secret",
+                w.secret.as_ref(),
+                w.secret_env.as_ref(),
+                w.secret_file.as_ref(),
+            )
+            .map_err(invalid)?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{at}: give secret, secret_env or secret_file (deliveries are signed with it)"
+                ))
+            })?;
+            let events = if w.events.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                w.events.clone()
+            };
+            if let Some(bad) = events
+                .iter()
+                .find(|e| e.is_empty() || e.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(invalid(format!(
+                    "{at}: events {bad:?}: write event types or globs such as request.* or grant.applied"
+                )));
+            }
+            webhooks.push(WebhookSettings {
+                name,
+                url: url.to_owned(),
+                secret,
+                events,
+            });
+        }
         let webhook_secret = secret(
             "webhook_secret",
             raw.tailnet.webhook_secret.as_ref(),
@@ -785,6 +910,7 @@ impl Config {
             critical: raw.critical.clone(),
             role_rules: raw.role_rules.clone(),
             review_schedules,
+            webhooks,
             audit_head_interval: raw.audit.head_interval.unwrap_or(Span::minutes(5)),
             requests_visible,
             roles,

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod live;
 pub mod machine;
 pub mod metrics;
+pub mod notify;
 pub mod overview;
 pub mod people;
 pub mod preflight;

@@ -6,6 +6,7 @@ mod jwt;
 pub mod machine;
 mod metrics;
 mod openapi;
+pub mod outbound;
 mod reviews;
 mod scim;
 pub mod tokens;
@@ -673,6 +674,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/checks", get(checks).post(run_checks))
         .route("/webhooks/tailscale", post(webhooks::tailscale))
         .route("/api/break-glass", get(break_glass))
+        .route("/api/webhooks", get(outbound::list))
         .route("/api/reviews", get(reviews::list).post(reviews::create))
         .route("/api/reviews/mine", get(reviews::mine))
         .route("/api/reviews/{id}", get(reviews::show))

@@ -622,7 +622,10 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db(e, "delivery"))?;
-        Ok(rows.into_iter().map(|(c, n)| (c, n.max(0) as u64)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(c, n)| (c, n.max(0) as u64))
+            .collect())
     }
 
     async fn count_states(&self, prefix: &str) -> Result<u64, StoreError> {

@@ -9,6 +9,7 @@ mod flows;
 mod governance;
 mod logs;
 mod machine;
+mod notify;
 mod reviews;
 mod web;
 

@@ -223,6 +223,8 @@ pub struct Reconciler {
     /// whether the last look found any left; they are looked for only when either says so
     /// (and on full passes).
     review_scan: std::sync::Mutex<(Option<String>, bool)>,
+    /// Delivers events to webhooks (and other channels); none: events are not sent.
+    sender: Option<Arc<dyn crate::notify::Sender>>,
 }
 
 fn event(request: &Request, action: &str, detail: serde_json::Value) -> Event {
@@ -275,12 +277,19 @@ impl Reconciler {
             metrics: None,
             transitions: std::sync::Mutex::new(BTreeMap::new()),
             review_scan: std::sync::Mutex::new((None, true)),
+            sender: None,
         }
     }
 
     /// Makes no tailnet change unless `lock` is still held when it is about to be made.
     pub fn fenced(mut self, lock: Arc<dyn LeaderLock>) -> Reconciler {
         self.fence = Some(lock);
+        self
+    }
+
+    /// Sends events (the outbox) through `sender` while leading.
+    pub fn notifying(mut self, sender: Arc<dyn crate::notify::Sender>) -> Reconciler {
+        self.sender = Some(sender);
         self
     }
 
@@ -847,6 +856,7 @@ impl Reconciler {
         let sync_every = self.service.config().inventory_sync_interval.to_time();
         let mut last_sync: Option<OffsetDateTime> = None;
         let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let notifying = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut sync_wished = false;
         // The directory file, looked at every turn: a leaver is acted on within a second or so
         // of the file changing.
@@ -882,6 +892,23 @@ impl Reconciler {
                 if let Err(e) = self.service.review_housekeeping().await {
                     tracing::error!(error = %e, "access reviews: cannot apply due dates and schedules");
                 }
+            }
+            // Events to other systems, in a task of their own (a slow endpoint must not hold
+            // back an expiry), one round at a time.
+            if let Some(sender) = &self.sender
+                && self.service.notifies()
+                && !notifying.load(std::sync::atomic::Ordering::SeqCst)
+                && self.still_leading().await
+            {
+                notifying.store(true, std::sync::atomic::Ordering::SeqCst);
+                let (service, sender, flag) =
+                    (self.service.clone(), sender.clone(), notifying.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = service.notify_round(sender.as_ref()).await {
+                        tracing::error!(error = %e, "cannot deliver events");
+                    }
+                    flag.store(false, std::sync::atomic::Ordering::SeqCst);
+                });
             }
             // A wish that comes during a sync is served by the next one.
             sync_wished |= self.service.take_inventory_sync_wish();

@@ -1688,10 +1688,21 @@ pub async fn outbox(db: Db) {
         .collect();
     assert_eq!(
         order,
-        [("webhook:a", "evt_2"), ("webhook:b", "evt_1"), ("webhook:a", "evt_1")]
+        [
+            ("webhook:a", "evt_2"),
+            ("webhook:b", "evt_1"),
+            ("webhook:a", "evt_1")
+        ]
     );
     assert_eq!(due[0].payload, "{\"id\": \"evt_2\"}");
-    assert_eq!(store.due_deliveries("2026-11-30T10:00:10Z", 1).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .due_deliveries("2026-11-30T10:00:10Z", 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // A failure to retry later, a success, a give-up.
     store
         .record_attempt(&Attempt {

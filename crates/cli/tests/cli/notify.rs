@@ -1,0 +1,241 @@
+//! Outbound webhooks (issue 14) end to end: a receiver on loopback that checks every
+//! signature, a request's whole life delivered as events, a refused delivery retried with the
+//! same id, and deliveries that survive a kill -9 of the server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::{Deployment, wait_until};
+
+const SECRET: &str = "whsec-test-0123456789";
+
+/// A webhook endpoint: records each delivery (its signature header and body) and answers 503
+/// while `refuse` is above zero (counting down) or `down` is set.
+struct Receiver {
+    url: String,
+    received: Arc<Mutex<Vec<(String, String)>>>,
+    refuse: Arc<AtomicUsize>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let refuse = Arc::new(AtomicUsize::new(0));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (r, f, dn) = (received.clone(), refuse.clone(), down.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let (r, f, dn) = (r.clone(), f.clone(), dn.clone());
+                async move {
+                    let signature = headers
+                        .get("tidegate-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    r.lock().unwrap().push((signature, body));
+                    let refused = dn.load(Ordering::SeqCst)
+                        || f.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                    if refused {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        );
+        runtime.spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            url,
+            received,
+            refuse,
+            down,
+            _runtime: runtime,
+        }
+    }
+
+    /// Every delivery received so far, each checked: signed with the secret over `t.body`,
+    /// and fresh.
+    fn events(&self) -> Vec<Value> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(signature, body)| {
+                let (t, v1) = signature
+                    .split_once(',')
+                    .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+                    .unwrap_or_else(|| panic!("signature {signature:?}"));
+                let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+                mac.update(format!("{t}.{body}").as_bytes());
+                let expected: String = mac
+                    .finalize()
+                    .into_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                assert_eq!(v1, expected, "the signature of {body}");
+                let age =
+                    time::OffsetDateTime::now_utc().unix_timestamp() - t.parse::<i64>().unwrap();
+                assert!((0..300).contains(&age), "fresh: {age} s");
+                serde_json::from_str(body).unwrap()
+            })
+            .collect()
+    }
+
+    fn types(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn deployment(name: &str, receiver: &Receiver) -> Deployment {
+    let url = receiver.url.clone();
+    Deployment::new(name, move |t| {
+        format!(
+            "{t}\n[[webhook]]\nname = \"siem\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nevents = [\"request.*\", \"grant.*\"]\n"
+        )
+    })
+}
+
+#[test]
+fn a_request_s_life_reaches_a_webhook_signed_and_retried() {
+    let receiver = Receiver::start();
+    let d = deployment("webhooks", &receiver);
+    let mut server = d.serve();
+    let (carol, alice) = (d.token("carol@example.com"), d.token("alice@example.com"));
+    // The first delivery is refused: it comes again within 10 s, with the same id.
+    receiver.refuse.store(1, Ordering::SeqCst);
+    let r = d.cli(
+        &carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-9"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    d.cli(&alice, &["approve", &id]);
+    wait_until("the grant applied", || {
+        d.cli(&carol, &["show", &id])["state"] == "active"
+    });
+    d.cli(&carol, &["drop", &id]);
+    let started = std::time::Instant::now();
+    let mut types = Vec::new();
+    for _ in 0..300 {
+        types = receiver.types();
+        if types.iter().any(|t| t == "grant.removal_verified")
+            && types.iter().filter(|t| *t == "request.created").count() == 2
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(started.elapsed().as_secs() < 25, "{types:?}");
+    for wanted in [
+        "request.created",
+        "request.approved",
+        "grant.applied",
+        "grant.dropped",
+        "grant.removal_verified",
+    ] {
+        assert!(types.iter().any(|t| t == wanted), "{wanted} in {types:?}");
+    }
+    assert!(
+        !types.iter().any(|t| t.starts_with("tailnet.")),
+        "only the events asked for"
+    );
+    let events = receiver.events();
+    let created: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "request.created")
+        .collect();
+    assert_eq!(created[0]["id"], created[1]["id"], "a retry keeps its id");
+    assert_eq!(created[0]["request"]["id"], id.as_str());
+    assert_eq!(created[0]["actor"], "carol@example.com");
+    let applied = events
+        .iter()
+        .find(|e| e["type"] == "grant.applied")
+        .unwrap();
+    assert_eq!(applied["request"]["requester"], "carol@example.com");
+
+    // The delivery log: the refused attempt, then delivered.
+    let log: Value = reqwest::blocking::Client::new()
+        .get(format!("{}/api/webhooks", d.server_url()))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let siem = &log["webhooks"][0];
+    assert_eq!(siem["name"], "siem");
+    let first = siem["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == created[0]["id"])
+        .unwrap();
+    assert_eq!(first["state"], "delivered");
+    assert_eq!(first["attempts"], 2);
+    assert_eq!(first["last_error"], Value::Null);
+    let status = reqwest::blocking::Client::new()
+        .get(format!("{}/api/webhooks", d.server_url()))
+        .bearer_auth(&carol)
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 403);
+
+    // Down while events happen, and the server killed: after a restart they arrive.
+    receiver.down.store(true, Ordering::SeqCst);
+    let before = receiver.events().len();
+    let r = d.cli(
+        &carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-10"],
+    );
+    let second = r["id"].as_str().unwrap().to_owned();
+    wait_until("a refused delivery", || receiver.events().len() > before);
+    let _ = server.kill();
+    let _ = server.wait();
+    receiver.down.store(false, Ordering::SeqCst);
+    let mut server = d.serve();
+    let mut delivered = false;
+    for _ in 0..300 {
+        let last = receiver
+            .events()
+            .into_iter()
+            .rev()
+            .find(|e| e["request"]["id"] == second.as_str());
+        let log: Value = reqwest::blocking::Client::new()
+            .get(format!("{}/api/webhooks", d.server_url()))
+            .bearer_auth(&alice)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if last.is_some() && log["webhooks"][0]["pending"] == 0 {
+            delivered = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        delivered,
+        "delivered after the restart: {:?}",
+        receiver.types()
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -1,0 +1,237 @@
+//! Events to other systems. Every audit entry is an event (`request.created`,
+//! `grant.applied`, `review.decided`, ...), written in the same transaction as the change it
+//! records, so none is lost. The leader turns new entries into deliveries in the outbox (one per
+//! channel that wants the event, keyed by the event's id so a crash between the two repeats
+//! nothing) and sends what is due, each retried with backoff for a day. How a delivery reaches
+//! its channel (HTTP, SMTP) is not core's business: a [`Sender`] does it.
+
+use serde_json::{Value, json};
+
+use crate::audit::AuditEntry;
+use crate::service::{Service, ServiceError};
+use crate::store::{Attempt, Delivery, NewDelivery};
+use crate::time_text;
+
+/// The audit log's last entry already turned into deliveries.
+const CURSOR: &str = "notify:cursor";
+/// Audit entries turned into deliveries per round.
+const FAN_OUT_BATCH: usize = 500;
+/// Deliveries sent per round, and at once.
+const SEND_BATCH: usize = 200;
+const SEND_CONCURRENCY: usize = 16;
+/// How long a delivery is retried before it is given up.
+pub const GIVE_UP_AFTER: time::Duration = time::Duration::hours(24);
+
+/// Delivers one payload to one channel.
+#[async_trait::async_trait]
+pub trait Sender: Send + Sync {
+    /// `Err` says why it was not delivered (it is retried).
+    async fn send(&self, channel: &str, payload: &str) -> Result<(), String>;
+}
+
+/// The wait before the next attempt after `attempts` failed ones: 5 s, 10 s, 20 s, ... at
+/// most an hour (the first retry comes within 10 s).
+pub fn backoff(attempts: i64) -> time::Duration {
+    let exp = attempts.clamp(1, 20) - 1;
+    time::Duration::seconds((5i64 << exp).min(3600))
+}
+
+/// The event an audit entry is, as webhooks receive it: `id` names the event and is the same
+/// on every retry.
+pub fn event(entry: &AuditEntry, request: Option<Value>) -> Value {
+    let detail: Value = serde_json::from_str(&entry.detail).unwrap_or(Value::Null);
+    json!({
+        "id": format!("evt_{}", entry.seq),
+        "type": entry.action,
+        "at": entry.at,
+        "actor": entry.actor,
+        "request": request,
+        "detail": detail,
+    })
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Round {
+    pub queued: u64,
+    pub delivered: usize,
+    pub failed: usize,
+}
+
+impl Service {
+    /// Whether anything is configured to hear about events.
+    pub fn notifies(&self) -> bool {
+        !self.config().webhooks.is_empty()
+    }
+
+    /// Turns audit entries after the cursor into deliveries for every channel that wants
+    /// them. The first time, the cursor starts at the log's end: a new endpoint hears what
+    /// happens from now on, not the whole history.
+    pub async fn fan_out(&self) -> Result<u64, ServiceError> {
+        let cursor = match self.store().get_state(CURSOR).await? {
+            Some(text) => text.trim().parse::<i64>().unwrap_or(0),
+            None => {
+                let end = self.store().audit_length().await?;
+                let at = time_text(self.now());
+                self.store()
+                    .put_state(CURSOR, &end.to_string(), &at)
+                    .await?;
+                end
+            }
+        };
+        let entries = self.store().audit(cursor, FAN_OUT_BATCH).await?;
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return Ok(0);
+        };
+        let now = time_text(self.now());
+        let mut deliveries = Vec::new();
+        for entry in &entries {
+            let wanted: Vec<String> = self
+                .config()
+                .webhooks
+                .iter()
+                .filter(|w| w.wants(&entry.action))
+                .map(|w| format!("webhook:{}", w.name))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let request = match &entry.request {
+                Some(id) => self
+                    .store()
+                    .request(id)
+                    .await?
+                    .and_then(|r| serde_json::to_value(r).ok()),
+                None => None,
+            };
+            let payload = event(entry, request).to_string();
+            for channel in wanted {
+                deliveries.push(NewDelivery {
+                    channel,
+                    event_id: format!("evt_{}", entry.seq),
+                    payload: payload.clone(),
+                    created_at: now.clone(),
+                    next_at: now.clone(),
+                });
+            }
+        }
+        // Queued before the cursor moves: after a crash between the two, the same events are
+        // queued again, which changes nothing (one per channel and event).
+        let queued = self.store().enqueue_deliveries(&deliveries).await?;
+        self.store()
+            .put_state(CURSOR, &last.to_string(), &now)
+            .await?;
+        if queued > 0 {
+            tracing::debug!(queued, through = last, "events queued for delivery");
+        }
+        Ok(queued)
+    }
+
+    /// Sends the deliveries due now, [`SEND_CONCURRENCY`] at a time, and records each attempt:
+    /// delivered, retried later with [`backoff`], or given up after [`GIVE_UP_AFTER`].
+    pub async fn deliver_due(&self, sender: &dyn Sender) -> Result<Round, ServiceError> {
+        use futures_util::StreamExt;
+        let now = self.now();
+        let due = self
+            .store()
+            .due_deliveries(&time_text(now), SEND_BATCH)
+            .await?;
+        let outcomes: Vec<(Delivery, Result<(), String>)> =
+            futures_util::stream::iter(due.into_iter().map(|d| async move {
+                let outcome = sender.send(&d.channel, &d.payload).await;
+                (d, outcome)
+            }))
+            .buffer_unordered(SEND_CONCURRENCY)
+            .collect()
+            .await;
+        let mut round = Round::default();
+        for (d, outcome) in outcomes {
+            let attempt = self.attempt(&d, outcome, &mut round);
+            self.store().record_attempt(&attempt).await?;
+        }
+        Ok(round)
+    }
+
+    fn attempt(&self, d: &Delivery, outcome: Result<(), String>, round: &mut Round) -> Attempt {
+        let now = crate::now(self.clock().as_ref());
+        match outcome {
+            Ok(()) => {
+                round.delivered += 1;
+                tracing::debug!(channel = %d.channel, event = %d.event_id, "delivered");
+                Attempt {
+                    id: d.id,
+                    state: "delivered".into(),
+                    next_at: d.next_at.clone(),
+                    last_error: None,
+                    done_at: Some(time_text(now)),
+                }
+            }
+            Err(error) => {
+                round.failed += 1;
+                let created = tailnet::clock::parse_rfc3339(&d.created_at).unwrap_or(now);
+                let attempts = d.attempts + 1;
+                let next = now + backoff(attempts);
+                if next - created > GIVE_UP_AFTER {
+                    tracing::error!(channel = %d.channel, event = %d.event_id, attempts, error = %error, "delivery given up after a day of retries");
+                    Attempt {
+                        id: d.id,
+                        state: "failed".into(),
+                        next_at: d.next_at.clone(),
+                        last_error: Some(error),
+                        done_at: Some(time_text(now)),
+                    }
+                } else {
+                    tracing::warn!(channel = %d.channel, event = %d.event_id, attempts, error = %error, retry_at = %time_text(next), "delivery failed; retrying");
+                    Attempt {
+                        id: d.id,
+                        state: "pending".into(),
+                        next_at: time_text(next),
+                        last_error: Some(error),
+                        done_at: None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round of the leader's notifier: new events queued, due deliveries sent.
+    pub async fn notify_round(&self, sender: &dyn Sender) -> Result<Round, ServiceError> {
+        let mut queued = 0;
+        // Catch up on a backlog before sending, a batch at a time.
+        loop {
+            let n = self.fan_out().await?;
+            queued += n;
+            if n < FAN_OUT_BATCH as u64 {
+                break;
+            }
+        }
+        let mut round = self.deliver_due(sender).await?;
+        round.queued = queued;
+        Ok(round)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_retry_comes_within_ten_seconds_then_backs_off_to_an_hour() {
+        assert_eq!(backoff(1), time::Duration::seconds(5));
+        assert_eq!(backoff(2), time::Duration::seconds(10));
+        assert_eq!(backoff(5), time::Duration::seconds(80));
+        assert_eq!(backoff(12), time::Duration::hours(1));
+        assert_eq!(backoff(100), time::Duration::hours(1));
+    }
+
+    #[test]
+    fn globs_pick_event_types() {
+        use crate::config::glob_matches;
+        assert!(glob_matches("request.*", "request.created"));
+        assert!(!glob_matches("request.*", "grant.applied"));
+        assert!(glob_matches("*", "check.run"));
+        assert!(glob_matches("grant.applied", "grant.applied"));
+        assert!(!glob_matches("grant.applied", "grant.applying"));
+        assert!(glob_matches("*.removal_*", "grant.removal_verified"));
+    }
+}
