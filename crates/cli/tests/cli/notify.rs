@@ -89,8 +89,8 @@ impl Receiver {
                     .map(|b| format!("{b:02x}"))
                     .collect();
                 assert_eq!(v1, expected, "the signature of {body}");
-                let age =
-                    time::OffsetDateTime::now_utc().unix_timestamp() - t.parse::<i64>().unwrap();
+                let age = tailnet::Clock::now(&tailnet::SystemClock).unix_timestamp()
+                    - t.parse::<i64>().unwrap();
                 assert!((0..300).contains(&age), "fresh: {age} s");
                 serde_json::from_str(body).unwrap()
             })
