@@ -100,6 +100,18 @@ impl tidegate_core::notify::Sender for WebhookSender {
     }
 }
 
+/// One endpoint and its delivery log.
+#[derive(serde::Serialize)]
+pub(crate) struct EndpointLog {
+    pub name: String,
+    /// Without its query (which may carry a token of the receiver's).
+    pub url: String,
+    pub events: Vec<String>,
+    pub pending: u64,
+    /// The last deliveries, newest first.
+    pub deliveries: Vec<tidegate_core::store::Delivery>,
+}
+
 /// The configured endpoints with their pending counts and last deliveries (admins and
 /// auditors).
 pub(crate) async fn list(
@@ -110,20 +122,22 @@ pub(crate) async fn list(
     Ok(Json(json!({ "webhooks": endpoints(&app, 50).await? })))
 }
 
-/// Each endpoint: name, URL without its query, events, pending, its last `limit` deliveries.
-pub(crate) async fn endpoints(app: &AppState, limit: usize) -> Result<Vec<Value>, ServiceError> {
+/// Each endpoint with its last `limit` deliveries.
+pub(crate) async fn endpoints(
+    app: &AppState,
+    limit: usize,
+) -> Result<Vec<EndpointLog>, ServiceError> {
     let pending = app.service.store().pending_deliveries().await?;
     let mut out = Vec::new();
     for w in &app.service.config().webhooks {
         let channel = format!("webhook:{}", w.name);
-        let log = app.service.store().deliveries(&channel, limit).await?;
-        out.push(json!({
-            "name": w.name,
-            "url": w.url.split('?').next().unwrap_or_default(),
-            "events": w.events,
-            "pending": pending.get(&channel).copied().unwrap_or(0),
-            "deliveries": log,
-        }));
+        out.push(EndpointLog {
+            name: w.name.clone(),
+            url: w.url.split('?').next().unwrap_or_default().to_owned(),
+            events: w.events.clone(),
+            pending: pending.get(&channel).copied().unwrap_or(0),
+            deliveries: app.service.store().deliveries(&channel, limit).await?,
+        });
     }
     Ok(out)
 }

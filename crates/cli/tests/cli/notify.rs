@@ -109,7 +109,7 @@ fn deployment(name: &str, receiver: &Receiver) -> Deployment {
     let url = receiver.url.clone();
     Deployment::new(name, move |t| {
         format!(
-            "{t}\n[[webhook]]\nname = \"siem\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nevents = [\"request.*\", \"grant.*\"]\n"
+            "{t}\n[auth]\ntrusted_proxy = [\"127.0.0.1\"]\n\n[[webhook]]\nname = \"siem\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nevents = [\"request.*\", \"grant.*\"]\n"
         )
     })
 }
@@ -197,6 +197,18 @@ fn a_request_s_life_reaches_a_webhook_signed_and_retried() {
         .unwrap()
         .status();
     assert_eq!(status, 403);
+    // The same log in the admin pages.
+    let mut web = crate::web::Browser::new(&d.server_url());
+    web.get_with(
+        "/login?next=/admin/webhooks",
+        &[("Tailscale-User-Login", "alice@example.com")],
+    );
+    let (status, page) = web.get("/admin/webhooks");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(">siem</h2>") && page.contains("state-good\">delivered"),
+        "{page}"
+    );
 
     // Down while events happen, and the server killed: after a restart they arrive.
     receiver.down.store(true, Ordering::SeqCst);

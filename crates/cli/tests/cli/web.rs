@@ -50,7 +50,11 @@ impl Browser {
         }
     }
 
-    fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
+    pub(crate) fn get_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::blocking::Response {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(c) = &self.cookie {
             req = req.header("Cookie", c);

@@ -39,7 +39,7 @@ pub(super) async fn require_auditor<'v>(
 pub(super) fn tabs(current: &str) -> Markup {
     html! {
         nav.tabs aria-label="Admin" {
-            @for (href, label) in [("/admin", "Who has access"), ("/admin/break-glass", "Break-glass"), ("/admin/audit", "Audit log"), ("/admin/inventory", "Inventory"), ("/admin/compliance", "Compliance"), ("/reviews", "Access reviews")] {
+            @for (href, label) in [("/admin", "Who has access"), ("/admin/break-glass", "Break-glass"), ("/admin/audit", "Audit log"), ("/admin/inventory", "Inventory"), ("/admin/compliance", "Compliance"), ("/admin/webhooks", "Webhooks"), ("/reviews", "Access reviews")] {
                 a href=(href) aria-current=[(href == current).then_some("page")] { (label) }
             }
         }
@@ -335,6 +335,60 @@ pub async fn break_glass(
             layout::flash(done.done.as_deref()),
             body,
         ),
+    )
+}
+
+/// `/admin/webhooks`: each endpoint, what it hears, what waits, its last deliveries.
+pub async fn webhooks(State(app): State<AppState>, viewer: Viewer) -> Page {
+    if let Err(page) = require_auditor(&app, &viewer).await {
+        return page;
+    }
+    let now = app.service.now();
+    let endpoints = crate::outbound::endpoints(&app, 20)
+        .await
+        .unwrap_or_default();
+    let at = |t: &str| tailnet::clock::parse_rfc3339(t).map(|t| when(t, now));
+    let chrome = Chrome::of(&app, &viewer).await;
+    let body = html! {
+        (tabs("/admin/webhooks"))
+        @if endpoints.is_empty() {
+            p.empty { "No webhook is configured: add a [[webhook]] to the config to send events to other systems." }
+        }
+        @for e in &endpoints {
+            section.card aria-labelledby=(format!("hook-{}", e.name)) {
+                h2 #(format!("hook-{}", e.name)) { (e.name) }
+                p { code { (e.url) } " · " (e.events.join(", ")) " · " strong { (e.pending) } " waiting" }
+                @if e.deliveries.is_empty() { p.muted { "Nothing sent yet." } }
+                @else {
+                    table {
+                        thead { tr { th { "Event" } th { "State" } th { "Attempts" } th { "When" } th { "Error" } } }
+                        tbody {
+                            @for d in &e.deliveries {
+                                tr {
+                                    td data-label="Event" { (d.event_id) }
+                                    td data-label="State" {
+                                        span class=(match d.state.as_str() { "delivered" => "state state-good", "failed" => "state state-bad", _ => "state state-wait" }) { (d.state) }
+                                    }
+                                    td data-label="Attempts" { (d.attempts) }
+                                    td data-label="When" {
+                                        @match (d.state.as_str(), d.done_at.as_deref()) {
+                                            ("pending", _) => { "next " @if let Some(t) = at(&d.next_at) { (t) } }
+                                            (_, Some(done)) => { @if let Some(t) = at(done) { (t) } }
+                                            _ => {}
+                                        }
+                                    }
+                                    td data-label="Error" { (d.last_error.clone().unwrap_or_default()) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Page(
+        StatusCode::OK,
+        layout::page("Webhooks", Some(&chrome), Section::Admin, None, body),
     )
 }
 

@@ -49,6 +49,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/audit", get(admin::audit))
         .route("/admin/audit.jsonl", get(admin::audit_export))
         .route("/admin/inventory", get(governance::inventory))
+        .route("/admin/webhooks", get(admin::webhooks))
         .route(
             "/admin/compliance",
             get(governance::compliance).post(governance::run_now),
