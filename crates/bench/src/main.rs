@@ -13,6 +13,7 @@ mod posture;
 mod replicas;
 mod review;
 mod sync;
+mod webhooks;
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -229,6 +230,14 @@ fn main() -> Result<()> {
                 arg(4, 2_000)?,
             ))?
         }
+        "webhooks" => {
+            let events = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(2_000);
+            tokio::runtime::Runtime::new()?.block_on(webhooks::run(events))?
+        }
         "review" => {
             let users = std::env::args()
                 .nth(2)
@@ -284,7 +293,7 @@ fn main() -> Result<()> {
         }
         _ => {
             bail!(
-                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] | sync [USERS DEVICES RULES] | review [USERS] \
+                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] | sync [USERS DEVICES RULES] | review [USERS] | webhooks [EVENTS] \
                  | expiry [COUNT] [SPREAD_SECONDS] \
                  | failover [KILLS] | throughput [SECONDS]"
             )

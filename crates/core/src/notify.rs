@@ -145,9 +145,14 @@ impl Service {
             .collect()
             .await;
         let mut round = Round::default();
-        for (d, outcome) in outcomes {
-            let attempt = self.attempt(&d, outcome, &mut round);
-            self.store().record_attempt(&attempt).await?;
+        let attempts: Vec<Attempt> = outcomes
+            .into_iter()
+            .map(|(d, outcome)| self.attempt(&d, outcome, &mut round))
+            .collect();
+        // Recorded together: the store commits concurrent writes at once.
+        let recorded = attempts.iter().map(|a| self.store().record_attempt(a));
+        for result in futures_util::future::join_all(recorded).await {
+            result?;
         }
         Ok(round)
     }
