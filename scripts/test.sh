@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/pyenv
-if ! "$venv/bin/python" -c "import tailscale" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import tailscale, aiosmtpd" 2>/dev/null; then
   mkdir -p target
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "tailscale==1.0.0"
+  # The PyPI `tailscale` client (the emulator's compatibility test) and aiosmtpd (a real SMTP
+  # server for the e-mail tests).
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "tailscale==1.0.0" "aiosmtpd==1.4.6"
 fi
 export TIDEGATE_PYTHON="$PWD/$venv/bin/python"
 # A real OpenID Provider (oidc-provider from npm) for the web UI's sign-in test.

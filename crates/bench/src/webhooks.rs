@@ -96,7 +96,8 @@ pub async fn run(count: usize) -> Result<Value> {
         })
         .collect();
     let svc = service(&dir, "fanout", &hooks).await?;
-    let sender = tidegate_server::outbound::WebhookSender::new(svc.config(), Arc::new(SystemClock));
+    let sender = tidegate_server::outbound::Outbound::new(svc.config(), Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
     svc.fan_out().await?; // the cursor starts at the log's end
     events(&svc, count).await?;
     let started = Instant::now();
@@ -117,8 +118,8 @@ pub async fn run(count: usize) -> Result<Value> {
         "[[webhook]]\nname = \"down\"\nurl = \"{url}/hook/0\"\nsecret = \"s\"\nevents = [\"*\"]\n"
     );
     let backlog = service(&dir, "backlog", &hook).await?;
-    let sender =
-        tidegate_server::outbound::WebhookSender::new(backlog.config(), Arc::new(SystemClock));
+    let sender = tidegate_server::outbound::Outbound::new(backlog.config(), Arc::new(SystemClock))
+        .map_err(anyhow::Error::msg)?;
     backlog.fan_out().await?;
     events(&backlog, BACKLOG).await?;
     let rss_before = crate::peak_rss_mb()?;

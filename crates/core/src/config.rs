@@ -54,6 +54,47 @@ struct RawConfig {
     review_schedules: Vec<RawReviewSchedule>,
     #[serde(default, rename = "webhook")]
     webhooks: Vec<RawWebhook>,
+    email: Option<RawEmail>,
+    #[serde(default)]
+    notifications: RawNotifications,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmail {
+    smtp_url: String,
+    from: String,
+    starttls: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifications {
+    remind_before_expiry: Option<Span>,
+}
+
+/// `[email]`: approvers are mailed new requests, requesters decisions and reminders.
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    /// `smtp://host:port` (STARTTLS when offered, or always with `starttls = "required"`) or
+    /// `smtps://host:port` (TLS from the start).
+    pub host: String,
+    pub port: u16,
+    pub implicit_tls: bool,
+    pub starttls_required: bool,
+    pub from: String,
+    pub credentials: Option<(String, Secret)>,
+}
+
+/// `[notifications]`.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationSettings {
+    /// Requesters are reminded this long before their access ends.
+    pub remind_before_expiry: Option<Span>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -467,6 +508,8 @@ pub struct Config {
     pub role_rules: Vec<RoleRule>,
     pub review_schedules: Vec<ReviewSchedule>,
     pub webhooks: Vec<WebhookSettings>,
+    pub email: Option<EmailSettings>,
+    pub notifications: NotificationSettings,
 }
 
 /// Resolves a `[tailnet]` secret (see [`secret_in`]).
@@ -881,6 +924,78 @@ impl Config {
                 events,
             });
         }
+        let email = match &raw.email {
+            None => None,
+            Some(e) => {
+                let (scheme, rest) = e.smtp_url.split_once("://").unwrap_or(("", ""));
+                let implicit_tls = match scheme {
+                    "smtp" => false,
+                    "smtps" => true,
+                    _ => {
+                        return Err(invalid(format!(
+                            "[email] smtp_url {:?}: write smtp://HOST:PORT (STARTTLS) or smtps://HOST:PORT (TLS)",
+                            e.smtp_url
+                        )));
+                    }
+                };
+                let rest = rest.trim_end_matches('/');
+                let (host, port) = match rest.rsplit_once(':') {
+                    Some((h, p)) => (
+                        h,
+                        p.parse::<u16>().map_err(|_| {
+                            invalid(format!("[email] smtp_url: port {p:?} is not a number"))
+                        })?,
+                    ),
+                    None => (rest, if implicit_tls { 465 } else { 587 }),
+                };
+                if host.is_empty() || host.contains(['/', '@', ' ']) {
+                    return Err(invalid(format!(
+                        "[email] smtp_url {:?}: no host (credentials go in username and password_env)",
+                        e.smtp_url
+                    )));
+                }
+                let starttls_required = match e.starttls.as_deref() {
+                    None | Some("opportunistic") => false,
+                    Some("required") => true,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "[email] starttls = {other:?}: write \"required\" or \"opportunistic\""
+                        )));
+                    }
+                };
+                let from = e.from.trim();
+                if !from.contains('@') || from.chars().any(|c| c.is_control()) {
+                    return Err(invalid(format!(
+                        "[email] from {from:?} is not an e-mail address"
+                    )));
+                }
+                let password = secret_in(
+                    "[email]",
+                    "password",
+                    e.password.as_ref(),
+                    e.password_env.as_ref(),
+                    e.password_file.as_ref(),
+                )
+                .map_err(invalid)?;
+                let credentials = match (&e.username, password) {
+                    (Some(u), Some(p)) => Some((u.clone(), p)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "[email] give both username and a password (password_env or password_file), or neither".into(),
+                        ));
+                    }
+                };
+                Some(EmailSettings {
+                    host: host.to_owned(),
+                    port,
+                    implicit_tls,
+                    starttls_required,
+                    from: from.to_owned(),
+                    credentials,
+                })
+            }
+        };
         let webhook_secret = secret(
             "webhook_secret",
             raw.tailnet.webhook_secret.as_ref(),
@@ -911,6 +1026,10 @@ impl Config {
             role_rules: raw.role_rules.clone(),
             review_schedules,
             webhooks,
+            email,
+            notifications: NotificationSettings {
+                remind_before_expiry: raw.notifications.remind_before_expiry,
+            },
             audit_head_interval: raw.audit.head_interval.unwrap_or(Span::minutes(5)),
             requests_visible,
             roles,

@@ -5,9 +5,11 @@
 //! nothing) and sends what is due, each retried with backoff for a day. How a delivery reaches
 //! its channel (HTTP, SMTP) is not core's business: a [`Sender`] does it.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::audit::AuditEntry;
+use crate::request::Request;
 use crate::service::{Service, ServiceError};
 use crate::store::{Attempt, Delivery, NewDelivery};
 use crate::time_text;
@@ -50,6 +52,118 @@ pub fn event(entry: &AuditEntry, request: Option<Value>) -> Value {
     })
 }
 
+/// An e-mail as tidegate decides it: to whom, the subject, its paragraphs, and a link. The
+/// sender renders it as plain text and HTML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub paragraphs: Vec<String>,
+    /// (label, URL): the page where the reader acts.
+    pub link: Option<(String, String)>,
+}
+
+/// The e-mails one event sends: a new request to its approvers, a decision to the requester,
+/// a reminder before access ends. The login is the address mailed.
+pub fn mails(
+    entry: &AuditEntry,
+    request: Option<&Request>,
+    config: &crate::config::Config,
+    dir: &crate::entitlement::Directory,
+    now: time::OffsetDateTime,
+) -> Vec<Mail> {
+    let Some(r) = request else {
+        return Vec::new();
+    };
+    let base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    let page = format!("{}/requests/{}", base.trim_end_matches('/'), r.id);
+    let detail: Value = serde_json::from_str(&entry.detail).unwrap_or(Value::Null);
+    let mail = |to: &str, subject: String, paragraphs: Vec<String>, label: &str| Mail {
+        to: to.to_owned(),
+        subject,
+        paragraphs,
+        link: Some((label.to_owned(), page.clone())),
+    };
+    match entry.action.as_str() {
+        // Only while it waits: an auto-approved or break-glass request needs nobody.
+        "request.created" if r.state == crate::request::State::Pending => {
+            let Some(e) = config.entitlement(&r.entitlement) else {
+                return Vec::new();
+            };
+            let mut paragraphs = vec![format!(
+                "{} asks for {} for {}.",
+                r.requester, r.entitlement, r.duration
+            )];
+            if !r.reason.is_empty() {
+                paragraphs.push(format!("Reason: {}", r.reason));
+            }
+            paragraphs.push(format!(
+                "It lapses at {} if nobody decides.",
+                time_text(r.pending_until)
+            ));
+            dir.roles
+                .keys()
+                .filter(|login| login.contains('@'))
+                .filter(|login| e.self_approval || **login != r.requester)
+                .filter(|login| dir.matches_any(&e.approvers, login))
+                .map(|login| {
+                    mail(
+                        login,
+                        format!(
+                            "{} requests {} for {}",
+                            r.requester, r.entitlement, r.duration
+                        ),
+                        paragraphs.clone(),
+                        "Approve or deny",
+                    )
+                })
+                .collect()
+        }
+        "request.approved" => vec![mail(
+            &r.requester,
+            format!("Approved: {}", r.entitlement),
+            vec![format!(
+                "{} approved your request for {} ({}). tidegate is applying it.",
+                entry.actor, r.entitlement, r.duration
+            )],
+            "Your request",
+        )],
+        "request.denied" => {
+            let comment = detail["comment"].as_str().unwrap_or_default();
+            let mut paragraphs = vec![format!(
+                "{} denied your request for {}.",
+                entry.actor, r.entitlement
+            )];
+            if !comment.is_empty() {
+                paragraphs.push(format!("Their comment: {comment}"));
+            }
+            vec![mail(
+                &r.requester,
+                format!("Denied: {}", r.entitlement),
+                paragraphs,
+                "Your request",
+            )]
+        }
+        "grant.expiring" => {
+            let ends = r.expires_at.unwrap_or(now);
+            vec![mail(
+                &r.requester,
+                format!("{} ends {}", r.entitlement, crate::relative(ends, now)),
+                vec![format!(
+                    "Your {} access ends at {}. If you need longer, ask for more time before then.",
+                    r.entitlement,
+                    time_text(ends)
+                )],
+                "More time",
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// What one round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Round {
@@ -61,7 +175,7 @@ pub struct Round {
 impl Service {
     /// Whether anything is configured to hear about events.
     pub fn notifies(&self) -> bool {
-        !self.config().webhooks.is_empty()
+        !self.config().webhooks.is_empty() || self.config().email.is_some()
     }
 
     /// Turns audit entries after the cursor into deliveries for every channel that wants
@@ -84,6 +198,11 @@ impl Service {
             return Ok(0);
         };
         let now = time_text(self.now());
+        let clock_now = self.now();
+        let dir = match self.config().email {
+            Some(_) => Some(self.directory().await?),
+            None => None,
+        };
         let mut deliveries = Vec::new();
         for entry in &entries {
             let wanted: Vec<String> = self
@@ -93,26 +212,41 @@ impl Service {
                 .filter(|w| w.wants(&entry.action))
                 .map(|w| format!("webhook:{}", w.name))
                 .collect();
-            if wanted.is_empty() {
+            let mailing = dir.is_some()
+                && matches!(
+                    entry.action.as_str(),
+                    "request.created" | "request.approved" | "request.denied" | "grant.expiring"
+                );
+            if wanted.is_empty() && !mailing {
                 continue;
             }
             let request = match &entry.request {
-                Some(id) => self
-                    .store()
-                    .request(id)
-                    .await?
-                    .and_then(|r| serde_json::to_value(r).ok()),
+                Some(id) => self.store().request(id).await?,
                 None => None,
             };
-            let payload = event(entry, request).to_string();
-            for channel in wanted {
-                deliveries.push(NewDelivery {
-                    channel,
-                    event_id: format!("evt_{}", entry.seq),
-                    payload: payload.clone(),
-                    created_at: now.clone(),
-                    next_at: now.clone(),
-                });
+            if !wanted.is_empty() {
+                let value = request.as_ref().and_then(|r| serde_json::to_value(r).ok());
+                let payload = event(entry, value).to_string();
+                for channel in wanted {
+                    deliveries.push(NewDelivery {
+                        channel,
+                        event_id: format!("evt_{}", entry.seq),
+                        payload: payload.clone(),
+                        created_at: now.clone(),
+                        next_at: now.clone(),
+                    });
+                }
+            }
+            if let Some(dir) = dir.as_deref().filter(|_| mailing) {
+                for mail in mails(entry, request.as_ref(), self.config(), dir, clock_now) {
+                    deliveries.push(NewDelivery {
+                        channel: "email".into(),
+                        event_id: format!("evt_{}:{}", entry.seq, mail.to),
+                        payload: serde_json::to_string(&mail).unwrap_or_default(),
+                        created_at: now.clone(),
+                        next_at: now.clone(),
+                    });
+                }
             }
         }
         // Queued before the cursor moves: after a crash between the two, the same events are
@@ -199,8 +333,52 @@ impl Service {
         }
     }
 
-    /// One round of the leader's notifier: new events queued, due deliveries sent.
+    /// `[notifications] remind_before_expiry`: each active grant ending within that time gets a
+    /// `grant.expiring` event once per end time (an extension moves the end, and reminds
+    /// again). Claimed in the store, so one reminder even across replicas and restarts.
+    pub async fn remind_expiring(&self) -> Result<usize, ServiceError> {
+        let Some(before) = self.config().notifications.remind_before_expiry else {
+            return Ok(0);
+        };
+        let now = crate::now(self.clock().as_ref());
+        let soon = self
+            .store()
+            .requests(&crate::store::RequestFilter {
+                states: vec![crate::request::State::Active],
+                due_before: Some(now + before.to_time()),
+                ..Default::default()
+            })
+            .await?;
+        let at = time_text(now);
+        let mut reminded = 0;
+        for r in soon {
+            let Some(ends) = r.expires_at.filter(|e| *e > now) else {
+                continue;
+            };
+            let key = format!("reminded:{}:{}", r.id, time_text(ends));
+            if !self.store().claim_state(&key, &at, &at).await? {
+                continue;
+            }
+            self.store()
+                .append_audit(&[crate::audit::NewAuditEntry {
+                    at: at.clone(),
+                    actor: crate::request::SYSTEM.to_owned(),
+                    action: "grant.expiring".into(),
+                    request: Some(r.id.clone()),
+                    detail: json!({"expires_at": time_text(ends), "requester": r.requester})
+                        .to_string(),
+                }])
+                .await?;
+            tracing::info!(request = %r.id, requester = %r.requester, expires_at = %time_text(ends), "grant.expiring");
+            reminded += 1;
+        }
+        Ok(reminded)
+    }
+
+    /// One round of the leader's notifier: reminders due, new events queued, due deliveries
+    /// sent.
     pub async fn notify_round(&self, sender: &dyn Sender) -> Result<Round, ServiceError> {
+        self.remind_expiring().await?;
         let mut queued = 0;
         // Catch up on a backlog before sending, a batch at a time.
         loop {

@@ -4,6 +4,7 @@
 pub mod evidence;
 mod jwt;
 pub mod machine;
+pub mod mail;
 mod metrics;
 mod openapi;
 pub mod outbound;

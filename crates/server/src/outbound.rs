@@ -1,7 +1,7 @@
-//! Outbound webhooks: each delivery POSTed as JSON to its `[[webhook]]` endpoint, signed
+//! Outbound deliveries. Webhooks: each delivery POSTed as JSON to its `[[webhook]]` endpoint, signed
 //! `Tidegate-Signature: t=UNIX,v1=HEX(HMAC-SHA256(secret, "UNIX.BODY"))` so the receiver can
 //! check it came from tidegate and is fresh; `GET /api/webhooks` is each endpoint's delivery
-//! log.
+//! log. E-mail goes through [`crate::mail`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,16 +37,24 @@ struct Endpoint {
     secret: Secret,
 }
 
-/// Sends deliveries of the `webhook:<name>` channels.
-pub struct WebhookSender {
+/// Sends deliveries: the `webhook:<name>` channels over HTTP, `email` over SMTP.
+pub struct Outbound {
     http: reqwest::Client,
     endpoints: BTreeMap<String, Endpoint>,
+    mailer: Option<crate::mail::Mailer>,
     clock: Arc<dyn Clock>,
 }
 
-impl WebhookSender {
-    pub fn new(config: &Config, clock: Arc<dyn Clock>) -> WebhookSender {
-        WebhookSender {
+impl Outbound {
+    /// The senders the config asks for; an `[email]` whose TLS cannot be set up is an error.
+    pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Result<Outbound, String> {
+        let mailer = config
+            .email
+            .as_ref()
+            .map(crate::mail::Mailer::new)
+            .transpose()?;
+        Ok(Outbound {
+            mailer,
             http: reqwest::Client::builder()
                 .timeout(TIMEOUT)
                 .user_agent(concat!("tidegate/", env!("CARGO_PKG_VERSION")))
@@ -66,13 +74,22 @@ impl WebhookSender {
                 })
                 .collect(),
             clock,
-        }
+        })
     }
 }
 
 #[async_trait::async_trait]
-impl tidegate_core::notify::Sender for WebhookSender {
+impl tidegate_core::notify::Sender for Outbound {
     async fn send(&self, channel: &str, payload: &str) -> Result<(), String> {
+        if channel == "email" {
+            let mailer = self
+                .mailer
+                .as_ref()
+                .ok_or("[email] is no longer configured")?;
+            let mail: tidegate_core::notify::Mail = serde_json::from_str(payload)
+                .map_err(|e| format!("a stored mail does not read: {e}"))?;
+            return mailer.send(&mail).await;
+        }
         let endpoint = self
             .endpoints
             .get(channel)
@@ -122,7 +139,7 @@ pub(crate) async fn list(
     Ok(Json(json!({ "webhooks": endpoints(&app, 50).await? })))
 }
 
-/// Each endpoint with its last `limit` deliveries.
+/// Each endpoint (and e-mail, when configured) with its last `limit` deliveries.
 pub(crate) async fn endpoints(
     app: &AppState,
     limit: usize,
@@ -137,6 +154,27 @@ pub(crate) async fn endpoints(
             events: w.events.clone(),
             pending: pending.get(&channel).copied().unwrap_or(0),
             deliveries: app.service.store().deliveries(&channel, limit).await?,
+        });
+    }
+    if let Some(email) = &app.service.config().email {
+        out.push(EndpointLog {
+            name: "email".into(),
+            url: format!(
+                "{}://{}:{}",
+                if email.implicit_tls { "smtps" } else { "smtp" },
+                email.host,
+                email.port
+            ),
+            events: [
+                "request.created",
+                "request.approved",
+                "request.denied",
+                "grant.expiring",
+            ]
+            .map(String::from)
+            .to_vec(),
+            pending: pending.get("email").copied().unwrap_or(0),
+            deliveries: app.service.store().deliveries("email", limit).await?,
         });
     }
     Ok(out)

@@ -251,3 +251,221 @@ fn a_request_s_life_reaches_a_webhook_signed_and_retried() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// A real SMTP server (Python's aiosmtpd, installed by scripts/test.sh) on loopback: the
+/// messages it accepted, parsed from its JSON lines. `refuse` first messages get a 451.
+struct Smtp {
+    port: u16,
+    child: std::process::Child,
+    messages: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Smtp {
+    fn start(refuse: usize) -> Option<Smtp> {
+        let Some(python) = std::env::var_os("TIDEGATE_PYTHON") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "TIDEGATE_PYTHON is not set: run the tests with scripts/test.sh"
+            );
+            eprintln!("skipped: TIDEGATE_PYTHON is not set (scripts/test.sh sets it)");
+            return None;
+        };
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new(python)
+            .arg(crate::repo().join("tests/smtp/sink.py"))
+            .args([port.to_string(), refuse.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "READY");
+        let messages: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let keep = messages.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                keep.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&line).unwrap());
+            }
+        });
+        Some(Smtp {
+            port,
+            child,
+            messages,
+        })
+    }
+
+    /// (to, subject, whole message) of each message accepted.
+    fn mails(&self) -> Vec<(String, String, String)> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let data = m["data"].as_str().unwrap().to_owned();
+                let subject = data
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: "))
+                    .unwrap_or_default()
+                    .to_owned();
+                (m["to"][0].as_str().unwrap().to_owned(), subject, data)
+            })
+            .collect()
+    }
+
+    fn wait_for(&self, what: &str, done: impl Fn(&[(String, String, String)]) -> bool) {
+        for _ in 0..250 {
+            if done(&self.mails()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}: {:#?}", self.mails());
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mail_deployment(name: &str, smtp: &Smtp, extra: &str) -> Deployment {
+    let port = smtp.port;
+    let extra = extra.to_owned();
+    Deployment::new(name, move |t| {
+        let t = t.replace(
+            "[tailnet]",
+            "public_url = \"https://tidegate.example.com\"\n\n[tailnet]",
+        );
+        format!(
+            "{t}\n[email]\nsmtp_url = \"smtp://127.0.0.1:{port}\"\nfrom = \"tidegate@example.com\"\n{extra}\n\
+             [notifications]\nremind_before_expiry = \"10m\"\n"
+        )
+    })
+}
+
+/// Approvers are mailed a new request with a link to it (the first attempt refused by the
+/// server and retried), the requester the approval and a reminder before the access ends, a
+/// denied requester the comment; plain text and HTML.
+#[test]
+fn approvers_and_requesters_are_mailed() {
+    let Some(smtp) = Smtp::start(1) else { return };
+    let d = mail_deployment("mail", &smtp, "");
+    let mut server = d.serve();
+    let (carol, alice, bob, dave) = (
+        d.token("carol@example.com"),
+        d.token("alice@example.com"),
+        d.token("bob@example.com"),
+        d.token("dave@example.com"),
+    );
+    let r = d.cli(
+        &carol,
+        &["request", "prod-ssh", "--for", "5m", "--reason", "INC-11"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    let asks = "carol@example.com requests prod-ssh for 5m";
+    smtp.wait_for("both approvers mailed", |m| {
+        m.iter().filter(|(_, s, _)| s == asks).count() == 2
+    });
+    let mails = smtp.mails();
+    let mut approvers: Vec<&str> = mails
+        .iter()
+        .filter(|(_, s, _)| s == asks)
+        .map(|(to, _, _)| to.as_str())
+        .collect();
+    approvers.sort();
+    assert_eq!(approvers, ["alice@example.com", "bob@example.com"]);
+    let (_, _, data) = mails.iter().find(|(_, s, _)| s == asks).unwrap();
+    assert!(
+        data.contains(&format!("https://tidegate.example.com/requests/{id}")),
+        "{data}"
+    );
+    assert!(
+        data.contains("multipart/alternative")
+            && data.contains("text/plain")
+            && data.contains("text/html")
+    );
+    assert!(
+        data.contains("From: tidegate <tidegate@example.com>"),
+        "{data}"
+    );
+    assert!(data.contains("INC-11"));
+
+    d.cli(&alice, &["approve", &id]);
+    smtp.wait_for("the approval and the reminder", |m| {
+        m.iter()
+            .any(|(to, s, _)| to == "carol@example.com" && s == "Approved: prod-ssh")
+            && m.iter()
+                .any(|(to, s, _)| to == "carol@example.com" && s.starts_with("prod-ssh ends in"))
+    });
+
+    let r = d.cli(
+        &dave,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "curious"],
+    );
+    let denied = r["id"].as_str().unwrap().to_owned();
+    d.cli(&bob, &["deny", &denied, "--comment", "use staging"]);
+    smtp.wait_for("the denial", |m| {
+        m.iter().any(|(to, s, data)| {
+            to == "dave@example.com" && s == "Denied: prod-ssh" && data.contains("use staging")
+        })
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// `starttls = "required"` against a server that offers no STARTTLS: nothing is sent in the
+/// clear; the delivery log says why, and it is retried.
+#[test]
+fn required_starttls_is_never_skipped() {
+    let Some(smtp) = Smtp::start(0) else { return };
+    let d = mail_deployment("mail-tls", &smtp, "starttls = \"required\"");
+    let mut server = d.serve();
+    let (carol, alice) = (d.token("carol@example.com"), d.token("alice@example.com"));
+    d.cli(
+        &carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-12"],
+    );
+    let mut email = Value::Null;
+    wait_until("a refused delivery", || {
+        let log: Value = reqwest::blocking::Client::new()
+            .get(format!("{}/api/webhooks", d.server_url()))
+            .bearer_auth(&alice)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        email = log["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "email")
+            .cloned()
+            .unwrap();
+        email["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["last_error"].is_string())
+    });
+    let failed = &email["deliveries"][0];
+    assert_eq!(failed["state"], "pending", "retried: {email:#}");
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("tls"),
+        "{failed}"
+    );
+    assert!(smtp.mails().is_empty(), "nothing sent in the clear");
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -39,7 +39,7 @@ pub(super) async fn require_auditor<'v>(
 pub(super) fn tabs(current: &str) -> Markup {
     html! {
         nav.tabs aria-label="Admin" {
-            @for (href, label) in [("/admin", "Who has access"), ("/admin/break-glass", "Break-glass"), ("/admin/audit", "Audit log"), ("/admin/inventory", "Inventory"), ("/admin/compliance", "Compliance"), ("/admin/webhooks", "Webhooks"), ("/reviews", "Access reviews")] {
+            @for (href, label) in [("/admin", "Who has access"), ("/admin/break-glass", "Break-glass"), ("/admin/audit", "Audit log"), ("/admin/inventory", "Inventory"), ("/admin/compliance", "Compliance"), ("/admin/webhooks", "Deliveries"), ("/reviews", "Access reviews")] {
                 a href=(href) aria-current=[(href == current).then_some("page")] { (label) }
             }
         }
@@ -338,7 +338,8 @@ pub async fn break_glass(
     )
 }
 
-/// `/admin/webhooks`: each endpoint, what it hears, what waits, its last deliveries.
+/// `/admin/webhooks`: each webhook endpoint and e-mail, what it hears, what waits, its last
+/// deliveries.
 pub async fn webhooks(State(app): State<AppState>, viewer: Viewer) -> Page {
     if let Err(page) = require_auditor(&app, &viewer).await {
         return page;
@@ -352,7 +353,7 @@ pub async fn webhooks(State(app): State<AppState>, viewer: Viewer) -> Page {
     let body = html! {
         (tabs("/admin/webhooks"))
         @if endpoints.is_empty() {
-            p.empty { "No webhook is configured: add a [[webhook]] to the config to send events to other systems." }
+            p.empty { "Nothing is configured to hear about events: add a [[webhook]] or [email] to the config." }
         }
         @for e in &endpoints {
             section.card aria-labelledby=(format!("hook-{}", e.name)) {
@@ -388,7 +389,7 @@ pub async fn webhooks(State(app): State<AppState>, viewer: Viewer) -> Page {
     };
     Page(
         StatusCode::OK,
-        layout::page("Webhooks", Some(&chrome), Section::Admin, None, body),
+        layout::page("Deliveries", Some(&chrome), Section::Admin, None, body),
     )
 }
 
