@@ -110,10 +110,10 @@ pub async fn start(
         .leader_lock()
         .await
         .map_err(|e| Failure::Usage(format!("leader lock: {e}")))?;
-    let sender = Arc::new(
-        tidegate_server::outbound::Outbound::new(&config, clock.clone()).map_err(Failure::Usage)?,
-    );
+    let outbound =
+        tidegate_server::outbound::Outbound::new(&config, clock.clone()).map_err(Failure::Usage)?;
     let service = Arc::new(Service::new(Arc::new(config), store, tailnet, clock));
+    let sender = Arc::new(outbound.with_slack(service.clone()));
     let metrics = Arc::new(Metrics::default());
     let reconciler = Arc::new(
         Reconciler::new(service.clone())

@@ -20,6 +20,8 @@ pub enum Via {
     WebSession,
     /// The command line on the server, with the config file (an operator).
     Local,
+    /// A Slack user mapped to their login (a linked account, or their Slack e-mail).
+    Slack,
 }
 
 /// A resolved caller: a tailnet user, and what tidegate knows of their roles.

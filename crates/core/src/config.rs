@@ -57,6 +57,38 @@ struct RawConfig {
     email: Option<RawEmail>,
     #[serde(default)]
     notifications: RawNotifications,
+    slack: Option<RawSlack>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    bot_token: Option<String>,
+    bot_token_env: Option<String>,
+    bot_token_file: Option<PathBuf>,
+    signing_secret: Option<String>,
+    signing_secret_env: Option<String>,
+    signing_secret_file: Option<PathBuf>,
+    api_url: Option<String>,
+    approvals_channel: Option<String>,
+    announce_channel: Option<String>,
+    verify_identity: Option<bool>,
+}
+
+/// `[slack]`: requests and approvals in Slack (an app over HTTPS request URLs).
+#[derive(Debug, Clone)]
+pub struct SlackSettings {
+    pub bot_token: Secret,
+    pub signing_secret: Secret,
+    /// `https://slack.com/api` (a stand-in's URL in tests).
+    pub api_url: String,
+    /// One post there per request to approve; without it, a DM to each eligible approver.
+    pub approvals_channel: Option<String>,
+    /// Break-glass grants are announced there.
+    pub announce_channel: Option<String>,
+    /// A Slack user acts as a tailnet login only after linking it once through a sign-in link
+    /// (so an e-mail edited in Slack cannot approve as someone else).
+    pub verify_identity: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -510,6 +542,7 @@ pub struct Config {
     pub webhooks: Vec<WebhookSettings>,
     pub email: Option<EmailSettings>,
     pub notifications: NotificationSettings,
+    pub slack: Option<SlackSettings>,
 }
 
 /// Resolves a `[tailnet]` secret (see [`secret_in`]).
@@ -996,6 +1029,57 @@ impl Config {
                 })
             }
         };
+        let slack = match &raw.slack {
+            None => None,
+            Some(s) => {
+                let need = |what: &str, found: Option<Secret>| {
+                    found.ok_or_else(|| {
+                        invalid(format!("[slack] give {what}, {what}_env or {what}_file"))
+                    })
+                };
+                let bot_token = need(
+                    "bot_token",
+                    secret_in(
+                        "[slack]",
+                        "bot_token",
+                        s.bot_token.as_ref(),
+                        s.bot_token_env.as_ref(),
+                        s.bot_token_file.as_ref(),
+                    )
+                    .map_err(invalid)?,
+                )?;
+                let signing_secret = need(
+                    "signing_secret",
+                    secret_in(
+                        "[slack]",
+                        "signing_secret",
+                        s.signing_secret.as_ref(),
+                        s.signing_secret_env.as_ref(),
+                        s.signing_secret_file.as_ref(),
+                    )
+                    .map_err(invalid)?,
+                )?;
+                let api_url = s
+                    .api_url
+                    .clone()
+                    .unwrap_or_else(|| "https://slack.com/api".to_owned())
+                    .trim_end_matches('/')
+                    .to_owned();
+                if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                    return Err(invalid(format!(
+                        "[slack] api_url {api_url:?} is not an http(s) URL"
+                    )));
+                }
+                Some(SlackSettings {
+                    bot_token,
+                    signing_secret,
+                    api_url,
+                    approvals_channel: s.approvals_channel.clone(),
+                    announce_channel: s.announce_channel.clone(),
+                    verify_identity: s.verify_identity.unwrap_or(true),
+                })
+            }
+        };
         let webhook_secret = secret(
             "webhook_secret",
             raw.tailnet.webhook_secret.as_ref(),
@@ -1027,6 +1111,7 @@ impl Config {
             review_schedules,
             webhooks,
             email,
+            slack,
             notifications: NotificationSettings {
                 remind_before_expiry: raw.notifications.remind_before_expiry,
             },

@@ -164,6 +164,25 @@ pub fn mails(
     }
 }
 
+/// The events Slack hears about: approvers' messages are posted and updated in place as the
+/// request moves; requesters get DMs; break-glass is announced.
+const SLACK_EVENTS: &[&str] = &[
+    "request.created",
+    "request.approval",
+    "request.approved",
+    "request.auto_approved",
+    "request.denied",
+    "request.cancelled",
+    "request.lapsed",
+    "request.break_glass",
+    "grant.applied",
+    "grant.failed",
+    "grant.expiring",
+    "grant.expired",
+    "grant.revoked",
+    "grant.dropped",
+];
+
 /// What one round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Round {
@@ -175,7 +194,9 @@ pub struct Round {
 impl Service {
     /// Whether anything is configured to hear about events.
     pub fn notifies(&self) -> bool {
-        !self.config().webhooks.is_empty() || self.config().email.is_some()
+        !self.config().webhooks.is_empty()
+            || self.config().email.is_some()
+            || self.config().slack.is_some()
     }
 
     /// Turns audit entries after the cursor into deliveries for every channel that wants
@@ -217,16 +238,27 @@ impl Service {
                     entry.action.as_str(),
                     "request.created" | "request.approved" | "request.denied" | "grant.expiring"
                 );
-            if wanted.is_empty() && !mailing {
+            let slacking =
+                self.config().slack.is_some() && SLACK_EVENTS.contains(&entry.action.as_str());
+            if wanted.is_empty() && !mailing && !slacking {
                 continue;
             }
             let request = match &entry.request {
                 Some(id) => self.store().request(id).await?,
                 None => None,
             };
-            if !wanted.is_empty() {
+            if !wanted.is_empty() || slacking {
                 let value = request.as_ref().and_then(|r| serde_json::to_value(r).ok());
                 let payload = event(entry, value).to_string();
+                if slacking {
+                    deliveries.push(NewDelivery {
+                        channel: "slack".into(),
+                        event_id: format!("evt_{}", entry.seq),
+                        payload: payload.clone(),
+                        created_at: now.clone(),
+                        next_at: now.clone(),
+                    });
+                }
                 for channel in wanted {
                     deliveries.push(NewDelivery {
                         channel,

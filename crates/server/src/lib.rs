@@ -10,6 +10,7 @@ mod openapi;
 pub mod outbound;
 mod reviews;
 mod scim;
+pub mod slack;
 pub mod tokens;
 pub mod web;
 mod webhooks;
@@ -674,6 +675,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/inventory/{kind}", get(inventory))
         .route("/api/checks", get(checks).post(run_checks))
         .route("/webhooks/tailscale", post(webhooks::tailscale))
+        .route("/slack/commands", post(slack::commands))
+        .route("/slack/interactions", post(slack::interactions))
         .route("/api/break-glass", get(break_glass))
         .route("/api/webhooks", get(outbound::list))
         .route("/api/reviews", get(reviews::list).post(reviews::create))

@@ -42,6 +42,7 @@ pub struct Outbound {
     http: reqwest::Client,
     endpoints: BTreeMap<String, Endpoint>,
     mailer: Option<crate::mail::Mailer>,
+    slack: Option<crate::slack::SlackSender>,
     clock: Arc<dyn Clock>,
 }
 
@@ -55,6 +56,7 @@ impl Outbound {
             .transpose()?;
         Ok(Outbound {
             mailer,
+            slack: None,
             http: reqwest::Client::builder()
                 .timeout(TIMEOUT)
                 .user_agent(concat!("tidegate/", env!("CARGO_PKG_VERSION")))
@@ -78,9 +80,25 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Also sends the `slack` channel (when `[slack]` is configured): it reads requests and
+    /// the directory through the service.
+    pub fn with_slack(mut self, service: Arc<tidegate_core::service::Service>) -> Outbound {
+        self.slack = crate::slack::SlackSender::new(service);
+        self
+    }
+}
+
 #[async_trait::async_trait]
 impl tidegate_core::notify::Sender for Outbound {
     async fn send(&self, channel: &str, payload: &str) -> Result<(), String> {
+        if channel == "slack" {
+            let slack = self
+                .slack
+                .as_ref()
+                .ok_or("[slack] is no longer configured")?;
+            return slack.send(payload).await;
+        }
         if channel == "email" {
             let mailer = self
                 .mailer

@@ -11,6 +11,7 @@ mod logs;
 mod machine;
 mod notify;
 mod reviews;
+mod slack;
 mod web;
 
 use std::path::{Path, PathBuf};

@@ -59,6 +59,7 @@ pub fn router() -> Router<AppState> {
         .route("/reviews/{id}/decide", post(reviews::decide))
         .route("/reviews/{id}/close", post(reviews::close))
         .route("/reviews/{id}/export/{file}", get(reviews::export))
+        .route("/slack/link", get(crate::slack::link))
         .route("/login", get(login::page).post(login::submit))
         .route("/login/oidc", get(oidc::start))
         .route("/login/oidc/callback", get(oidc::callback))
