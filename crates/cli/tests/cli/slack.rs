@@ -239,9 +239,14 @@ fn form(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
+/// A button click; each carries its own `action_ts`, as Slack's do (so two clicks in one
+/// second are not one request replayed).
 fn click(user: &str, action: &str, request: &str) -> Value {
+    static CLICKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CLICKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     json!({
         "type": "block_actions",
+        "action_ts": format!("{}.{n:06}", now()),
         "user": {"id": user},
         "trigger_id": "trigger-2",
         "channel": {"id": format!("D{user}")},
@@ -476,6 +481,53 @@ fn requests_and_approvals_in_slack() {
             p["channel"] == "C0SECURITY" && p["text"].as_str().unwrap().contains("outage INC-43")
         })
     });
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// `verify_identity` (the default): a Slack user acts only after linking their account once
+/// through a sign-in link, whatever e-mail their Slack profile shows.
+#[test]
+fn a_slack_account_is_linked_before_it_approves() {
+    let slack = SlackApi::start();
+    let api_url = slack.url.clone();
+    let d = Deployment::new("slack-link", move |t| {
+        format!(
+            "{t}\n[auth]\ntrusted_proxy = [\"127.0.0.1\"]\n\n[slack]\nbot_token = \"{BOT_TOKEN}\"\n\
+             signing_secret = \"{SIGNING_SECRET}\"\napi_url = \"{api_url}\"\n"
+        )
+    });
+    let mut server = d.serve();
+    let app = App {
+        base: d.server_url(),
+        http: reqwest::blocking::Client::new(),
+    };
+    let carol = d.token("carol@example.com");
+    let r = d.cli(&carol, &["request", "prod-ssh", "--for", "1h", "--reason", "INC-50"]);
+    let id = r["id"].as_str().unwrap().to_owned();
+
+    assert_eq!(app.interaction(click("U_ALICE", "tidegate_approve", &id)).0, 200);
+    let told = slack.calls("chat.postEphemeral").last().unwrap().clone();
+    let text = told["text"].as_str().unwrap();
+    assert!(text.contains("link your Slack account"), "{text}");
+    assert_eq!(d.cli(&carol, &["show", &id])["state"], "pending", "not before linking");
+    let at = text.find("/slack/link?token=").unwrap();
+    let path = text[at..].split_whitespace().next().unwrap().to_owned();
+
+    // Alice opens it signed in (here through `tailscale serve`'s header).
+    let mut web = crate::web::Browser::new(&d.server_url());
+    web.get_with(
+        &format!("/login?next={}", path.replace('?', "%3F").replace('=', "%3D")),
+        &[("Tailscale-User-Login", "alice@example.com")],
+    );
+    let (status, page) = web.get(&path);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("now acts as alice@example.com"), "{page}");
+    let (status, _) = web.get(&path);
+    assert_eq!(status, 400, "a link works once");
+
+    assert_eq!(app.interaction(click("U_ALICE", "tidegate_approve", &id)).0, 200);
+    wait_until("approved", || d.cli(&carol, &["show", &id])["state"] != "pending");
     let _ = server.kill();
     let _ = server.wait();
 }
