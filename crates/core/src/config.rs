@@ -107,6 +107,10 @@ struct RawEmail {
 #[serde(deny_unknown_fields)]
 struct RawNotifications {
     remind_before_expiry: Option<Span>,
+    remind_approvers_after: Option<Span>,
+    escalate_after: Option<Span>,
+    #[serde(default)]
+    escalate_to: Vec<String>,
 }
 
 /// `[email]`: approvers are mailed new requests, requesters decisions and reminders.
@@ -123,10 +127,15 @@ pub struct EmailSettings {
 }
 
 /// `[notifications]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NotificationSettings {
     /// Requesters are reminded this long before their access ends.
     pub remind_before_expiry: Option<Span>,
+    /// Approvers are reminded of a request still waiting after this long (default 30 min).
+    pub remind_approvers_after: Span,
+    /// A request still waiting after this long goes to `escalate_to` as well.
+    pub escalate_after: Option<Span>,
+    pub escalate_to: Vec<crate::entitlement::Selector>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1080,6 +1089,11 @@ impl Config {
                 })
             }
         };
+        if raw.notifications.escalate_after.is_some() && raw.notifications.escalate_to.is_empty() {
+            return Err(invalid(
+                "[notifications] escalate_after needs escalate_to: who hears of requests still waiting".into(),
+            ));
+        }
         let webhook_secret = secret(
             "webhook_secret",
             raw.tailnet.webhook_secret.as_ref(),
@@ -1114,6 +1128,20 @@ impl Config {
             slack,
             notifications: NotificationSettings {
                 remind_before_expiry: raw.notifications.remind_before_expiry,
+                remind_approvers_after: raw
+                    .notifications
+                    .remind_approvers_after
+                    .unwrap_or(Span::minutes(30)),
+                escalate_after: raw.notifications.escalate_after,
+                escalate_to: raw
+                    .notifications
+                    .escalate_to
+                    .iter()
+                    .map(|s| {
+                        s.parse()
+                            .map_err(|e| invalid(format!("[notifications] escalate_to: {e}")))
+                    })
+                    .collect::<Result<_, _>>()?,
             },
             audit_head_interval: raw.audit.head_interval.unwrap_or(Span::minutes(5)),
             requests_visible,

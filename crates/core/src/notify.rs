@@ -122,6 +122,60 @@ pub fn mails(
                 })
                 .collect()
         }
+        "request.reminder" | "request.escalated" if r.state == crate::request::State::Pending => {
+            let escalated = entry.action == "request.escalated";
+            let to: Vec<String> = if escalated {
+                detail["to"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            } else {
+                let Some(e) = config.entitlement(&r.entitlement) else {
+                    return Vec::new();
+                };
+                dir.roles
+                    .keys()
+                    .filter(|login| e.self_approval || **login != r.requester)
+                    .filter(|login| dir.matches_any(&e.approvers, login))
+                    .cloned()
+                    .collect()
+            };
+            let subject = format!(
+                "{}: {} requests {} for {}",
+                if escalated {
+                    "Escalated"
+                } else {
+                    "Still waiting"
+                },
+                r.requester,
+                r.entitlement,
+                r.duration
+            );
+            let paragraphs = vec![
+                format!(
+                    "{} asked for {} for {} at {} and nobody has decided yet.",
+                    r.requester,
+                    r.entitlement,
+                    r.duration,
+                    time_text(r.created_at)
+                ),
+                format!("Reason: {}", r.reason),
+                format!("It lapses at {}.", time_text(r.pending_until)),
+            ];
+            to.iter()
+                .filter(|login| login.contains('@'))
+                .map(|login| {
+                    mail(
+                        login,
+                        subject.clone(),
+                        paragraphs.clone(),
+                        "Approve or deny",
+                    )
+                })
+                .collect()
+        }
         "request.approved" => vec![mail(
             &r.requester,
             format!("Approved: {}", r.entitlement),
@@ -168,6 +222,8 @@ pub fn mails(
 /// request moves; requesters get DMs; break-glass is announced.
 const SLACK_EVENTS: &[&str] = &[
     "request.created",
+    "request.reminder",
+    "request.escalated",
     "request.approval",
     "request.approved",
     "request.auto_approved",
@@ -236,7 +292,12 @@ impl Service {
             let mailing = dir.is_some()
                 && matches!(
                     entry.action.as_str(),
-                    "request.created" | "request.approved" | "request.denied" | "grant.expiring"
+                    "request.created"
+                        | "request.reminder"
+                        | "request.escalated"
+                        | "request.approved"
+                        | "request.denied"
+                        | "grant.expiring"
                 );
             let slacking =
                 self.config().slack.is_some() && SLACK_EVENTS.contains(&entry.action.as_str());
@@ -407,10 +468,95 @@ impl Service {
         Ok(reminded)
     }
 
+    /// Requests still waiting: their approvers are reminded once after
+    /// `remind_approvers_after` (`request.reminder`), and `escalate_to` hears of them after
+    /// `escalate_after` (`request.escalated`). Looked at every few seconds; each claimed in the
+    /// store, so once across replicas and restarts.
+    pub async fn remind_approvers(&self) -> Result<usize, ServiceError> {
+        const EVERY: time::Duration = time::Duration::seconds(5);
+        let now = crate::now(self.clock().as_ref());
+        {
+            let mut last = match self.pending_scanned.lock() {
+                Ok(l) => l,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if last.is_some_and(|t| now - t < EVERY) {
+                return Ok(0);
+            }
+            *last = Some(now);
+        }
+        let n = &self.config().notifications;
+        let pending = self
+            .store()
+            .requests(&crate::store::RequestFilter {
+                states: vec![crate::request::State::Pending],
+                ..Default::default()
+            })
+            .await?;
+        let at = time_text(now);
+        let mut events = Vec::new();
+        let dir = if n.escalate_after.is_some() {
+            Some(self.directory().await?)
+        } else {
+            None
+        };
+        for r in pending {
+            let waited = now - r.created_at;
+            if waited >= n.remind_approvers_after.to_time()
+                && self
+                    .store()
+                    .claim_state(&format!("reminded-approvers:{}", r.id), &at, &at)
+                    .await?
+            {
+                events.push((
+                    r.id.clone(),
+                    "request.reminder",
+                    json!({"waiting_seconds": waited.whole_seconds()}),
+                ));
+            }
+            if let (Some(after), Some(dir)) = (n.escalate_after, dir.as_deref())
+                && waited >= after.to_time()
+                && self
+                    .store()
+                    .claim_state(&format!("escalated:{}", r.id), &at, &at)
+                    .await?
+            {
+                let to: Vec<&String> = dir
+                    .roles
+                    .keys()
+                    .filter(|l| dir.matches_any(&n.escalate_to, l) && **l != r.requester)
+                    .collect();
+                events.push((
+                    r.id.clone(),
+                    "request.escalated",
+                    json!({"to": to, "waiting_seconds": waited.whole_seconds()}),
+                ));
+            }
+        }
+        let entries: Vec<crate::audit::NewAuditEntry> = events
+            .into_iter()
+            .map(|(id, action, detail)| {
+                tracing::info!(request = %id, "{action}");
+                crate::audit::NewAuditEntry {
+                    at: at.clone(),
+                    actor: crate::request::SYSTEM.to_owned(),
+                    action: action.to_owned(),
+                    request: Some(id),
+                    detail: detail.to_string(),
+                }
+            })
+            .collect();
+        if !entries.is_empty() {
+            self.store().append_audit(&entries).await?;
+        }
+        Ok(entries.len())
+    }
+
     /// One round of the leader's notifier: reminders due, new events queued, due deliveries
     /// sent.
     pub async fn notify_round(&self, sender: &dyn Sender) -> Result<Round, ServiceError> {
         self.remind_expiring().await?;
+        self.remind_approvers().await?;
         let mut queued = 0;
         // Catch up on a backlog before sending, a batch at a time.
         loop {

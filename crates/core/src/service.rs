@@ -60,6 +60,8 @@ pub struct Service {
     live: Mutex<Option<(time::OffsetDateTime, Arc<Live>)>>,
     /// An inventory sync is wanted before its schedule (a Tailscale webhook arrived).
     inventory_wanted: std::sync::atomic::AtomicBool,
+    /// When the notifier last looked for pending requests to remind or escalate.
+    pub(crate) pending_scanned: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 /// Audit entries for events, stamped with the clock's time.
@@ -168,6 +170,7 @@ impl Service {
             wake: Arc::new(Notify::new()),
             live: Mutex::new(None),
             inventory_wanted: std::sync::atomic::AtomicBool::new(false),
+            pending_scanned: std::sync::Mutex::new(None),
         }
     }
 

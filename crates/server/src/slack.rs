@@ -744,8 +744,26 @@ impl SlackSender {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no request {id}"))?;
+        let pending = r.state == RequestState::Pending;
         match kind {
-            "request.created" if r.state == RequestState::Pending => self.ask_approvers(&r).await?,
+            "request.created" if pending => {
+                let targets = self.approver_targets(&r, "").await?;
+                self.ask(&r, targets, None).await?
+            }
+            "request.reminder" if pending => {
+                let targets = self.approver_targets(&r, "reminder:").await?;
+                self.ask(&r, targets, Some("Still waiting")).await?
+            }
+            "request.escalated" if pending => {
+                let targets = event["detail"]["to"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                    .map(|l| (format!("escalated:{l}"), Some(l.to_owned())))
+                    .collect();
+                self.ask(&r, targets, Some("Escalated to you")).await?
+            }
             "request.break_glass" => {
                 if let Some(channel) = &self.settings.announce_channel {
                     let text = format!(
@@ -759,7 +777,10 @@ impl SlackSender {
             }
             _ => {}
         }
-        if kind != "request.created" {
+        if !matches!(
+            kind,
+            "request.created" | "request.reminder" | "request.escalated"
+        ) {
             self.update_approvers(&r).await?;
         }
         if let Some(text) = requester_text(kind, &r, &event) {
@@ -797,25 +818,47 @@ impl SlackSender {
             .unwrap_or_default())
     }
 
-    async fn ask_approvers(&self, r: &Request) -> Result<(), String> {
-        let mut posted = self.messages(&r.id).await?;
-        let (text, blocks) = self.approval_message(r).await;
-        let targets: Vec<(String, Option<String>)> = match &self.settings.approvals_channel {
-            Some(channel) => vec![(channel.clone(), None)],
+    /// Where the approvers' messages go: the approvals channel, or each approver's DM; keyed
+    /// by `prefix` and the login (or the channel).
+    async fn approver_targets(
+        &self,
+        r: &Request,
+        prefix: &str,
+    ) -> Result<Vec<(String, Option<String>)>, String> {
+        Ok(match &self.settings.approvals_channel {
+            Some(channel) => vec![(format!("{prefix}{channel}"), None)],
             None => self
                 .approvers(r)
                 .await?
                 .into_iter()
-                .map(|login| (login.clone(), Some(login)))
+                .map(|login| (format!("{prefix}{login}"), Some(login)))
                 .collect(),
-        };
+        })
+    }
+
+    /// Posts the approval message (headed by `headline`, if any) to each target not yet
+    /// posted to, and keeps where, to update it as the request moves.
+    async fn ask(
+        &self,
+        r: &Request,
+        targets: Vec<(String, Option<String>)>,
+        headline: Option<&str>,
+    ) -> Result<(), String> {
+        let mut posted = self.messages(&r.id).await?;
+        let (mut text, mut blocks) = self.approval_message(r).await;
+        if let Some(h) = headline {
+            text = format!("{h}: {text}");
+            if let Value::Array(b) = &mut blocks {
+                b.insert(0, section(&format!("*{h}*")));
+            }
+        }
         for (key, login) in targets {
             // Posted already (a retry after a partial failure): not again.
             if posted.contains_key(&key) {
                 continue;
             }
             let target = match &login {
-                None => key.clone(),
+                None => self.settings.approvals_channel.clone().unwrap_or_default(),
                 Some(login) => match self.api.user_by_email(login).await? {
                     Some(user) => user,
                     None => {

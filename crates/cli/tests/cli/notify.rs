@@ -469,3 +469,42 @@ fn required_starttls_is_never_skipped() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// A request nobody decides: its approvers are reminded after `remind_approvers_after`, and
+/// `escalate_to` is mailed after `escalate_after`; once each.
+#[test]
+fn waiting_requests_are_reminded_and_escalated() {
+    let Some(smtp) = Smtp::start(0) else { return };
+    let d = mail_deployment("mail-remind", &smtp, "");
+    // The reminders' settings go in the [notifications] the deployment already has.
+    let text = std::fs::read_to_string(&d.config).unwrap().replace(
+        "remind_before_expiry = \"10m\"",
+        "remind_before_expiry = \"10m\"\nremind_approvers_after = \"1s\"\nescalate_after = \"2s\"\nescalate_to = [\"dave@example.com\"]",
+    );
+    std::fs::write(&d.config, text).unwrap();
+    let mut server = d.serve();
+    let carol = d.token("carol@example.com");
+    d.cli(
+        &carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-13"],
+    );
+    smtp.wait_for("the reminders and the escalation", |m| {
+        let still: Vec<&String> = m
+            .iter()
+            .filter(|(_, s, _)| s.starts_with("Still waiting: carol@example.com requests prod-ssh"))
+            .map(|(to, _, _)| to)
+            .collect();
+        still.len() == 2
+            && m.iter()
+                .any(|(to, s, _)| to == "dave@example.com" && s.starts_with("Escalated: "))
+    });
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let reminders = smtp
+        .mails()
+        .iter()
+        .filter(|(_, s, _)| s.starts_with("Still waiting") || s.starts_with("Escalated"))
+        .count();
+    assert_eq!(reminders, 3, "once each");
+    let _ = server.kill();
+    let _ = server.wait();
+}

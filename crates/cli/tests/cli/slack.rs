@@ -503,21 +503,34 @@ fn a_slack_account_is_linked_before_it_approves() {
         http: reqwest::blocking::Client::new(),
     };
     let carol = d.token("carol@example.com");
-    let r = d.cli(&carol, &["request", "prod-ssh", "--for", "1h", "--reason", "INC-50"]);
+    let r = d.cli(
+        &carol,
+        &["request", "prod-ssh", "--for", "1h", "--reason", "INC-50"],
+    );
     let id = r["id"].as_str().unwrap().to_owned();
 
-    assert_eq!(app.interaction(click("U_ALICE", "tidegate_approve", &id)).0, 200);
+    assert_eq!(
+        app.interaction(click("U_ALICE", "tidegate_approve", &id)).0,
+        200
+    );
     let told = slack.calls("chat.postEphemeral").last().unwrap().clone();
     let text = told["text"].as_str().unwrap();
     assert!(text.contains("link your Slack account"), "{text}");
-    assert_eq!(d.cli(&carol, &["show", &id])["state"], "pending", "not before linking");
+    assert_eq!(
+        d.cli(&carol, &["show", &id])["state"],
+        "pending",
+        "not before linking"
+    );
     let at = text.find("/slack/link?token=").unwrap();
     let path = text[at..].split_whitespace().next().unwrap().to_owned();
 
     // Alice opens it signed in (here through `tailscale serve`'s header).
     let mut web = crate::web::Browser::new(&d.server_url());
     web.get_with(
-        &format!("/login?next={}", path.replace('?', "%3F").replace('=', "%3D")),
+        &format!(
+            "/login?next={}",
+            path.replace('?', "%3F").replace('=', "%3D")
+        ),
         &[("Tailscale-User-Login", "alice@example.com")],
     );
     let (status, page) = web.get(&path);
@@ -526,8 +539,13 @@ fn a_slack_account_is_linked_before_it_approves() {
     let (status, _) = web.get(&path);
     assert_eq!(status, 400, "a link works once");
 
-    assert_eq!(app.interaction(click("U_ALICE", "tidegate_approve", &id)).0, 200);
-    wait_until("approved", || d.cli(&carol, &["show", &id])["state"] != "pending");
+    assert_eq!(
+        app.interaction(click("U_ALICE", "tidegate_approve", &id)).0,
+        200
+    );
+    wait_until("approved", || {
+        d.cli(&carol, &["show", &id])["state"] != "pending"
+    });
     let _ = server.kill();
     let _ = server.wait();
 }
