@@ -163,7 +163,10 @@ fn summary(
     }))
 }
 
-async fn emulator(grants: usize, latency: Duration) -> Result<emulator::RunningEmulator> {
+pub(crate) async fn emulator(
+    grants: usize,
+    latency: Duration,
+) -> Result<emulator::RunningEmulator> {
     let state = emulator::State::from_json(&state(grants), tailnet::Clock::now(&SystemClock))?;
     let options = emulator::Options {
         latency,
@@ -172,7 +175,7 @@ async fn emulator(grants: usize, latency: Duration) -> Result<emulator::RunningE
     Ok(emulator::start(state, options).await?)
 }
 
-fn client(url: &str) -> Result<Arc<dyn Tailnet>> {
+pub(crate) fn client(url: &str) -> Result<Arc<dyn Tailnet>> {
     Ok(Arc::new(ApiClient::new(ApiConfig::new(
         url,
         Credentials::ApiToken(Secret::new(TOKEN)),

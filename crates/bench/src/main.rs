@@ -12,6 +12,7 @@ mod pages;
 mod posture;
 mod replicas;
 mod review;
+mod slack;
 mod sync;
 mod webhooks;
 
@@ -230,6 +231,14 @@ fn main() -> Result<()> {
                 arg(4, 2_000)?,
             ))?
         }
+        "slack" => {
+            let clicks = std::env::args()
+                .nth(2)
+                .map(|n| n.parse())
+                .transpose()?
+                .unwrap_or(50);
+            tokio::runtime::Runtime::new()?.block_on(slack::run(clicks))?
+        }
         "webhooks" => {
             let events = std::env::args()
                 .nth(2)
@@ -293,7 +302,7 @@ fn main() -> Result<()> {
         }
         _ => {
             bail!(
-                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] | sync [USERS DEVICES RULES] | review [USERS] | webhooks [EVENTS] \
+                "usage: tidegate-bench policy | grants [COUNT] | posture [COUNT] | machine [COUNT] | pages [RUNS] | sync [USERS DEVICES RULES] | review [USERS] | webhooks [EVENTS] | slack [CLICKS] \
                  | expiry [COUNT] [SPREAD_SECONDS] \
                  | failover [KILLS] | throughput [SECONDS]"
             )
