@@ -234,6 +234,7 @@ const SLACK_EVENTS: &[&str] = &[
     "grant.applied",
     "grant.failed",
     "grant.expiring",
+    "grant.overdue",
     "grant.expired",
     "grant.revoked",
     "grant.dropped",
@@ -530,6 +531,28 @@ impl Service {
                     r.id.clone(),
                     "request.escalated",
                     json!({"to": to, "waiting_seconds": waited.whole_seconds()}),
+                ));
+            }
+        }
+        // Access still in the tailnet a minute past its end: announced once (`grant.overdue`).
+        let overdue = self
+            .store()
+            .requests(&crate::store::RequestFilter {
+                overdue_at: Some(now - time::Duration::minutes(1)),
+                ..Default::default()
+            })
+            .await?;
+        for r in overdue {
+            if self
+                .store()
+                .claim_state(&format!("announced-overdue:{}", r.id), &at, &at)
+                .await?
+            {
+                let ends = r.access_ends_at().map(time_text);
+                events.push((
+                    r.id.clone(),
+                    "grant.overdue",
+                    json!({"access_ended_at": ends}),
                 ));
             }
         }

@@ -197,10 +197,31 @@ pub async fn verify(
         .claim_state(&format!("slack:seen:{timestamp}:{signature}"), &at, &at)
         .await
         .map_err(|e| format!("cannot record the request: {e}"))?;
-    if fresh {
-        Ok(())
-    } else {
-        Err("replayed: this request was already handled".into())
+    if !fresh {
+        return Err("replayed: this request was already handled".into());
+    }
+    // Now and then the cache forgets what is too old to be replayed anyway.
+    if rand::random::<u8>() == 0 {
+        forget_old_requests(service).await;
+    }
+    Ok(())
+}
+
+/// Drops replay records past the five-minute window (a stale timestamp is refused anyway).
+async fn forget_old_requests(service: &Service) {
+    let limit = service.now().unix_timestamp() - 2 * MAX_SKEW_SECONDS;
+    let Ok(seen) = service.store().states("slack:seen:").await else {
+        return;
+    };
+    for (key, _) in seen {
+        let ts = key
+            .trim_start_matches("slack:seen:")
+            .split(':')
+            .next()
+            .and_then(|t| t.parse::<i64>().ok());
+        if ts.is_some_and(|t| t < limit) {
+            let _ = service.store().delete_state(&key).await;
+        }
     }
 }
 
@@ -764,6 +785,22 @@ impl SlackSender {
                     .collect();
                 self.ask(&r, targets, Some("Escalated to you")).await?
             }
+            "grant.overdue" => {
+                if let Some(channel) = &self.settings.announce_channel {
+                    let text = format!(
+                        ":warning: Overdue: {}'s {} access ({}) should have ended at {} and is not yet verified gone; tidegate keeps retrying.",
+                        r.requester,
+                        r.entitlement,
+                        r.id,
+                        event["detail"]["access_ended_at"]
+                            .as_str()
+                            .unwrap_or_default()
+                    );
+                    self.api
+                        .post(Target::Channel(channel), &text, json!([section(&text)]))
+                        .await?;
+                }
+            }
             "request.break_glass" => {
                 if let Some(channel) = &self.settings.announce_channel {
                     let text = format!(
@@ -859,7 +896,7 @@ impl SlackSender {
             }
             let target = match &login {
                 None => self.settings.approvals_channel.clone().unwrap_or_default(),
-                Some(login) => match self.api.user_by_email(login).await? {
+                Some(login) => match self.slack_user(login).await? {
                     Some(user) => user,
                     None => {
                         tracing::debug!(login, "slack: approver not in Slack");
@@ -980,8 +1017,28 @@ impl SlackSender {
         (text, Value::Array(blocks))
     }
 
+    /// A login's Slack user: looked up by the login, then by each directory e-mail whose
+    /// alias is that login.
+    async fn slack_user(&self, login: &str) -> Result<Option<String>, String> {
+        let mut emails = vec![login.to_owned()];
+        if let Some(d) = &self.service.config().directory {
+            emails.extend(
+                d.aliases
+                    .iter()
+                    .filter(|(_, to)| to.eq_ignore_ascii_case(login))
+                    .map(|(from, _)| from.clone()),
+            );
+        }
+        for email in emails {
+            if let Some(user) = self.api.user_by_email(&email).await? {
+                return Ok(Some(user));
+            }
+        }
+        Ok(None)
+    }
+
     async fn tell_requester(&self, r: &Request, kind: &str, text: &str) -> Result<(), String> {
-        let Some(user) = self.api.user_by_email(&r.requester).await? else {
+        let Some(user) = self.slack_user(&r.requester).await? else {
             return Ok(());
         };
         let mut blocks = vec![section(text)];
