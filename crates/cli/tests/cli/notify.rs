@@ -336,9 +336,10 @@ impl Drop for Smtp {
     }
 }
 
-fn mail_deployment(name: &str, smtp: &Smtp, extra: &str) -> Deployment {
+/// With `extra` in `[email]` and `reminders` in `[notifications]`.
+fn mail_deployment(name: &str, smtp: &Smtp, extra: &str, reminders: &str) -> Deployment {
     let port = smtp.port;
-    let extra = extra.to_owned();
+    let (extra, reminders) = (extra.to_owned(), reminders.to_owned());
     Deployment::new(name, move |t| {
         let t = t.replace(
             "[tailnet]",
@@ -346,7 +347,7 @@ fn mail_deployment(name: &str, smtp: &Smtp, extra: &str) -> Deployment {
         );
         format!(
             "{t}\n[email]\nsmtp_url = \"smtp://127.0.0.1:{port}\"\nfrom = \"tidegate@example.com\"\n{extra}\n\
-             [notifications]\nremind_before_expiry = \"10m\"\n"
+             [notifications]\nremind_before_expiry = \"10m\"\n{reminders}\n"
         )
     })
 }
@@ -357,7 +358,7 @@ fn mail_deployment(name: &str, smtp: &Smtp, extra: &str) -> Deployment {
 #[test]
 fn approvers_and_requesters_are_mailed() {
     let Some(smtp) = Smtp::start(1) else { return };
-    let d = mail_deployment("mail", &smtp, "");
+    let d = mail_deployment("mail", &smtp, "", "");
     let mut server = d.serve();
     let (carol, alice, bob, dave) = (
         d.token("carol@example.com"),
@@ -426,7 +427,7 @@ fn approvers_and_requesters_are_mailed() {
 #[test]
 fn required_starttls_is_never_skipped() {
     let Some(smtp) = Smtp::start(0) else { return };
-    let d = mail_deployment("mail-tls", &smtp, "starttls = \"required\"");
+    let d = mail_deployment("mail-tls", &smtp, "starttls = \"required\"", "");
     let mut server = d.serve();
     let (carol, alice) = (d.token("carol@example.com"), d.token("alice@example.com"));
     d.cli(
@@ -475,13 +476,12 @@ fn required_starttls_is_never_skipped() {
 #[test]
 fn waiting_requests_are_reminded_and_escalated() {
     let Some(smtp) = Smtp::start(0) else { return };
-    let d = mail_deployment("mail-remind", &smtp, "");
-    // The reminders' settings go in the [notifications] the deployment already has.
-    let text = std::fs::read_to_string(&d.config).unwrap().replace(
-        "remind_before_expiry = \"10m\"",
-        "remind_before_expiry = \"10m\"\nremind_approvers_after = \"1s\"\nescalate_after = \"2s\"\nescalate_to = [\"dave@example.com\"]",
+    let d = mail_deployment(
+        "mail-remind",
+        &smtp,
+        "",
+        "remind_approvers_after = \"1s\"\nescalate_after = \"2s\"\nescalate_to = [\"dave@example.com\"]",
     );
-    std::fs::write(&d.config, text).unwrap();
     let mut server = d.serve();
     let carol = d.token("carol@example.com");
     d.cli(
