@@ -70,13 +70,13 @@ impl SlackApi {
         Self::answer(method, response).await
     }
 
-    /// Calls a read method with query parameters (Slack's `users.*` take no JSON body).
-    async fn get(&self, method: &str, query: &[(&str, &str)]) -> Result<Value, String> {
+    /// Calls a method with a form body: Slack's `users.*` methods take no JSON.
+    async fn form(&self, method: &str, fields: &[(&str, &str)]) -> Result<Value, String> {
         let response = self
             .http
-            .get(format!("{}/{method}", self.base))
+            .post(format!("{}/{method}", self.base))
             .bearer_auth(self.token.expose())
-            .query(query)
+            .form(fields)
             .send()
             .await
             .map_err(|e| format!("{method}: {}", e.without_url()))?;
@@ -101,7 +101,7 @@ impl SlackApi {
 
     /// The Slack user id of an e-mail address, if Slack has one.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<String>, String> {
-        match self.get("users.lookupByEmail", &[("email", email)]).await {
+        match self.form("users.lookupByEmail", &[("email", email)]).await {
             Ok(v) => Ok(v["user"]["id"].as_str().map(str::to_owned)),
             Err(e) if e.ends_with("users_not_found") => Ok(None),
             Err(e) => Err(e),
@@ -110,7 +110,7 @@ impl SlackApi {
 
     /// A Slack user's e-mail (`users.info`).
     pub async fn email_of(&self, user: &str) -> Result<Option<String>, String> {
-        let v = self.get("users.info", &[("user", user)]).await?;
+        let v = self.form("users.info", &[("user", user)]).await?;
         Ok(v["user"]["profile"]["email"]
             .as_str()
             .map(str::to_lowercase))

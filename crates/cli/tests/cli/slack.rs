@@ -107,25 +107,36 @@ impl SlackApi {
             calls.push((method, args));
             axum::Json(reply)
         };
-        let (get, post) = (handle.clone(), handle);
+        // Write methods get JSON, `users.*` a form body, as Slack takes them.
         let app = axum::Router::new().route(
             "/api/{method}",
-            axum::routing::get(
+            axum::routing::post(
                 move |axum::extract::Path(method): axum::extract::Path<String>,
                       headers: axum::http::HeaderMap,
-                      axum::extract::Query(q): axum::extract::Query<
-                    std::collections::BTreeMap<String, String>,
-                >| {
-                    let get = get.clone();
-                    async move { get(method, headers, json!(q)) }
-                },
-            )
-            .post(
-                move |axum::extract::Path(method): axum::extract::Path<String>,
-                      headers: axum::http::HeaderMap,
-                      axum::Json(body): axum::Json<Value>| {
-                    let post = post.clone();
-                    async move { post(method, headers, body) }
+                      body: axum::body::Bytes| {
+                    let handle = handle.clone();
+                    async move {
+                        let form = headers
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+                        let args: Value = if form {
+                            let pairs: std::collections::BTreeMap<String, String> =
+                                serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
+                                    .unwrap()
+                                    .into_iter()
+                                    .collect();
+                            json!(pairs)
+                        } else {
+                            serde_json::from_slice(&body).unwrap_or_else(|e| {
+                                panic!("{method}: the body is not JSON: {e}")
+                            })
+                        };
+                        if method.starts_with("users.") {
+                            assert!(form, "{method} takes a form body, not JSON");
+                        }
+                        handle(method, headers, args)
+                    }
                 },
             ),
         );
