@@ -128,9 +128,8 @@ impl SlackApi {
                                     .collect();
                             json!(pairs)
                         } else {
-                            serde_json::from_slice(&body).unwrap_or_else(|e| {
-                                panic!("{method}: the body is not JSON: {e}")
-                            })
+                            serde_json::from_slice(&body)
+                                .unwrap_or_else(|e| panic!("{method}: the body is not JSON: {e}"))
                         };
                         if method.starts_with("users.") {
                             assert!(form, "{method} takes a form body, not JSON");
@@ -281,7 +280,8 @@ fn requests_and_approvals_in_slack() {
     let d = Deployment::new("slack", move |t| {
         format!(
             "{t}\n[slack]\nbot_token = \"{BOT_TOKEN}\"\nsigning_secret = \"{SIGNING_SECRET}\"\n\
-             api_url = \"{api_url}\"\nannounce_channel = \"C0SECURITY\"\nverify_identity = false\n"
+             api_url = \"{api_url}\"\nannounce_channel = \"C0SECURITY\"\nverify_identity = false\n\n\
+             [notifications]\nremind_before_expiry = \"10m\"\n"
         )
     });
     let mut server = d.serve();
@@ -476,6 +476,38 @@ fn requests_and_approvals_in_slack() {
         assert_eq!(b["block_id"], b["element"]["action_id"]);
     }
 
+    // Ending soon: a DM with Extend; the click asks for more time.
+    let (_, answer) = app.command("U_DAVE", "request prod-ssh 5m quick fix");
+    let short = request_id(answer["text"].as_str().unwrap());
+    assert_eq!(
+        app.interaction(click("U_ALICE", "tidegate_approve", &short))
+            .0,
+        200
+    );
+    slack.wait_for("the reminder with Extend", |s| {
+        s.calls("chat.postMessage").iter().any(|p| {
+            p["channel"] == "DU_DAVE"
+                && p["blocks"]
+                    .to_string()
+                    .contains("\"action_id\":\"tidegate_extend\"")
+        })
+    });
+    assert_eq!(
+        app.interaction(click("U_DAVE", "tidegate_extend", &short))
+            .0,
+        200
+    );
+    let told = slack.calls("chat.postEphemeral").last().unwrap().clone();
+    assert!(
+        told["text"]
+            .as_str()
+            .unwrap()
+            .contains("more asked for prod-ssh"),
+        "{told}"
+    );
+    let shown = d.cli(&alice, &["show", &short]);
+    assert!(shown["extension"].is_object(), "{shown:#}");
+
     // Break-glass is announced.
     d.cli(
         &carol,
@@ -505,7 +537,7 @@ fn a_slack_account_is_linked_before_it_approves() {
     let d = Deployment::new("slack-link", move |t| {
         format!(
             "{t}\n[auth]\ntrusted_proxy = [\"127.0.0.1\"]\n\n[slack]\nbot_token = \"{BOT_TOKEN}\"\n\
-             signing_secret = \"{SIGNING_SECRET}\"\napi_url = \"{api_url}\"\n"
+             signing_secret = \"{SIGNING_SECRET}\"\napi_url = \"{api_url}\"\napprovals_channel = \"C0APPROVALS\"\n"
         )
     });
     let mut server = d.serve();
@@ -519,6 +551,14 @@ fn a_slack_account_is_linked_before_it_approves() {
         &["request", "prod-ssh", "--for", "1h", "--reason", "INC-50"],
     );
     let id = r["id"].as_str().unwrap().to_owned();
+    // With an approvals channel: one post there, no DMs.
+    slack.wait_for("the post to the approvals channel", |s| {
+        !s.calls("chat.postMessage").is_empty()
+    });
+    let posts = slack.calls("chat.postMessage");
+    assert_eq!(posts.len(), 1, "{posts:#?}");
+    assert_eq!(posts[0]["channel"], "C0APPROVALS");
+    assert!(slack.calls("conversations.open").is_empty());
 
     assert_eq!(
         app.interaction(click("U_ALICE", "tidegate_approve", &id)).0,
