@@ -1678,4 +1678,51 @@ pending_ttl = "1h"
         let twice = machine("").replace("name = \"ci\"", "name = \"prod-ssh\"");
         assert!(error(&twice).contains("already used"));
     }
+
+    /// Notification settings with what is wrong said, and where.
+    #[test]
+    fn notification_settings_say_what_is_wrong() {
+        let error = |extra: &str| {
+            Config::parse(&format!("{BASE}\n{extra}"), "t.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            error("[email]\nsmtp_url = \"imap://mail.example.com\"\nfrom = \"t@example.com\"")
+                .contains("write smtp://HOST:PORT")
+        );
+        assert!(
+            error("[email]\nsmtp_url = \"smtp://mail.example.com:25\"\nfrom = \"t@example.com\"\nusername = \"u\"")
+                .contains("give both username and a password")
+        );
+        assert!(
+            error("[[webhook]]\nurl = \"https://siem.example.com/h\"")
+                .contains("[[webhook]] \"webhook1\": give secret, secret_env or secret_file")
+        );
+        assert!(
+            error("[[webhook]]\nurl = \"ftp://x\"\nsecret = \"s\"")
+                .contains("is not an http(s) URL")
+        );
+        assert!(error("[slack]\nbot_token = \"xoxb-1\"").contains("[slack] give signing_secret"));
+        assert!(
+            error("[notifications]\nescalate_after = \"1h\"")
+                .contains("escalate_after needs escalate_to")
+        );
+        assert!(
+            error("[notifications]\nescalate_after = \"1h\"\nescalate_to = [\"nobody\"]")
+                .contains("escalate_to")
+        );
+        let ok = Config::parse(
+            &format!(
+                "{BASE}\n[email]\nsmtp_url = \"smtps://mail.example.com\"\nfrom = \"t@example.com\"\n\
+                 [[webhook]]\nurl = \"https://siem.example.com/h\"\nsecret = \"s\"\nevents = [\"grant.*\"]\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let email = ok.email.unwrap();
+        assert_eq!((email.port, email.implicit_tls), (465, true));
+        assert!(ok.webhooks[0].wants("grant.applied") && !ok.webhooks[0].wants("request.created"));
+        assert_eq!(ok.notifications.remind_approvers_after.as_secs(), 1800);
+    }
 }

@@ -73,6 +73,32 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             );
         }
     }
+    // The outbox: deliveries waiting, by channel (a growing number is an endpoint down).
+    if service.notifies()
+        && let Ok(pending) = service.store().pending_deliveries().await
+    {
+        family(
+            &mut out,
+            "tidegate_deliveries_pending",
+            "gauge",
+            "Deliveries (webhooks, e-mail, Slack) waiting to be sent or retried, by channel.",
+        );
+        let channels = service
+            .config()
+            .webhooks
+            .iter()
+            .map(|w| format!("webhook:{}", w.name))
+            .chain(service.config().email.as_ref().map(|_| "email".to_owned()))
+            .chain(service.config().slack.as_ref().map(|_| "slack".to_owned()));
+        for channel in channels {
+            let _ = writeln!(
+                out,
+                "tidegate_deliveries_pending{{channel=\"{}\"}} {}",
+                label(&channel),
+                pending.get(&channel).copied().unwrap_or(0)
+            );
+        }
+    }
     let store_up = match service.store().count_open_by_state().await {
         Ok(states) => {
             family(

@@ -197,6 +197,11 @@ fn a_request_s_life_reaches_a_webhook_signed_and_retried() {
         .unwrap()
         .status();
     assert_eq!(status, 403);
+    let metrics = crate::http_text(&format!("{}/metrics", d.server_url()));
+    assert!(
+        metrics.contains("tidegate_deliveries_pending{channel=\"webhook:siem\"} 0"),
+        "{metrics}"
+    );
     // The same log in the admin pages.
     let mut web = crate::web::Browser::new(&d.server_url());
     web.get_with(
