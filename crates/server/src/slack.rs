@@ -738,6 +738,9 @@ pub struct SlackSender {
     api: SlackApi,
     settings: SlackSettings,
     service: Arc<Service>,
+    /// One event at a time, in the order they come (the outbox sends several at once): a
+    /// message is posted before it is updated, "approved" is said before "active".
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl SlackSender {
@@ -747,11 +750,13 @@ impl SlackSender {
             api: SlackApi::new(&settings),
             settings,
             service,
+            turn: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Delivers one event: the approvers' messages posted or updated, the requester told.
     pub async fn send(&self, payload: &str) -> Result<(), String> {
+        let _turn = self.turn.lock().await;
         let event: Value = serde_json::from_str(payload)
             .map_err(|e| format!("a stored event does not read: {e}"))?;
         let kind = event["type"].as_str().unwrap_or_default();
