@@ -132,38 +132,29 @@ tags = [{}]
     }
     let decide_ms = crate::round(started.elapsed().as_secs_f64() * 1e3, 1);
     batch_times.sort();
-    let started = Instant::now();
-    let listed: Value = http
-        .get(format!("{url}/api/reviews"))
-        .bearer_auth(&admin)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let list_ms = crate::round(started.elapsed().as_secs_f64() * 1e3, 1);
+    let get = |path: String| {
+        let (http, url, admin) = (http.clone(), url.clone(), admin.clone());
+        async move {
+            let started = Instant::now();
+            let value: Value = http
+                .get(format!("{url}{path}"))
+                .bearer_auth(&admin)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            Ok::<_, anyhow::Error>((
+                value,
+                crate::round(started.elapsed().as_secs_f64() * 1e3, 1),
+            ))
+        }
+    };
+    let (listed, list_ms) = get("/api/reviews".into()).await?;
     anyhow::ensure!(listed["campaigns"].as_array().is_some_and(|c| c.len() == 1));
-    let started = Instant::now();
-    let shown: Value = http
-        .get(format!("{url}/api/reviews/{id}"))
-        .bearer_auth(&admin)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let show_ms = crate::round(started.elapsed().as_secs_f64() * 1e3, 1);
+    let (shown, show_ms) = get(format!("/api/reviews/{id}")).await?;
 
-    let started = Instant::now();
-    let export: Value = http
-        .get(format!("{url}/api/reviews/{id}/export?format=all"))
-        .bearer_auth(&admin)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let export_ms = crate::round(started.elapsed().as_secs_f64() * 1e3, 1);
+    let (export, export_ms) = get(format!("/api/reviews/{id}/export?format=all")).await?;
     let sizes: serde_json::Map<String, Value> = export["files"]
         .as_object()
         .context("no files")?

@@ -393,6 +393,22 @@ fn form(body: &[u8]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The Slack settings, once the request is verified as Slack's; else the answer (404 without
+/// `[slack]`, 401 for a request that is not Slack's).
+async fn checked(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<SlackSettings, Response> {
+    let Some(settings) = app.service.config().slack.clone() else {
+        return Err((StatusCode::NOT_FOUND, "Slack is not configured").into_response());
+    };
+    match verify(&settings, &app.service, headers, body).await {
+        Ok(()) => Ok(settings),
+        Err(why) => Err(unauthorized(&why)),
+    }
+}
+
 fn ephemeral(text: impl Into<String>) -> Response {
     Json(json!({"response_type": "ephemeral", "text": text.into()})).into_response()
 }
@@ -404,12 +420,10 @@ pub(crate) async fn commands(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(settings) = app.service.config().slack.clone() else {
-        return (StatusCode::NOT_FOUND, "Slack is not configured").into_response();
+    let settings = match checked(&app, &headers, &body).await {
+        Ok(settings) => settings,
+        Err(refused) => return refused,
     };
-    if let Err(why) = verify(&settings, &app.service, &headers, &body).await {
-        return unauthorized(&why);
-    }
     let f = form(&body);
     let field = |k: &str| f.get(k).cloned().unwrap_or_default();
     let actor = match actor_of(&app, &field("user_id")).await {
@@ -549,12 +563,10 @@ pub(crate) async fn interactions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(settings) = app.service.config().slack.clone() else {
-        return (StatusCode::NOT_FOUND, "Slack is not configured").into_response();
+    let settings = match checked(&app, &headers, &body).await {
+        Ok(settings) => settings,
+        Err(refused) => return refused,
     };
-    if let Err(why) = verify(&settings, &app.service, &headers, &body).await {
-        return unauthorized(&why);
-    }
     let f = form(&body);
     let Some(payload) = f
         .get("payload")
