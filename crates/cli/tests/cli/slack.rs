@@ -476,6 +476,38 @@ fn requests_and_approvals_in_slack() {
         assert_eq!(b["block_id"], b["element"]["action_id"]);
     }
 
+    // The modal's submission is a request.
+    let submit = json!({
+        "type": "view_submission",
+        "user": {"id": "U_CAROL"},
+        "view": {"callback_id": "tidegate_request", "state": {"values": {
+            "entitlement": {"entitlement": {"type": "static_select", "selected_option": {"value": "prod-db"}}},
+            "duration": {"duration": {"type": "plain_text_input", "value": "30m"}},
+            "reason": {"reason": {"type": "plain_text_input", "value": "from the modal"}},
+            "device": {"device": {"type": "plain_text_input", "value": null}},
+        }}},
+    });
+    assert_eq!(app.interaction(submit).0, 200);
+    let listed = d.cli(&carol, &["list", "--mine", "--entitlement", "prod-db"]);
+    let from_modal = &listed["requests"][0];
+    assert_eq!(from_modal["reason"], "from the modal", "{listed:#}");
+    assert_eq!(from_modal["duration"], "30m");
+    // A bad duration is shown on the modal's own field.
+    let bad = json!({
+        "type": "view_submission",
+        "user": {"id": "U_CAROL"},
+        "view": {"callback_id": "tidegate_request", "state": {"values": {
+            "entitlement": {"entitlement": {"selected_option": {"value": "prod-db"}}},
+            "duration": {"duration": {"value": "forever"}},
+            "reason": {"reason": {"value": "x"}},
+            "device": {"device": {"value": null}},
+        }}},
+    });
+    let (status, answer) = app.interaction(bad);
+    assert_eq!(status, 200);
+    assert_eq!(answer["response_action"], "errors");
+    assert!(answer["errors"]["duration"].is_string(), "{answer}");
+
     // Ending soon: a DM with Extend; the click asks for more time.
     let (_, answer) = app.command("U_DAVE", "request prod-ssh 5m quick fix");
     let short = request_id(answer["text"].as_str().unwrap());
