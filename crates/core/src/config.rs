@@ -111,6 +111,7 @@ struct RawNotifications {
     escalate_after: Option<Span>,
     #[serde(default)]
     escalate_to: Vec<String>,
+    remind_reviewers_before_due: Option<Span>,
 }
 
 /// `[email]`: approvers are mailed new requests, requesters decisions and reminders.
@@ -136,6 +137,9 @@ pub struct NotificationSettings {
     /// A request still waiting after this long goes to `escalate_to` as well.
     pub escalate_after: Option<Span>,
     pub escalate_to: Vec<crate::entitlement::Selector>,
+    /// Reviewers with undecided items are reminded once when their campaign is due this soon
+    /// (default 3 days).
+    pub remind_reviewers_before_due: Span,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1133,6 +1137,10 @@ impl Config {
                     .remind_approvers_after
                     .unwrap_or(Span::minutes(30)),
                 escalate_after: raw.notifications.escalate_after,
+                remind_reviewers_before_due: raw
+                    .notifications
+                    .remind_reviewers_before_due
+                    .unwrap_or(Span::seconds(3 * 86_400)),
                 escalate_to: raw
                     .notifications
                     .escalate_to

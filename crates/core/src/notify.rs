@@ -72,13 +72,16 @@ pub fn mails(
     dir: &crate::entitlement::Directory,
     now: time::OffsetDateTime,
 ) -> Vec<Mail> {
-    let Some(r) = request else {
-        return Vec::new();
-    };
     let base = config
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", config.listen));
+    if entry.action == "review.assigned" || entry.action == "review.reminder" {
+        return review_mails(entry, base.trim_end_matches('/'), dir);
+    }
+    let Some(r) = request else {
+        return Vec::new();
+    };
     let page = format!("{}/requests/{}", base.trim_end_matches('/'), r.id);
     let detail: Value = serde_json::from_str(&entry.detail).unwrap_or(Value::Null);
     let mail = |to: &str, subject: String, paragraphs: Vec<String>, label: &str| Mail {
@@ -238,7 +241,73 @@ const SLACK_EVENTS: &[&str] = &[
     "grant.expired",
     "grant.revoked",
     "grant.dropped",
+    "review.assigned",
+    "review.reminder",
 ];
+
+/// The logins a review item's reviewer stands for: the login, or everyone a selector
+/// (`group:security`, `role:admin`) selects.
+pub fn reviewer_logins(reviewer: &str, dir: &crate::entitlement::Directory) -> Vec<String> {
+    match reviewer.parse::<crate::entitlement::Selector>() {
+        Ok(crate::entitlement::Selector::Login(login)) => vec![login],
+        Ok(selector) => dir
+            .roles
+            .keys()
+            .filter(|l| dir.matches(&selector, l))
+            .cloned()
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// An access review's news for its reviewers: their share when it starts, a reminder when it
+/// is due soon.
+fn review_mails(entry: &AuditEntry, base: &str, dir: &crate::entitlement::Directory) -> Vec<Mail> {
+    let detail: Value = serde_json::from_str(&entry.detail).unwrap_or(Value::Null);
+    let (campaign, name) = (
+        detail["campaign"].as_str().unwrap_or_default(),
+        detail["name"].as_str().unwrap_or_default(),
+    );
+    let items = detail["items"].as_u64().unwrap_or(0);
+    let due = detail["due_at"].as_str().unwrap_or_default();
+    let reminder = entry.action == "review.reminder";
+    let subject = if reminder {
+        format!(
+            "Reminder: {items} access{} to review in {name}, due {due}",
+            if items == 1 { "" } else { "es" }
+        )
+    } else {
+        format!(
+            "{items} access{} to review: {name}",
+            if items == 1 { "" } else { "es" }
+        )
+    };
+    let paragraphs = vec![
+        format!(
+            "{} {items} {} in the access review {name}: keep or revoke each, with a reason.",
+            if reminder {
+                "Still undecided:"
+            } else {
+                "For you to review:"
+            },
+            if items == 1 { "access" } else { "accesses" }
+        ),
+        format!("It is due {due}; what is undecided then follows the campaign's rule."),
+    ];
+    reviewer_logins(detail["reviewer"].as_str().unwrap_or_default(), dir)
+        .into_iter()
+        .filter(|l| l.contains('@'))
+        .map(|to| Mail {
+            to,
+            subject: subject.clone(),
+            paragraphs: paragraphs.clone(),
+            link: Some((
+                "Review them".to_owned(),
+                format!("{base}/reviews/{campaign}?show=mine"),
+            )),
+        })
+        .collect()
+}
 
 /// What one round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -299,6 +368,8 @@ impl Service {
                         | "request.approved"
                         | "request.denied"
                         | "grant.expiring"
+                        | "review.assigned"
+                        | "review.reminder"
                 );
             let slacking =
                 self.config().slack.is_some() && SLACK_EVENTS.contains(&entry.action.as_str());

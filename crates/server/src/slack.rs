@@ -772,6 +772,9 @@ impl SlackSender {
         let event: Value = serde_json::from_str(payload)
             .map_err(|e| format!("a stored event does not read: {e}"))?;
         let kind = event["type"].as_str().unwrap_or_default();
+        if kind == "review.assigned" || kind == "review.reminder" {
+            return self.tell_reviewers(kind, &event["detail"]).await;
+        }
         let Some(id) = event["request"]["id"].as_str() else {
             return Ok(());
         };
@@ -1052,6 +1055,40 @@ impl SlackSender {
             }
         }
         Ok(None)
+    }
+
+    /// An access review's reviewers hear of their share, and are reminded when it is due soon.
+    async fn tell_reviewers(&self, kind: &str, detail: &Value) -> Result<(), String> {
+        let dir = self.service.directory().await.map_err(|e| e.to_string())?;
+        let base = self
+            .service
+            .config()
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.service.config().listen));
+        let text = format!(
+            "{} {} access{} to review in *{}* (due {}): <{}/reviews/{}?show=mine|review them>",
+            if kind == "review.reminder" {
+                "Reminder:"
+            } else {
+                "You have"
+            },
+            detail["items"],
+            if detail["items"] == 1 { "" } else { "es" },
+            detail["name"].as_str().unwrap_or_default(),
+            detail["due_at"].as_str().unwrap_or_default(),
+            base.trim_end_matches('/'),
+            detail["campaign"].as_str().unwrap_or_default(),
+        );
+        let reviewer = detail["reviewer"].as_str().unwrap_or_default();
+        for login in tidegate_core::notify::reviewer_logins(reviewer, &dir) {
+            if let Some(user) = self.slack_user(&login).await? {
+                self.api
+                    .post(Target::User(&user), &text, json!([section(&text)]))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn tell_requester(&self, r: &Request, kind: &str, text: &str) -> Result<(), String> {

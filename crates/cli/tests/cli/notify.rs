@@ -423,6 +423,28 @@ fn approvers_and_requesters_are_mailed() {
             to == "dave@example.com" && s == "Denied: prod-ssh" && data.contains("use staging")
         })
     });
+    // An access review's reviewer is mailed their share, with a link to it.
+    let campaign = d.cli(
+        &alice,
+        &[
+            "review",
+            "create",
+            "SRE",
+            "--scope",
+            "group:sre",
+            "--reviewer",
+            "carol@example.com",
+        ],
+    );
+    let review = campaign["id"].as_str().unwrap().to_owned();
+    smtp.wait_for("the reviewer's mail", |m| {
+        m.iter().any(|(to, s, data)| {
+            to == "carol@example.com"
+                && s == "2 accesses to review: SRE"
+                // (quoted-printable: the link's `=` is `=3D` in the message)
+                && data.contains(&format!("https://tidegate.example.com/reviews/{review}?show=3Dmine"))
+        })
+    });
     let _ = server.kill();
     let _ = server.wait();
 }

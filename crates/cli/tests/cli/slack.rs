@@ -540,6 +540,29 @@ fn requests_and_approvals_in_slack() {
     let shown = d.cli(&alice, &["show", &short]);
     assert!(shown["extension"].is_object(), "{shown:#}");
 
+    // An access review's reviewer gets a DM with their share.
+    d.cli(
+        &alice,
+        &[
+            "review",
+            "create",
+            "SRE",
+            "--scope",
+            "group:sre",
+            "--reviewer",
+            "carol@example.com",
+        ],
+    );
+    slack.wait_for("the reviewer's DM", |s| {
+        s.calls("chat.postMessage").iter().any(|p| {
+            p["channel"] == "DU_CAROL"
+                && p["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("2 accesses to review in *SRE*")
+        })
+    });
+
     // Break-glass is announced.
     d.cli(
         &carol,

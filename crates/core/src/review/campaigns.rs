@@ -188,6 +188,24 @@ impl Service {
                 }),
             )])
             .await?;
+        // Each reviewer hears of their share (mailed, in Slack, as webhook events).
+        let assigned: Vec<NewAuditEntry> = by_reviewer
+            .iter()
+            .map(|(reviewer, n)| {
+                audit(
+                    now,
+                    SYSTEM,
+                    "review.assigned",
+                    serde_json::json!({
+                        "campaign": id, "name": campaign.name, "reviewer": reviewer,
+                        "items": n, "due_at": time_text(campaign.due_at),
+                    }),
+                )
+            })
+            .collect();
+        if !assigned.is_empty() {
+            self.store().append_audit(&assigned).await?;
+        }
         tracing::info!(campaign = %id, name = %campaign.name, items = items.len(), by = creator, "access review started");
         // An empty campaign has nothing to decide: it closes at once.
         if items.is_empty() {
@@ -792,6 +810,8 @@ impl Service {
             };
             if campaign.is_open() && now >= campaign.due_at {
                 self.apply_due_rule(&campaign).await?;
+            } else if campaign.is_open() {
+                self.remind_reviewers(&campaign).await?;
             }
             self.close_if_complete(&id).await?;
         }
@@ -874,6 +894,48 @@ impl Service {
         ))
     }
 
+    /// Once per campaign, when it is due within `[notifications] remind_reviewers_before_due`:
+    /// a `review.reminder` for each reviewer with items still undecided.
+    async fn remind_reviewers(&self, campaign: &Campaign) -> Result<usize, ServiceError> {
+        let now = crate::now(self.clock().as_ref());
+        let window = self
+            .config()
+            .notifications
+            .remind_reviewers_before_due
+            .to_time();
+        if campaign.due_at - now > window {
+            return Ok(0);
+        }
+        let at = time_text(now);
+        if !self
+            .store()
+            .claim_state(&format!("review-reminded:{}", campaign.id), &at, &at)
+            .await?
+        {
+            return Ok(0);
+        }
+        let entries: Vec<NewAuditEntry> =
+            undecided_by_reviewer(&self.items_of(&campaign.id).await?)
+                .into_iter()
+                .map(|(reviewer, n)| {
+                    audit(
+                        now,
+                        SYSTEM,
+                        "review.reminder",
+                        serde_json::json!({
+                            "campaign": campaign.id, "name": campaign.name, "reviewer": reviewer,
+                            "items": n, "due_at": time_text(campaign.due_at),
+                        }),
+                    )
+                })
+                .collect();
+        if !entries.is_empty() {
+            self.store().append_audit(&entries).await?;
+            tracing::info!(campaign = %campaign.id, reviewers = entries.len(), "access review: reviewers reminded");
+        }
+        Ok(entries.len())
+    }
+
     /// Every campaign created before `to` and not closed before `from` (auditors).
     pub async fn reviews_between(
         &self,
@@ -891,4 +953,13 @@ impl Service {
         out.sort_by_key(|v| v.campaign.created_at);
         Ok(out)
     }
+}
+
+/// Each reviewer's undecided items.
+fn undecided_by_reviewer(items: &[(Item, Option<Decision>)]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (i, _) in items.iter().filter(|(_, d)| d.is_none()) {
+        *out.entry(i.reviewer.clone()).or_default() += 1;
+    }
+    out
 }

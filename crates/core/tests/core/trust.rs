@@ -993,3 +993,88 @@ async fn every_inventory_sync_keeps_a_run_record() {
     let runs = w.store.states("inventory:run:").await.unwrap();
     assert_eq!(runs.len(), 3, "{runs:?}");
 }
+
+/// Reviewers hear of their share when a campaign starts (`review.assigned`), and those with
+/// items still undecided are reminded once when it is due within three days
+/// (`review.reminder`); events every channel turns into mail, Slack DMs and webhooks.
+#[tokio::test]
+async fn reviewers_are_told_and_reminded_once() {
+    let w = World::new().await;
+    let ops = operator(&w.service, "ops@example.com").await;
+    let admin = ops.admin().unwrap();
+    let v = w
+        .service
+        .create_review(
+            admin,
+            tidegate_core::review::NewCampaign {
+                name: "SRE".into(),
+                scopes: vec!["group:sre".into()],
+                due: Some("7d".parse().unwrap()),
+                reviewer: Some("carol@example.com".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let actions = |w: &World| {
+        let store = w.store.clone();
+        async move {
+            store
+                .audit(0, 10_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action.starts_with("review."))
+                .map(|e| {
+                    (
+                        e.action,
+                        serde_json::from_str::<serde_json::Value>(&e.detail).unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let assigned: Vec<_> = actions(&w)
+        .await
+        .into_iter()
+        .filter(|(a, _)| a == "review.assigned")
+        .collect();
+    assert_eq!(assigned.len(), 1, "one reviewer: {assigned:?}");
+    assert_eq!(assigned[0].1["reviewer"], "carol@example.com");
+    assert_eq!(assigned[0].1["items"], 2);
+    // Carol decides one; a day later nothing is due soon; five days later it is.
+    let carol = w
+        .service
+        .actor("carol@example.com", tidegate_core::access::Via::ApiToken)
+        .await
+        .unwrap();
+    let first = v.items[0].id.clone();
+    w.service
+        .decide_review(
+            &carol,
+            &v.campaign.id,
+            &[tidegate_core::review::Ask {
+                item: first,
+                verdict: tidegate_core::review::Verdict::Keep,
+                reason: "on call".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    w.advance(24 * 60);
+    w.service.review_housekeeping().await.unwrap();
+    let reminders = |all: Vec<(String, serde_json::Value)>| {
+        all.into_iter()
+            .filter(|(a, _)| a == "review.reminder")
+            .map(|(_, d)| d)
+            .collect::<Vec<_>>()
+    };
+    assert!(reminders(actions(&w).await).is_empty(), "not due soon yet");
+    w.advance(4 * 24 * 60 + 60);
+    w.service.review_housekeeping().await.unwrap();
+    w.service.review_housekeeping().await.unwrap();
+    let sent = reminders(actions(&w).await);
+    assert_eq!(sent.len(), 1, "once: {sent:?}");
+    assert_eq!(sent[0]["reviewer"], "carol@example.com");
+    assert_eq!(sent[0]["items"], 1, "only what is undecided");
+}
