@@ -664,6 +664,13 @@ fn every_flow_in_chromium_on_a_laptop_and_a_phone() {
         alice.source()
     );
     alice.check("admin-compliance");
+    alice.open("/admin/webhooks");
+    assert!(
+        alice
+            .source()
+            .contains("Nothing is configured to hear about events")
+    );
+    alice.check("admin-deliveries");
 
     // An access review: alice starts one from the form, carol keeps both items at once.
     alice.open("/reviews");
@@ -751,6 +758,7 @@ fn every_flow_in_chromium_on_a_laptop_and_a_phone() {
         ("/admin/audit".to_owned(), "admin-audit"),
         ("/admin/inventory".to_owned(), "admin-inventory"),
         ("/admin/compliance".to_owned(), "admin-compliance"),
+        ("/admin/webhooks".to_owned(), "admin-deliveries"),
         ("/reviews".to_owned(), "reviews"),
         (format!("/reviews/{review}"), "review-campaign"),
     ] {

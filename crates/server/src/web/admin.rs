@@ -353,7 +353,7 @@ pub async fn webhooks(State(app): State<AppState>, viewer: Viewer) -> Page {
     let body = html! {
         (tabs("/admin/webhooks"))
         @if endpoints.is_empty() {
-            p.empty { "Nothing is configured to hear about events: add a [[webhook]] or [email] to the config." }
+            p.empty { "Nothing is configured to hear about events: add a [[webhook]], [email] or [slack] to the config." }
         }
         @for e in &endpoints {
             section.card aria-labelledby=(format!("hook-{}", e.name)) {
