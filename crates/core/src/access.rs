@@ -11,6 +11,22 @@ use crate::config::RequestsVisible;
 use crate::entitlement::{Directory, Entitlement, Selector};
 use crate::request::Request;
 
+/// Everyone who may approve a request by `requester` for `entitlement`: the tailnet users its
+/// approvers select, but the requester unless it allows self-approval. (Who is mailed and
+/// messaged a request to decide.)
+pub fn eligible_approvers(
+    entitlement: &Entitlement,
+    requester: &str,
+    dir: &Directory,
+) -> Vec<String> {
+    dir.roles
+        .keys()
+        .filter(|login| entitlement.self_approval || *login != requester)
+        .filter(|login| dir.matches_any(&entitlement.approvers, login))
+        .cloned()
+        .collect()
+}
+
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -230,11 +246,7 @@ impl Actor {
                 self.login
             ));
         }
-        let assigned = reviewer == self.login
-            || reviewer
-                .parse::<Selector>()
-                .is_ok_and(|s| !matches!(s, Selector::Login(_)) && dir.matches(&s, &self.login));
-        if self.admin || assigned {
+        if self.admin || self.is_reviewer_of(reviewer, dir) {
             Ok(())
         } else {
             Err(format!(
@@ -242,6 +254,14 @@ impl Actor {
                 self.login
             ))
         }
+    }
+
+    /// Is the reviewer an item names: that login, or one of the people its selector selects.
+    pub fn is_reviewer_of(&self, reviewer: &str, dir: &Directory) -> bool {
+        reviewer == self.login
+            || reviewer
+                .parse::<Selector>()
+                .is_ok_and(|s| !matches!(s, Selector::Login(_)) && dir.matches(&s, &self.login))
     }
 
     /// May see an access review item: auditors and admins every item; others the items they

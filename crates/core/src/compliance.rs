@@ -289,7 +289,7 @@ pub(crate) fn through_entitlement(
 }
 
 /// The people a source selector lets in, as the inventory has them.
-pub(crate) fn people_of(src: &str, inv: &Snapshot) -> Vec<String> {
+fn people_of(src: &str, inv: &Snapshot) -> Vec<String> {
     if let Some(members) = inv.groups.get(src) {
         return members.clone();
     }
@@ -307,17 +307,13 @@ pub(crate) fn people_of(src: &str, inv: &Snapshot) -> Vec<String> {
 
 /// The critical system's reaching rules, each with its standing sources and the entitlements
 /// that reach through it.
-pub(crate) struct Path<'r> {
-    pub(crate) rule: &'r Rule,
-    pub(crate) standing: Vec<String>,
-    pub(crate) entitlements: Vec<String>,
+struct Path<'r> {
+    rule: &'r Rule,
+    standing: Vec<String>,
+    entitlements: Vec<String>,
 }
 
-pub(crate) fn paths<'r>(
-    config: &Config,
-    inv: &'r Snapshot,
-    system: &CriticalSystem,
-) -> Vec<Path<'r>> {
+fn paths<'r>(config: &Config, inv: &'r Snapshot, system: &CriticalSystem) -> Vec<Path<'r>> {
     inv.rules
         .iter()
         .filter(|r| reaches(r, &system.tags))

@@ -176,12 +176,10 @@ impl WebhookSettings {
 /// `*` matches any run of characters; everything else itself.
 pub fn glob_matches(glob: &str, text: &str) -> bool {
     let parts: Vec<&str> = glob.split('*').collect();
+    // Without a `*` the pattern has one part: the text must be it.
     let [first, middle @ .., last] = parts.as_slice() else {
         return glob == text;
     };
-    if parts.len() == 1 {
-        return glob == text;
-    }
     let Some(mut rest) = text.strip_prefix(first) else {
         return false;
     };
@@ -603,6 +601,15 @@ fn secret_in(
 }
 
 impl Config {
+    /// Where people reach tidegate, for links in mail and Slack: `[server] public_url`, else
+    /// the address it listens on.
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
     /// When the tailnet's policy is managed by GitOps (`aclsExternallyManagedOn`), the next
     /// apply undoes tidegate's policy edits: the entitlements that edit the policy are refused,
     /// unless `[tailnet] policy_edits = "allow"`. The message says which and what to do.

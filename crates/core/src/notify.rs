@@ -72,17 +72,14 @@ pub fn mails(
     dir: &crate::entitlement::Directory,
     now: time::OffsetDateTime,
 ) -> Vec<Mail> {
-    let base = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.listen));
+    let base = config.base_url();
     if entry.action == "review.assigned" || entry.action == "review.reminder" {
-        return review_mails(entry, base.trim_end_matches('/'), dir);
+        return review_mails(entry, &base, dir);
     }
     let Some(r) = request else {
         return Vec::new();
     };
-    let page = format!("{}/requests/{}", base.trim_end_matches('/'), r.id);
+    let page = format!("{base}/requests/{}", r.id);
     let detail: Value = serde_json::from_str(&entry.detail).unwrap_or(Value::Null);
     let mail = |to: &str, subject: String, paragraphs: Vec<String>, label: &str| Mail {
         to: to.to_owned(),
@@ -107,11 +104,9 @@ pub fn mails(
                 "It lapses at {} if nobody decides.",
                 time_text(r.pending_until)
             ));
-            dir.roles
-                .keys()
+            crate::access::eligible_approvers(e, &r.requester, dir)
+                .iter()
                 .filter(|login| login.contains('@'))
-                .filter(|login| e.self_approval || **login != r.requester)
-                .filter(|login| dir.matches_any(&e.approvers, login))
                 .map(|login| {
                     mail(
                         login,
@@ -138,12 +133,7 @@ pub fn mails(
                 let Some(e) = config.entitlement(&r.entitlement) else {
                     return Vec::new();
                 };
-                dir.roles
-                    .keys()
-                    .filter(|login| e.self_approval || **login != r.requester)
-                    .filter(|login| dir.matches_any(&e.approvers, login))
-                    .cloned()
-                    .collect()
+                crate::access::eligible_approvers(e, &r.requester, dir)
             };
             let subject = format!(
                 "{}: {} requests {} for {}",

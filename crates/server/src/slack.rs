@@ -289,15 +289,9 @@ async fn link_message(app: &AppState, user: &str) -> String {
     {
         return "tidegate cannot make a sign-in link right now; try again".into();
     }
-    let base = app
-        .service
-        .config()
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", app.service.config().listen));
     format!(
         "First link your Slack account to tidegate (once): sign in at {}/slack/link?token={token} (valid 15 min).",
-        base.trim_end_matches('/')
+        app.service.config().base_url()
     )
 }
 
@@ -854,13 +848,11 @@ impl SlackSender {
             .entitlement(&r.entitlement)
             .map_err(|e| e.to_string())?;
         let dir = self.service.directory().await.map_err(|e| e.to_string())?;
-        Ok(dir
-            .roles
-            .keys()
-            .filter(|l| e.self_approval || **l != r.requester)
-            .filter(|l| dir.matches_any(&e.approvers, l))
-            .cloned()
-            .collect())
+        Ok(tidegate_core::access::eligible_approvers(
+            e,
+            &r.requester,
+            &dir,
+        ))
     }
 
     /// Where the approvers' messages are: key (a login, or the channel) → (channel, ts).
@@ -977,7 +969,6 @@ impl SlackSender {
             "{} requests {} for {}: {}",
             r.requester, r.entitlement, r.duration, r.reason
         );
-        let now = self.service.now();
         let status = match r.state {
             RequestState::Pending => {
                 let approved: Vec<&str> = r
@@ -1017,7 +1008,6 @@ impl SlackSender {
             RequestState::Cancelled => "Cancelled or lapsed".to_owned(),
             RequestState::Failed => format!("Failed: {}", r.end_reason.clone().unwrap_or_default()),
         };
-        let _ = now;
         let mut blocks = vec![
             section(&format!(
                 "*{}* requests *{}* for *{}*\n>{}",
@@ -1060,12 +1050,7 @@ impl SlackSender {
     /// An access review's reviewers hear of their share, and are reminded when it is due soon.
     async fn tell_reviewers(&self, kind: &str, detail: &Value) -> Result<(), String> {
         let dir = self.service.directory().await.map_err(|e| e.to_string())?;
-        let base = self
-            .service
-            .config()
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.service.config().listen));
+        let base = self.service.config().base_url();
         let text = format!(
             "{} {} access{} to review in *{}* (due {}): <{}/reviews/{}?show=mine|review them>",
             if kind == "review.reminder" {
@@ -1077,7 +1062,7 @@ impl SlackSender {
             if detail["items"] == 1 { "" } else { "es" },
             detail["name"].as_str().unwrap_or_default(),
             detail["due_at"].as_str().unwrap_or_default(),
-            base.trim_end_matches('/'),
+            base,
             detail["campaign"].as_str().unwrap_or_default(),
         );
         let reviewer = detail["reviewer"].as_str().unwrap_or_default();

@@ -317,7 +317,7 @@ impl Service {
                 .filter(|(i, d)| {
                     d.is_none()
                         && i.subject != actor.login()
-                        && reviewer_matches(&i.reviewer, actor.login(), &dir)
+                        && actor.is_reviewer_of(&i.reviewer, &dir)
                 })
                 .map(|(i, d)| ItemView::of(i, d.as_ref()))
                 .collect();

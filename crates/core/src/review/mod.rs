@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::Span;
-use crate::entitlement::{Directory, Selector};
+use crate::entitlement::Selector;
 use crate::time_text;
 
 pub use population::{PopulationInputs, assign_reviewer, population};
@@ -366,13 +366,6 @@ pub struct PendingRevocation {
     pub retry_at: Option<OffsetDateTime>,
     #[serde(default)]
     pub attempts: u32,
-}
-
-fn reviewer_matches(reviewer: &str, login: &str, dir: &Directory) -> bool {
-    reviewer == login
-        || reviewer
-            .parse::<Selector>()
-            .is_ok_and(|s| !matches!(s, Selector::Login(_)) && dir.matches(&s, login))
 }
 
 /// A campaign's view: its progress and each reviewer's share.
